@@ -1,0 +1,230 @@
+"""Per-vehicle revocation lists: issuer-signed, sequence-numbered, full or delta.
+
+Two kinds of entry: one token (by id, kept until that token would have expired) and one holder
+("every token of holder X issued before T", kept until ``until``, when all such tokens are dead).
+Entries are only ever added; they leave a list only by expiry, so a delta carries additions alone,
+and applying a delta whose base is at or behind what the car holds is always safe.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from keycore import cose
+from keycore.encoding import as_bytes, as_int, as_list, as_map, dumps, loads_strict
+from keycore.errors import InvalidRevocationList, Reason
+from keycore.token import MAX_TIME, TOKEN_ID_BYTES, KeyToken, check_vin
+from keycore.trust import MAX_SEQUENCE, TrustStore
+
+TYP_REVOCATION_LIST = "pk.rev"
+MAX_REVOCATION_BYTES = 256 * 1024
+MAX_ENTRIES = 10_000
+HOLDER_ID_BYTES = 16
+
+RL_VIN, RL_SEQ, RL_ISSUED_AT, RL_BASE, RL_TOKENS, RL_HOLDERS = 1, 2, 3, 4, 5, 6
+_RL_KEYS = {RL_VIN, RL_SEQ, RL_ISSUED_AT, RL_BASE, RL_TOKENS, RL_HOLDERS}
+
+
+@dataclass(frozen=True, slots=True)
+class RevokedToken:
+    token_id: bytes
+    expires: int
+
+
+@dataclass(frozen=True, slots=True)
+class RevokedHolder:
+    holder_id: bytes
+    before: int  # tokens of this holder issued before this time are revoked
+    until: int  # the entry can be pruned after this time
+
+
+@dataclass(frozen=True, slots=True)
+class RevocationListDocument:
+    """A decoded, verified revocation list. ``base`` is 0 for a full list."""
+
+    vin: str
+    sequence: int
+    issued_at: int
+    base: int
+    tokens: tuple[RevokedToken, ...]
+    holders: tuple[RevokedHolder, ...]
+
+    @property
+    def is_delta(self) -> bool:
+        return self.base > 0
+
+
+def sign_revocation_list(
+    signer: cose.Signer,
+    *,
+    vin: str,
+    sequence: int,
+    now: int,
+    tokens: Iterable[RevokedToken] = (),
+    holders: Iterable[RevokedHolder] = (),
+    base: int = 0,
+) -> bytes:
+    """Sign a full list (``base`` = 0) or the delta of entries added after sequence ``base``."""
+    check_vin(vin)
+    if not 0 <= base < sequence <= MAX_SEQUENCE:
+        raise ValueError("need 0 <= base < sequence")
+    payload: dict[int, Any] = {
+        RL_VIN: vin,
+        RL_SEQ: sequence,
+        RL_ISSUED_AT: now,
+        RL_BASE: base,
+        RL_TOKENS: [[t.token_id, t.expires] for t in tokens],
+        RL_HOLDERS: [[h.holder_id, h.before, h.until] for h in holders],
+    }
+    return cose.sign1(dumps(payload), typ=TYP_REVOCATION_LIST, signer=signer)
+
+
+def read_revocation_list(data: bytes, *, trust: TrustStore, now: float) -> RevocationListDocument:
+    """Verify and decode a signed revocation list; raises InvalidRevocationList."""
+    err = InvalidRevocationList
+    msg = cose.parse_sign1(data, typ=TYP_REVOCATION_LIST, max_size=MAX_REVOCATION_BYTES, error=err)
+    key = trust.lookup(msg.kid)
+    if key is None or not key.valid_at(now):
+        raise err(Reason.UNKNOWN_KEY)
+    if msg.alg != key.alg:
+        raise err(Reason.ALGORITHM_MISMATCH)
+    if not cose.verify_es256(key.public_key, msg.signature, msg.to_be_signed()):
+        raise err(Reason.BAD_SIGNATURE)
+    body = as_map(
+        loads_strict(msg.payload, err, max_size=MAX_REVOCATION_BYTES), err, _RL_KEYS, _RL_KEYS
+    )
+    vin = body[RL_VIN]
+    try:
+        check_vin(vin)
+    except ValueError:
+        raise err(Reason.MALFORMED, "not a VIN") from None
+    sequence = as_int(body[RL_SEQ], err, 1, MAX_SEQUENCE)
+    tokens = []
+    for item in as_list(body[RL_TOKENS], err, 0, MAX_ENTRIES):
+        tid, expires = as_list(item, err, 2, 2)
+        tokens.append(
+            RevokedToken(
+                as_bytes(tid, err, TOKEN_ID_BYTES, TOKEN_ID_BYTES),
+                as_int(expires, err, 0, MAX_TIME),
+            )
+        )
+    holders = []
+    for item in as_list(body[RL_HOLDERS], err, 0, MAX_ENTRIES):
+        hid, before, until = as_list(item, err, 3, 3)
+        holders.append(
+            RevokedHolder(
+                as_bytes(hid, err, HOLDER_ID_BYTES, HOLDER_ID_BYTES),
+                as_int(before, err, 0, MAX_TIME),
+                as_int(until, err, 0, MAX_TIME),
+            )
+        )
+    return RevocationListDocument(
+        vin=vin,
+        sequence=sequence,
+        issued_at=as_int(body[RL_ISSUED_AT], err, 0, MAX_TIME),
+        base=as_int(body[RL_BASE], err, 0, sequence - 1),
+        tokens=tuple(tokens),
+        holders=tuple(holders),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class RevocationState:
+    """What one car knows is revoked, at a sequence. Immutable: ``apply`` returns a new state."""
+
+    vin: str
+    sequence: int = 0
+    tokens: Mapping[bytes, int] = field(default_factory=lambda: MappingProxyType({}))
+    holders: Mapping[bytes, tuple[int, int]] = field(default_factory=lambda: MappingProxyType({}))
+
+    def is_revoked(self, token: KeyToken) -> bool:
+        if token.token_id in self.tokens:
+            return True
+        entry = self.holders.get(token.holder_id)
+        return entry is not None and token.issued_at < entry[0]
+
+    def apply(self, data: bytes, *, trust: TrustStore, now: float) -> RevocationState:
+        """The state after a verified list that is newer than this one.
+
+        A full list replaces the state; a delta is added if its base is at or behind this state's
+        sequence (``gap`` otherwise, and the car asks for a full list). Expired entries are pruned.
+        """
+        doc = read_revocation_list(data, trust=trust, now=now)
+        if doc.vin != self.vin:
+            raise InvalidRevocationList(Reason.WRONG_VEHICLE)
+        if doc.sequence <= self.sequence:
+            raise InvalidRevocationList(Reason.STALE, f"sequence {doc.sequence} <= {self.sequence}")
+        if doc.is_delta and doc.base > self.sequence:
+            raise InvalidRevocationList(Reason.GAP, f"delta from {doc.base}, have {self.sequence}")
+        tokens = dict(self.tokens) if doc.is_delta else {}
+        holders = dict(self.holders) if doc.is_delta else {}
+        for t in doc.tokens:
+            tokens[t.token_id] = max(t.expires, tokens.get(t.token_id, 0))
+        for h in doc.holders:
+            old = holders.get(h.holder_id, (0, 0))
+            holders[h.holder_id] = (max(h.before, old[0]), max(h.until, old[1]))
+        return RevocationState(
+            self.vin, doc.sequence, MappingProxyType(tokens), MappingProxyType(holders)
+        ).pruned(now)
+
+    def pruned(self, now: float) -> RevocationState:
+        """Without entries that can no longer match a live token at ``now``."""
+        tokens = {tid: exp for tid, exp in self.tokens.items() if exp >= now}
+        holders = {hid: e for hid, e in self.holders.items() if e[1] >= now}
+        return RevocationState(
+            self.vin, self.sequence, MappingProxyType(tokens), MappingProxyType(holders)
+        )
+
+    def __len__(self) -> int:
+        return len(self.tokens) + len(self.holders)
+
+
+@dataclass(slots=True)
+class RevocationLedger:
+    """The issuer's history of one vehicle's revocations, from which full and delta lists are cut.
+
+    Pure bookkeeping: a store persists it. Every revocation takes the next sequence number.
+    """
+
+    vin: str
+    sequence: int = 0
+    entries: list[tuple[int, RevokedToken | RevokedHolder]] = field(default_factory=list)
+
+    def revoke_token(self, token_id: bytes, expires: int) -> int:
+        return self._add(RevokedToken(token_id, expires))
+
+    def revoke_holder(self, holder_id: bytes, *, before: int, until: int) -> int:
+        return self._add(RevokedHolder(holder_id, before, until))
+
+    def _add(self, entry: RevokedToken | RevokedHolder) -> int:
+        self.sequence += 1
+        self.entries.append((self.sequence, entry))
+        return self.sequence
+
+    def prune(self, now: int, grace: int = 86_400) -> None:
+        """Drop entries dead for longer than ``grace`` (cars with a lagging clock keep theirs)."""
+        self.entries = [(s, e) for s, e in self.entries if _end(e) + grace >= now]
+
+    def document(self, signer: cose.Signer, *, now: int, since: int = 0) -> bytes:
+        """The full list (``since`` = 0) or the delta of everything after ``since``."""
+        if self.sequence == 0:
+            raise ValueError("nothing revoked yet: an empty list has no sequence")
+        if not 0 <= since < self.sequence:
+            raise ValueError("since must be below the current sequence")
+        chosen = [e for s, e in self.entries if s > since]
+        return sign_revocation_list(
+            signer,
+            vin=self.vin,
+            sequence=self.sequence,
+            now=now,
+            base=since,
+            tokens=[e for e in chosen if isinstance(e, RevokedToken)],
+            holders=[e for e in chosen if isinstance(e, RevokedHolder)],
+        )
+
+
+def _end(entry: RevokedToken | RevokedHolder) -> int:
+    return entry.expires if isinstance(entry, RevokedToken) else entry.until

@@ -1,0 +1,87 @@
+"""Token verification: the car's whole trust decision about a key token, with time as an input.
+
+``verify`` returns a grant or raises one opaque InvalidToken whose ``reason`` is, in order of
+precedence: too_large, malformed, unknown_key, algorithm_mismatch, bad_signature, malformed
+(claims),
+wrong_vehicle, revoked, not_yet_valid, expired, outside_schedule, not_entitled.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from keycore import cose
+from keycore.errors import InvalidToken, Reason
+from keycore.revocation import RevocationState
+from keycore.roles import Action, allows
+from keycore.token import MAX_TOKEN_BYTES, TYP_KEY_TOKEN, KeyToken, decode_claims
+from keycore.trust import TrustStore
+
+
+@dataclass(frozen=True, slots=True)
+class KeyGrant:
+    """A verified token's permission for one action, with the holder key to check proofs against."""
+
+    token: KeyToken
+    action: Action
+    holder_key: ec.EllipticCurvePublicKey
+
+
+def authenticate(
+    token: bytes, *, now: float, trust: TrustStore
+) -> tuple[KeyToken, ec.EllipticCurvePublicKey]:
+    """Check envelope, issuer key and signature; decode the claims. No authorisation yet."""
+    msg = cose.parse_sign1(token, typ=TYP_KEY_TOKEN, max_size=MAX_TOKEN_BYTES, error=InvalidToken)
+    key = trust.lookup(msg.kid)
+    if key is None or not key.valid_at(now):
+        raise InvalidToken(Reason.UNKNOWN_KEY)
+    # The header's algorithm must be the one the trust store pins for this key id.
+    if msg.alg != key.alg:
+        raise InvalidToken(Reason.ALGORITHM_MISMATCH)
+    if not cose.verify_es256(key.public_key, msg.signature, msg.to_be_signed()):
+        raise InvalidToken(Reason.BAD_SIGNATURE)
+    claims = decode_claims(msg.payload, msg.kid)
+    if not key.not_before <= claims.issued_at <= key.not_after:
+        raise InvalidToken(Reason.UNKNOWN_KEY, "issued outside the key's validity")
+    try:
+        holder_key = cose.load_point(claims.holder)
+    except ValueError:
+        raise InvalidToken(Reason.MALFORMED, "holder key is not on P-256") from None
+    return claims, holder_key
+
+
+def authorize(
+    claims: KeyToken, *, vin: str, action: Action, now: float, revocations: RevocationState
+) -> None:
+    """Raise InvalidToken unless authenticated ``claims`` allow ``action`` on ``vin`` at ``now``."""
+    if claims.vin != vin:
+        raise InvalidToken(Reason.WRONG_VEHICLE)
+    if revocations.vin != vin:
+        raise ValueError("revocation state belongs to another vehicle")
+    if revocations.is_revoked(claims):
+        raise InvalidToken(Reason.REVOKED)
+    if now < claims.not_before:
+        raise InvalidToken(Reason.NOT_YET_VALID)
+    if now >= claims.expires:
+        raise InvalidToken(Reason.EXPIRED)
+    if claims.schedule is not None and not claims.schedule.allows(now):
+        raise InvalidToken(Reason.OUTSIDE_SCHEDULE)
+    if not allows(claims.role, claims.entitlements, Action(action)):
+        raise InvalidToken(Reason.NOT_ENTITLED)
+
+
+def verify(
+    token: bytes,
+    *,
+    vin: str,
+    action: Action,
+    now: float,
+    trust: TrustStore,
+    revocations: RevocationState,
+) -> KeyGrant:
+    """Verify ``token`` for ``action`` on ``vin`` at trusted time ``now``; raises InvalidToken."""
+    claims, holder_key = authenticate(token, now=now, trust=trust)
+    authorize(claims, vin=vin, action=action, now=now, revocations=revocations)
+    return KeyGrant(claims, Action(action), holder_key)
