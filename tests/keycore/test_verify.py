@@ -105,7 +105,7 @@ def test_narrowed_entitlements(world: World) -> None:
 def test_schedule(world: World) -> None:
     # NOW is Friday 08:00 UTC; the window is weekdays 09:00-17:00 at UTC+1 (08:00-16:00 UTC).
     schedule = WeeklySchedule(60, (Window(0b0011111, 9 * 60, 17 * 60),))
-    token = world.token(Role.GUEST, schedule=schedule, not_before=NOW - DAY)
+    token = world.token(Role.GUEST, schedule=schedule, not_before=NOW - DAY, expires=NOW + 2 * DAY)
     verify(
         token,
         vin=VIN,

@@ -1,0 +1,47 @@
+"""The `phonekey` command: the demo's decisions and the benchmark's report (shape, not speed)."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+
+from deploy import cli, demo
+
+
+def test_demo_prints_every_decision_and_exits_zero() -> None:
+    out = io.StringIO()
+    assert demo.run(out) == 0
+    text = out.getvalue()
+    for code in ("granted", "revoked", "expired", "wrong_vehicle", "replayed", "bad_proof"):
+        assert code in text
+    assert "UNEXPECTED" not in text
+    assert text.rstrip().endswith("every decision was the expected one")
+
+
+def test_bench_verify_json_report(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["bench", "verify", "--json", "--iterations", "40"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    for field in (
+        "decision_us_median",
+        "decision_us_p99",
+        "raw_us_median",
+        "raw_us_p99",
+        "cold_decision_us_median",
+    ):
+        assert report[field] > 0
+    assert report["decision_us_p99"] >= report["decision_us_median"]
+    assert report["ratio"] == pytest.approx(
+        report["decision_us_median"] / report["raw_us_median"], abs=1e-3
+    )
+    assert report["iterations"] == 40
+    assert report["revocation_entries"] == 1000
+    assert report["token_bytes"] <= 256
+
+
+def test_bench_rejects_bad_iterations(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["bench", "verify", "--iterations", "zero"])
+    assert exit_info.value.code == 2
+    assert "not an integer" in capsys.readouterr().err
