@@ -6,6 +6,7 @@ confirmation key, and three private-use claims for role, entitlements and the we
 
 from __future__ import annotations
 
+import functools
 import re
 import secrets
 from dataclasses import dataclass
@@ -143,8 +144,13 @@ def issue(
     return cose.sign1(dumps(token.claims()), typ=TYP_KEY_TOKEN, signer=signer)
 
 
+@functools.lru_cache(maxsize=256)
 def decode_claims(payload: bytes, kid: bytes) -> KeyToken:
-    """Decode the claims of a token whose signature has already been verified."""
+    """Decode the claims of a token whose signature has already been verified.
+
+    Cached (a pure function of its arguments; failures are not cached): a car sees the same
+    tokens again and again. The signature is still checked on every use.
+    """
     claims = as_map(
         loads_strict(payload, InvalidToken, max_size=MAX_TOKEN_BYTES),
         InvalidToken,

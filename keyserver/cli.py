@@ -1,15 +1,101 @@
-"""The `keyserver` command."""
+"""The ``keyserver`` command. Today: issuer key management (``keyserver keys …``)."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+import time
 from collections.abc import Sequence
 from importlib.metadata import version
+from pathlib import Path
+
+from keycore import ROLE_MAX_LIFETIME
+from keyserver.errors import KeyserverError
+from keyserver.keyring import KeyRingState, KeyRingStore
+
+DAY = 86_400
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="keyserver", description="phonekey keyserver")
+    parser.add_argument("--version", action="version", version=version("phonekey"))
+    commands = parser.add_subparsers(dest="command", required=True)
+    keys = commands.add_parser("keys", help="issuer key ring: init, rotate, list, retire")
+    keys.add_argument("--dir", type=Path, default=Path("keys"), help="key directory (./keys)")
+    which = keys.add_subparsers(dest="keys_command", required=True)
+    init = which.add_parser("init", help="create the root key and an issuer ring (active + next)")
+    init.add_argument("--key-lifetime-days", type=int, default=365)
+    which.add_parser("rotate", help="next becomes active, active retires, a new next is made")
+    listing = which.add_parser("list", help="show the ring")
+    listing.add_argument("--json", action="store_true")
+    retire = which.add_parser("retire", help="stop trusting a key at once (e.g. compromised)")
+    retire.add_argument("kid", help="key id, 16 hex digits")
+    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="keyserver")
-    parser.add_argument("--version", action="version", version=version("phonekey"))
-    parser.parse_args(argv)
-    parser.print_help()
+    args = build_parser().parse_args(argv)
+    store = KeyRingStore(args.dir)
+    now = int(time.time())
+    try:
+        if args.keys_command == "init":
+            if args.key_lifetime_days <= 0:
+                raise KeyserverError("--key-lifetime-days must be positive")
+            state = store.init(
+                now=now,
+                key_lifetime=args.key_lifetime_days * DAY,
+                max_token_lifetime=max(ROLE_MAX_LIFETIME.values()),
+            )
+        elif args.keys_command == "rotate":
+            state = store.rotate(now=now)
+        elif args.keys_command == "retire":
+            try:
+                kid = bytes.fromhex(args.kid)
+            except ValueError:
+                raise KeyserverError(f"not a key id: {args.kid!r}") from None
+            state = store.retire(kid, now=now)
+        else:
+            state = store.load()
+            if args.json:
+                print(json.dumps(_describe(state), indent=2))
+                return 0
+    except KeyserverError as error:
+        print(f"keyserver: {error}", file=sys.stderr)
+        return 1
+    _print(state)
     return 0
+
+
+def _describe(state: KeyRingState) -> dict[str, object]:
+    return {
+        "root_kid": state.root.kid.hex(),
+        "trust_sequence": state.trust_sequence,
+        "keys": [
+            {
+                "kid": k.kid.hex(),
+                "status": k.status.value,
+                "not_before": k.not_before,
+                "not_after": k.not_after,
+            }
+            for k in state.ring.keys
+        ],
+    }
+
+
+def _print(state: KeyRingState) -> None:
+    info = _describe(state)
+    print(f"root {info['root_kid']}  trust-store update sequence {state.trust_sequence}")
+    for key in state.ring.keys:
+        print(
+            f"  {key.kid.hex()}  {key.status.value:8s}"
+            f"  {_date(key.not_before)} → {_date(key.not_after)}"
+        )
+
+
+def _date(when: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.gmtime(when))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
