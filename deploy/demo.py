@@ -96,9 +96,8 @@ class Demo:
         self.failures += not ok
         verdict = "ALLOW" if decision.allowed else "DENY "
         mark = "ok" if ok else f"UNEXPECTED (wanted {expected or 'granted'})"
-        self.say(
-            f"  {verdict} {decision.action.name.lower():11s} {what:44s} {decision.code:17s} {mark}"
-        )
+        action = decision.action.name.lower() if decision.action is not None else "?"
+        self.say(f"  {verdict} {action:11s} {what:44s} {decision.code:17s} {mark}")
 
 
 def run(out: TextIO = sys.stdout) -> int:

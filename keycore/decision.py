@@ -13,6 +13,7 @@ from keycore.proof import ChallengeBook, verify_proof
 from keycore.revocation import RevocationState
 from keycore.roles import Action, Role
 from keycore.timekeeping import TrustedClock
+from keycore.token import KeyToken
 from keycore.trust import TrustStore
 from keycore.verifier import KeyGrant, authenticate, authorize
 
@@ -27,12 +28,17 @@ class UnlockRequest:
 
 @dataclass(frozen=True, slots=True)
 class UnlockDecision:
-    """Allowed with a grant, or denied with a ``reason``; ``at`` is the trusted time used."""
+    """Allowed with a grant, or denied with a ``reason``; ``at`` is the trusted time used.
 
-    action: Action
+    ``action`` is None only when the request named no known action. ``token`` holds the claims of
+    an authenticated token even when it was refused later (revoked, expired …), for the audit trail.
+    """
+
+    action: Action | None
     at: float
     reason: Reason | None = None
     grant: KeyGrant | None = None
+    token: KeyToken | None = None
 
     @property
     def allowed(self) -> bool:
@@ -60,9 +66,12 @@ def decide(
     signed time arrives (the caller raises its clock with ``grant.token.issued_at``).
     """
     now = clock.now(mono)
-    action = request.action
     try:
         action = Action(request.action)
+    except (TypeError, ValueError):
+        return UnlockDecision(None, now, Reason.MALFORMED)
+    claims: KeyToken | None = None
+    try:
         if type(request.challenge) is not bytes or type(request.token) is not bytes:
             raise TypeError("challenge and token must be bytes")
         challenges.consume(request.challenge, mono=mono)
@@ -70,7 +79,7 @@ def decide(
         now = max(now, claims.issued_at)
         authorize(claims, vin=vin, action=action, now=now, revocations=revocations)
         if clock.reset and claims.role is not Role.OWNER:
-            return UnlockDecision(action, now, Reason.UNTRUSTED_TIME)
+            return UnlockDecision(action, now, Reason.UNTRUSTED_TIME, token=claims)
         verify_proof(
             request.proof,
             holder=holder_key,
@@ -80,7 +89,7 @@ def decide(
             token=request.token,
         )
     except KeycoreError as error:
-        return UnlockDecision(action, now, error.reason)
+        return UnlockDecision(action, now, error.reason, token=claims)
     except (TypeError, ValueError):
-        return UnlockDecision(action, now, Reason.MALFORMED)
-    return UnlockDecision(action, now, grant=KeyGrant(claims, action, holder_key))
+        return UnlockDecision(action, now, Reason.MALFORMED, token=claims)
+    return UnlockDecision(action, now, grant=KeyGrant(claims, action, holder_key), token=claims)
