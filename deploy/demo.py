@@ -28,9 +28,11 @@ from keycore import (
     WeeklySchedule,
     Window,
     decide,
+    holder_id,
     issue,
     prove,
 )
+from keycore.cose import point_bytes
 
 HOUR = 3600
 DAY = 86_400
@@ -111,15 +113,34 @@ def run(out: TextIO = sys.stdout) -> int:
     vin = "5YJ3E1EA7KF" + "".join(secrets.choice("0123456789") for _ in range(6))
     ledger = RevocationLedger(vin)
 
-    # Provisioning: the car gets the root key, the root-signed issuer keys and trusted time.
+    # The previous owner's phone key was revoked at the hand-over, before this car was set up.
+    previous_owner = Phone("previous owner")
+    ledger.revoke_holder(
+        holder_id(point_bytes(previous_owner.device.public_key)),
+        before=START,
+        until=START + 30 * DAY,
+    )
+    previous_token = issue(
+        signer=issuer,
+        vin=vin,
+        holder=previous_owner.device.public_key,
+        role=Role.OWNER,
+        now=START - DAY,
+        expires=START + 6 * DAY,
+    )
+
+    # Provisioning: root key, root-signed issuer keys, trusted time and the full revocation list.
     trust = TrustStore(root.public_key).apply(ring.trust_update(root, sequence=1, now=START))
     car = Car(
         vin,
         trust,
-        RevocationState(vin),
+        RevocationState(vin).apply(ledger.document(issuer, now=START), trust=trust, now=START),
         TrustedClock.provisioned(now=START, mono=0.0, boot_id="boot-1"),
     )
-    demo.say(f"provisioned vehicle {vin}: issuer key {issuer.kid.hex()}, trust sequence 1")
+    demo.say(
+        f"provisioned vehicle {vin}: issuer key {issuer.kid.hex()}, trust sequence 1,"
+        f" revocation list sequence {car.revocations.sequence}"
+    )
 
     owner, friend, thief = Phone("owner"), Phone("friend"), Phone("thief")
     owner_token = issue(
@@ -161,6 +182,12 @@ def run(out: TextIO = sys.stdout) -> int:
         Reason.BAD_PROOF,
     )
 
+    demo.expect(
+        "previous owner's key (holder revoked)",
+        car.decide(previous_owner.request(car, previous_token)),
+        Reason.REVOKED,
+    )
+
     replayed = owner.request(car, owner_token, Action.START)
     demo.expect("owner starts the car", car.decide(replayed), None)
     demo.expect("the same answer replayed", car.decide(replayed), Reason.REPLAYED)
@@ -189,11 +216,11 @@ def run(out: TextIO = sys.stdout) -> int:
 
     demo.say("\nthe owner revokes the guest key; a phone carries the signed delta to the car:")
     ledger.revoke_token(guest_token_id, START + 2 * DAY)
-    delta = ledger.document(issuer, now=START + 10 * HOUR, since=0)
+    delta = ledger.document(issuer, now=START + 10 * HOUR, since=car.revocations.sequence)
     car.revocations = car.revocations.apply(delta, trust=car.trust, now=car.clock.now(car.mono))
     demo.say(
-        f"  revocation list sequence {car.revocations.sequence}, {len(delta)} B,"
-        f" {len(car.revocations)} entry"
+        f"  delta {len(delta)} B: revocation list now at sequence {car.revocations.sequence},"
+        f" {len(car.revocations)} entries"
     )
     car.wait(14 * HOUR)  # next morning, 09:00, inside the window again
     demo.expect(

@@ -1,9 +1,10 @@
 """Token verification: the car's whole trust decision about a key token, with time as an input.
 
 ``verify`` returns a grant or raises one opaque InvalidToken whose ``reason`` is, in order of
-precedence: too_large, malformed, unknown_key, algorithm_mismatch, bad_signature, malformed
-(claims),
-wrong_vehicle, revoked, not_yet_valid, expired, outside_schedule, not_entitled.
+precedence: too_large, malformed, unknown_key (key id not trusted), algorithm_mismatch,
+bad_signature, malformed (claims), unknown_key (issuer key not valid at max(now, iat), or iat
+outside its window), malformed (holder key off the curve), wrong_vehicle, revoked, not_yet_valid,
+expired, outside_schedule, not_entitled.
 """
 
 from __future__ import annotations
@@ -32,10 +33,14 @@ class KeyGrant:
 def authenticate(
     token: bytes, *, now: float, trust: TrustStore
 ) -> tuple[KeyToken, ec.EllipticCurvePublicKey]:
-    """Check envelope, issuer key and signature; decode the claims. No authorisation yet."""
+    """Check envelope, issuer key and signature; decode the claims. No authorisation yet.
+
+    The issuer key must be valid at ``max(now, iat)``: once the signature verifies, the token's
+    iat is a signed lower bound on the time, so a car whose clock lags is not locked out by it.
+    """
     msg = cose.parse_sign1(token, typ=TYP_KEY_TOKEN, max_size=MAX_TOKEN_BYTES, error=InvalidToken)
     key = trust.lookup(msg.kid)
-    if key is None or not key.valid_at(now):
+    if key is None:
         raise InvalidToken(Reason.UNKNOWN_KEY)
     # The header's algorithm must be the one the trust store pins for this key id.
     if msg.alg != key.alg:
@@ -43,8 +48,8 @@ def authenticate(
     if not cose.verify_es256(key.public_key, msg.signature, msg.to_be_signed()):
         raise InvalidToken(Reason.BAD_SIGNATURE)
     claims = decode_claims(msg.payload, msg.kid)
-    if not key.not_before <= claims.issued_at <= key.not_after:
-        raise InvalidToken(Reason.UNKNOWN_KEY, "issued outside the key's validity")
+    if not key.valid_at(max(now, claims.issued_at)) or not key.valid_at(claims.issued_at):
+        raise InvalidToken(Reason.UNKNOWN_KEY, "issuer key not valid at this time")
     try:
         holder_key = cose.load_point(claims.holder)
     except ValueError:
