@@ -30,6 +30,7 @@ HDR_KID = 4
 HDR_TYP = 16
 KID_BYTES = 8
 SIGNATURE_BYTES = 64
+MAX_PROTECTED_BYTES = 64
 
 # COSE_Key labels (RFC 9052 §7, RFC 9053 §7.1)
 KEY_KTY, KEY_KID, KEY_ALG, KEY_CRV, KEY_X, KEY_Y = 1, 2, 3, -1, -2, -3
@@ -217,7 +218,9 @@ def _read_bstr(data: bytes, pos: int) -> tuple[bytes, int] | None:
         length, pos = data[pos + 1], pos + 2
     elif head == 0x59 and pos + 3 <= len(data) and data[pos + 1] > 0:
         length, pos = int.from_bytes(data[pos + 1 : pos + 3], "big"), pos + 3
-    else:  # longer strings never fit under any document's size cap
+    elif head == 0x5A and pos + 5 <= len(data) and data[pos + 1 : pos + 3] != b"\0\0":
+        length, pos = int.from_bytes(data[pos + 1 : pos + 5], "big"), pos + 5
+    else:  # 8-byte lengths never fit under any document's size cap
         return None
     end = pos + length
     if end > len(data):
@@ -237,10 +240,12 @@ def parse_sign1(data: bytes, *, typ: str | int, max_size: int, error: type[Keyco
     The envelope has one fixed shape, read byte by byte: anything else — other tags, indefinite
     lengths, non-minimal lengths, unprotected headers, trailing bytes — is malformed.
     """
-    if not isinstance(data, bytes):
+    if not isinstance(data, bytes | bytearray | memoryview):
         raise error(Reason.MALFORMED, "not bytes")
-    if len(data) > max_size:
-        raise error(Reason.TOO_LARGE, f"{len(data)} > {max_size} bytes")
+    size = data.nbytes if isinstance(data, memoryview) else len(data)
+    if size > max_size:  # before anything is parsed or copied
+        raise error(Reason.TOO_LARGE, f"{size} > {max_size} bytes")
+    data = bytes(data)
     if not data.startswith(_SIGN1_HEAD):
         raise error(Reason.MALFORMED, "not a tagged 4-element COSE_Sign1")
     first = _read_bstr(data, 2)
@@ -271,8 +276,10 @@ def _protected_header(protected: bytes, error: type[KeycoreError]) -> tuple[str 
     cached = _HEADER_CACHE.get(protected)
     if cached is not None:
         return cached
+    if len(protected) > MAX_PROTECTED_BYTES:
+        raise error(Reason.MALFORMED, "protected header too long")
     header = as_map(
-        loads_strict(protected, error, max_size=64),
+        loads_strict(protected, error, max_size=MAX_PROTECTED_BYTES),
         error,
         {HDR_ALG, HDR_KID, HDR_TYP},
         {HDR_ALG, HDR_KID, HDR_TYP},

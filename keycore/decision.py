@@ -61,10 +61,15 @@ def decide(
 ) -> UnlockDecision:
     """Decide one request at monotonic time ``mono``. Fails closed on any doubt.
 
-    The challenge is spent first, so a refused answer cannot be retried. Trusted time is at least
-    the token's verified iat. After a clock reset, only owner keys are honoured until fresh
-    signed time arrives (the caller raises its clock with ``grant.token.issued_at``).
+    Order: the challenge is spent first (a refused answer cannot be retried), then the token is
+    authenticated, then the proof of possession checked, and only then the token authorised.
+    Trusted time is at least the token's verified iat. After a clock reset, only owner keys are
+    honoured until fresh signed time arrives (the caller raises its clock with
+    ``grant.token.issued_at``). Raises ValueError only for a misconfigured car (revocation state
+    of another VIN); bad input never raises.
     """
+    if revocations.vin != vin:
+        raise ValueError("revocation state belongs to another vehicle: the car is misconfigured")
     now = clock.now(mono)
     try:
         action = Action(request.action)
@@ -76,10 +81,8 @@ def decide(
             raise TypeError("challenge and token must be bytes")
         challenges.consume(request.challenge, mono=mono)
         claims, holder_key = authenticate(request.token, now=now, trust=trust)
-        now = max(now, claims.issued_at)
-        authorize(claims, vin=vin, action=action, now=now, revocations=revocations)
-        if clock.reset and claims.role is not Role.OWNER:
-            return UnlockDecision(action, now, Reason.UNTRUSTED_TIME, token=claims)
+        # The proof comes before any other verdict: someone holding a copied token but not the
+        # phone's key learns nothing about it (revoked, expired, schedule …) but bad_proof.
         verify_proof(
             request.proof,
             holder=holder_key,
@@ -88,6 +91,10 @@ def decide(
             action=action,
             token=request.token,
         )
+        now = max(now, claims.issued_at)
+        authorize(claims, vin=vin, action=action, now=now, revocations=revocations)
+        if clock.reset and claims.role is not Role.OWNER:
+            return UnlockDecision(action, now, Reason.UNTRUSTED_TIME, token=claims)
     except KeycoreError as error:
         return UnlockDecision(action, now, error.reason, token=claims)
     except (TypeError, ValueError):

@@ -1,13 +1,13 @@
 """Strict CBOR decoding shared by every keycore decoder.
 
-One CBOR item, nothing after it, no duplicate map keys, no indefinite lengths, bounded nesting: so
-two implementations can never read one signed document two ways. (Encoders use preferred
-serialization; decoders tolerate a longer-than-needed integer head, whose value is the same.)
+One CBOR item in preferred serialization, nothing after it, no duplicate map keys, no indefinite
+lengths, bounded nesting: a document is accepted only if encoding what was decoded gives back the
+very same bytes. So two implementations can never read one signed document two ways (this also
+refuses bignum tags standing in for small integers and over-long length heads).
 """
 
 from __future__ import annotations
 
-import io
 from typing import Any
 
 import cbor2
@@ -21,17 +21,24 @@ def loads_strict(data: bytes, error: type[KeycoreError], *, max_size: int) -> An
     """Decode ``data`` as one CBOR item in preferred serialization, or raise ``error``."""
     if not isinstance(data, bytes | bytearray | memoryview):
         raise error(Reason.MALFORMED, "not bytes")
-    if len(data) > max_size:
-        raise error(Reason.TOO_LARGE, f"{len(data)} > {max_size} bytes")
-    stream = io.BytesIO(data)
+    size = data.nbytes if isinstance(data, memoryview) else len(data)
+    if size > max_size:  # before anything is parsed or copied
+        raise error(Reason.TOO_LARGE, f"{size} > {max_size} bytes")
+    data = bytes(data)
     try:
-        value = cbor2.CBORDecoder(
-            stream, max_depth=MAX_DEPTH, allow_indefinite=False, allow_duplicate_keys=False
-        ).decode()
+        value = cbor2.loads(
+            data, max_depth=MAX_DEPTH, allow_indefinite=False, allow_duplicate_keys=False
+        )
     except Exception as exc:  # any decoder failure is malformed input, by definition
         raise error(Reason.MALFORMED, f"cbor: {type(exc).__name__}") from None
-    if stream.tell() != len(data):
-        raise error(Reason.MALFORMED, "trailing bytes after the CBOR item")
+    # Encoding the value again must give the same bytes: this refuses trailing bytes (which
+    # cbor2.loads ignores), over-long heads and bignums standing in for small integers.
+    try:
+        canonical = cbor2.dumps(value) == data
+    except Exception:  # a decoded value the encoder cannot write back is not ours
+        canonical = False
+    if not canonical:
+        raise error(Reason.MALFORMED, "not in preferred serialization")
     return value
 
 
@@ -42,12 +49,18 @@ def dumps(value: Any) -> bytes:
 def as_map(
     value: object, error: type[KeycoreError], keys: set[int], required: set[int]
 ) -> dict[Any, Any]:
-    """``value`` as a map whose keys are all in ``keys`` and include ``required``."""
+    """``value`` as a map whose keys are all in ``keys`` and include ``required``.
+
+    Keys must be integers proper: 3.0 and True compare equal to 3 and 1 in Python, not in CBOR.
+    """
     if not isinstance(value, dict):
         raise error(Reason.MALFORMED, "expected a map")
     present = value.keys()
     if not present <= keys or not required <= present:
         raise error(Reason.MALFORMED, "unexpected or missing map keys")
+    for key in present:
+        if type(key) is not int:
+            raise error(Reason.MALFORMED, "map keys must be integers")
     return value
 
 

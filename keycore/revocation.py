@@ -149,8 +149,9 @@ class RevocationState:
     def apply(self, data: bytes, *, trust: TrustStore, now: float) -> RevocationState:
         """The state after a verified list that is newer than this one.
 
-        A full list replaces the state; a delta is added if its base is at or behind this state's
-        sequence (``gap`` otherwise, and the car asks for a full list). Expired entries are pruned.
+        A full list is merged into the state; a delta too, if its base is at or behind this
+        state's sequence (``gap`` otherwise, and the car asks for a full list). Entries that have
+        ended at ``now`` are pruned.
         """
         doc = read_revocation_list(data, trust=trust, now=now)
         if doc.vin != self.vin:
@@ -159,8 +160,11 @@ class RevocationState:
             raise InvalidRevocationList(Reason.STALE, f"sequence {doc.sequence} <= {self.sequence}")
         if doc.is_delta and doc.base > self.sequence:
             raise InvalidRevocationList(Reason.GAP, f"delta from {doc.base}, have {self.sequence}")
-        tokens = dict(self.tokens) if doc.is_delta else {}
-        holders = dict(self.holders) if doc.is_delta else {}
+        # A full list is merged, not swapped in: the issuer prunes entries a day after they end,
+        # and a car whose clock lags must keep what it still needs. Entries only ever leave a
+        # car's state by expiry at the car's own trusted time.
+        tokens = dict(self.tokens)
+        holders = dict(self.holders)
         for t in doc.tokens:
             tokens[t.token_id] = max(t.expires, tokens.get(t.token_id, 0))
         for h in doc.holders:

@@ -163,6 +163,7 @@ def decode_claims(payload: bytes, kid: bytes) -> KeyToken:
     cnf = as_map(claims[CLAIM_CNF], InvalidToken, {CNF_COSE_KEY}, {CNF_COSE_KEY})
     holder, _ = cose.parse_cose_key(cnf[CNF_COSE_KEY], InvalidToken, with_kid=False)
     nbf = as_int(claims[CLAIM_NBF], InvalidToken, 0, MAX_TIME)
+    exp = as_int(claims[CLAIM_EXP], InvalidToken, nbf + 1, MAX_TIME)
     schedule = None
     if CLAIM_SCHEDULE in claims:
         schedule = WeeklySchedule.decode(claims[CLAIM_SCHEDULE], InvalidToken)
@@ -175,8 +176,9 @@ def decode_claims(payload: bytes, kid: bytes) -> KeyToken:
             as_int(claims[CLAIM_ENTITLEMENTS], InvalidToken, 1, ALL_ACTIONS_MASK)
         ),
         not_before=nbf,
-        expires=as_int(claims[CLAIM_EXP], InvalidToken, nbf + 1, MAX_TIME),
-        issued_at=as_int(claims[CLAIM_IAT], InvalidToken, 0, MAX_TIME),
+        expires=exp,
+        # iat raises the car's clock, so it may not lie beyond the token's own life.
+        issued_at=as_int(claims[CLAIM_IAT], InvalidToken, 0, exp - 1),
         schedule=schedule,
         kid=kid,
     )

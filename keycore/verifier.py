@@ -3,8 +3,9 @@
 ``verify`` returns a grant or raises one opaque InvalidToken whose ``reason`` is, in order of
 precedence: too_large, malformed, unknown_key (key id not trusted), algorithm_mismatch,
 bad_signature, malformed (claims), unknown_key (issuer key not valid at max(now, iat), or iat
-outside its window), malformed (holder key off the curve), wrong_vehicle, revoked, not_yet_valid,
-expired, outside_schedule, not_entitled.
+outside its window), malformed (holder key off the curve), wrong_vehicle, not_entitled (validity
+window longer than the role's maximum), revoked, not_yet_valid, expired, outside_schedule,
+not_entitled (action).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from keycore import cose
 from keycore.errors import InvalidToken, Reason
 from keycore.revocation import RevocationState
-from keycore.roles import Action, allows
+from keycore.roles import ROLE_MAX_LIFETIME, Action, allows
 from keycore.token import MAX_TOKEN_BYTES, TYP_KEY_TOKEN, KeyToken, decode_claims
 from keycore.trust import TrustStore
 
@@ -65,6 +66,9 @@ def authorize(
         raise InvalidToken(Reason.WRONG_VEHICLE)
     if revocations.vin != vin:
         raise ValueError("revocation state belongs to another vehicle")
+    # Short lifetimes are what bound revocation on an offline car (G4): never honour a longer one.
+    if claims.expires - claims.not_before > ROLE_MAX_LIFETIME[claims.role]:
+        raise InvalidToken(Reason.NOT_ENTITLED, "validity window longer than the role allows")
     if revocations.is_revoked(claims):
         raise InvalidToken(Reason.REVOKED)
     if now < claims.not_before:
