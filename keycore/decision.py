@@ -72,6 +72,8 @@ def decide(
         raise ValueError("revocation state belongs to another vehicle: the car is misconfigured")
     now = clock.now(mono)
     try:
+        if isinstance(request.action, bool):  # True == 1 in Python, but it is no action
+            raise TypeError("action must be an integer")
         action = Action(request.action)
     except (TypeError, ValueError):
         return UnlockDecision(None, now, Reason.MALFORMED)

@@ -163,16 +163,21 @@ class RevocationState:
         # A full list is merged, not swapped in: the issuer prunes entries a day after they end,
         # and a car whose clock lags must keep what it still needs. Entries only ever leave a
         # car's state by expiry at the car's own trusted time.
-        tokens = dict(self.tokens)
-        holders = dict(self.holders)
+        # Ended entries are dropped before merging, so a dead holder entry can never widen a
+        # live one: the result is the same whichever mix of full lists and deltas got here.
+        current = self.pruned(now)
+        tokens = dict(current.tokens)
+        holders = dict(current.holders)
         for t in doc.tokens:
-            tokens[t.token_id] = max(t.expires, tokens.get(t.token_id, 0))
+            if t.expires >= now:
+                tokens[t.token_id] = max(t.expires, tokens.get(t.token_id, 0))
         for h in doc.holders:
-            old = holders.get(h.holder_id, (0, 0))
-            holders[h.holder_id] = (max(h.before, old[0]), max(h.until, old[1]))
+            if h.until >= now:
+                old = holders.get(h.holder_id, (0, 0))
+                holders[h.holder_id] = (max(h.before, old[0]), max(h.until, old[1]))
         return RevocationState(
             self.vin, doc.sequence, MappingProxyType(tokens), MappingProxyType(holders)
-        ).pruned(now)
+        )
 
     def pruned(self, now: float) -> RevocationState:
         """Without entries that can no longer match a live token at ``now``."""

@@ -109,10 +109,17 @@ class TrustedClock:
         clock reset: the saved time is kept as a lower bound and ``reset`` is set."""
         value = loads_strict(data, InvalidState, max_size=256)
         when, saved_mono, saved_boot, reset = as_list(value, InvalidState, 4, 4)
-        if not all(type(v) in (float, int) and math.isfinite(v) for v in (when, saved_mono)):
-            raise InvalidState(Reason.MALFORMED, "times must be numbers")
+        if not all(_is_time(v) for v in (when, saved_mono)):
+            raise InvalidState(Reason.MALFORMED, "times must be finite numbers in range")
         if type(saved_boot) is not str or type(reset) is not bool:
             raise InvalidState(Reason.MALFORMED, "bad clock state")
         if saved_boot == boot_id and mono >= saved_mono:
             return cls(float(when), float(saved_mono), boot_id, reset)
         return cls(float(when), mono, boot_id, reset=True)
+
+
+def _is_time(value: object) -> bool:
+    """A finite int or float within NumericDate range (so float() can never overflow)."""
+    if type(value) is int:
+        return 0 <= value <= MAX_TIME
+    return type(value) is float and math.isfinite(value) and 0.0 <= value <= MAX_TIME

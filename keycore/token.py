@@ -110,21 +110,30 @@ def issue(
 ) -> bytes:
     """Sign a key token. ``entitlements`` default to everything the role may do.
 
-    Raises IssueError when the request breaks policy: entitlements beyond the role, a validity
-    window longer than the role allows, or an empty window.
+    Raises IssueError when the request breaks policy: a bad VIN, role or action, entitlements
+    beyond the role, an empty window, or one longer than the role allows — measured from the
+    earlier of ``now`` and ``not_before``, because a retired issuer key stays trusted for
+    ``max_token_lifetime`` after it last signed.
     """
-    check_vin(vin)
-    role = Role(role)
-    granted = ROLE_ENTITLEMENTS[role] if entitlements is None else frozenset(entitlements)
+    try:
+        check_vin(vin)
+        role = Role(role)
+        granted = (
+            ROLE_ENTITLEMENTS[role]
+            if entitlements is None
+            else frozenset(Action(a) for a in entitlements)
+        )
+    except ValueError as error:
+        raise IssueError(str(error)) from None
     if not granted:
         raise IssueError("a key must grant at least one action")
     if not granted <= ROLE_ENTITLEMENTS[role]:
         extra = sorted(a.name.lower() for a in granted - ROLE_ENTITLEMENTS[role])
         raise IssueError(f"role {role.name.lower()} cannot be granted {', '.join(extra)}")
     nbf = now if not_before is None else not_before
-    if not 0 <= nbf < expires <= MAX_TIME or not 0 <= now <= MAX_TIME:
-        raise IssueError("validity window must be non-empty and within NumericDate range")
-    if expires - nbf > ROLE_MAX_LIFETIME[role]:
+    if not 0 <= nbf < expires <= MAX_TIME or not 0 <= now < expires:
+        raise IssueError("validity window must be non-empty, end after now, and fit NumericDate")
+    if expires - min(now, nbf) > ROLE_MAX_LIFETIME[role]:
         raise IssueError(f"a {role.name.lower()} key lives at most {ROLE_MAX_LIFETIME[role]} s")
     tid = secrets.token_bytes(TOKEN_ID_BYTES) if token_id is None else token_id
     if len(tid) != TOKEN_ID_BYTES:

@@ -67,7 +67,7 @@ def authorize(
     if revocations.vin != vin:
         raise ValueError("revocation state belongs to another vehicle")
     # Short lifetimes are what bound revocation on an offline car (G4): never honour a longer one.
-    if claims.expires - claims.not_before > ROLE_MAX_LIFETIME[claims.role]:
+    if claims.expires - min(claims.issued_at, claims.not_before) > ROLE_MAX_LIFETIME[claims.role]:
         raise InvalidToken(Reason.NOT_ENTITLED, "validity window longer than the role allows")
     if revocations.is_revoked(claims):
         raise InvalidToken(Reason.REVOKED)
