@@ -1,0 +1,178 @@
+"""Real server processes started by the code that needs them: redis-server (and, later, Sentinel).
+
+Tests and the staging stack start their own ``redis-server`` on free loopback ports and stop it
+after, so drills can kill, pause and resume it. Readiness is awaited by reading the server's own
+"Ready to accept connections" line, never by sleeping.
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Self
+
+READY_MARKER = b"Ready to accept connections"
+LOOPBACK = "127.0.0.1"
+
+
+class ProcessError(RuntimeError):
+    """A server process could not be found or started; the message is one line for a person."""
+
+
+def free_port(host: str = LOOPBACK) -> int:
+    """A TCP port that was free a moment ago (callers retry if someone takes it first)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def redis_server_binary() -> str:
+    path = shutil.which("redis-server")
+    if path is None:
+        raise ProcessError(
+            "redis-server not found: install it (Debian: apt-get install redis-server)"
+        )
+    return path
+
+
+class RedisServer:
+    """One ``redis-server`` on a free loopback port, with nothing persisted to disk."""
+
+    def __init__(self, workdir: Path, *, extra_args: Sequence[str] = ()) -> None:
+        self.workdir = Path(workdir)
+        self.extra_args = tuple(extra_args)
+        self.port = 0
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log_path = self.workdir / "redis.log"
+        self._drain: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://{LOOPBACK}:{self.port}/0"
+
+    @property
+    def pid(self) -> int:
+        if self.process is None:
+            raise ProcessError("redis-server is not running")
+        return self.process.pid
+
+    def start(self, *, timeout: float = 15.0, attempts: int = 3) -> Self:
+        binary = redis_server_binary()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        for _ in range(attempts):  # a port found free may be taken before the server binds it
+            self.port = free_port()
+            args = [
+                binary,
+                "--port", str(self.port),
+                "--bind", LOOPBACK,
+                "--save", "",
+                "--appendonly", "no",
+                "--dir", str(self.workdir),
+                "--logfile", "",
+                "--daemonize", "no",
+                *self.extra_args,
+            ]  # fmt: skip
+            process = subprocess.Popen(  # noqa: S603 — fixed binary, our own arguments
+                args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=self.workdir
+            )
+            assert process.stdout is not None
+            seen = _wait_for_line(process, process.stdout, READY_MARKER, timeout)
+            if seen is not None:
+                self.process = process
+                self._drain = _drain_to_file(process.stdout, self.log_path, seen)
+                return self
+            process.kill()
+            process.wait()
+            process.stdout.close()
+        raise ProcessError(f"redis-server did not become ready ({attempts} attempts)")
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would."""
+        self._signal(signal.SIGKILL)
+        if self.process is not None:
+            self.process.wait()
+
+    def pause(self) -> None:
+        """SIGSTOP: the server hangs with its sockets open (a black-holed dependency)."""
+        self._signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self._signal(signal.SIGCONT)
+
+    def stop(self, *, timeout: float = 10.0) -> None:
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self._signal(signal.SIGCONT)  # a paused server cannot act on SIGTERM
+            self.process.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self._drain is not None:
+            self._drain.join(timeout)
+        self.process = None
+
+    def _signal(self, sig: signal.Signals) -> None:
+        if self.process is None or self.process.poll() is not None:
+            raise ProcessError("redis-server is not running")
+        os.kill(self.process.pid, sig)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def _wait_for_line(
+    process: subprocess.Popen[bytes], stream: IO[bytes], marker: bytes, timeout: float
+) -> bytes | None:
+    """Read ``stream`` until a line holds ``marker``; the output so far, or None on exit/timeout."""
+    deadline = time.monotonic() + timeout
+    seen = b""
+    fd = stream.fileno()
+    with selectors.DefaultSelector() as selector:
+        selector.register(fd, selectors.EVENT_READ)
+        while marker not in seen:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not selector.select(remaining):
+                return None
+            chunk = os.read(fd, 65536)
+            if not chunk:  # the process closed its output: it exited
+                process.wait()
+                return None
+            seen += chunk
+    return seen
+
+
+def _drain_to_file(stream: IO[bytes], path: Path, already: bytes) -> threading.Thread:
+    """Keep reading the server's output into ``path`` so a full pipe never blocks it."""
+
+    def copy() -> None:
+        with path.open("ab") as log:
+            log.write(already)
+            for chunk in iter(lambda: os.read(stream.fileno(), 65536), b""):
+                log.write(chunk)
+                log.flush()
+        stream.close()
+
+    thread = threading.Thread(target=copy, name=f"drain-{path.name}", daemon=True)
+    thread.start()
+    return thread
