@@ -1,0 +1,116 @@
+"""The keyserver's records: what the stores keep. Plain frozen dataclasses, no behaviour."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from keycore import Role
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    account_id: str
+    email: str  # normalised: stripped, lower case; unique
+    password_hash: str  # scrypt, see keyserver.passwords; never logged
+    created_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    token_hash: bytes  # SHA-256 of the bearer token; the token itself is never stored
+    account_id: str
+    expires_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class Device:
+    device_id: str
+    account_id: str
+    public_key: bytes  # P-256 x || y, 64 bytes
+    name: str
+    created_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class Vehicle:
+    vin: str
+    public_key: bytes  # the vehicle's P-256 key, x || y
+    owner_id: str | None  # account id of the owner, None until paired
+    created_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class Pairing:
+    """A one-time owner pairing code shown by the car; only its hash is stored."""
+
+    vin: str
+    code_hash: bytes
+    expires_at: int
+    attempts_left: int
+
+
+class PairingResult(StrEnum):
+    PAIRED = "paired"  # code matched: the pairing is consumed
+    WRONG = "wrong"  # code did not match: one attempt spent
+    EXPIRED = "expired"
+    EXHAUSTED = "exhausted"
+    NONE = "none"  # no pairing pending for this vehicle
+
+
+class KeyStatus(StrEnum):
+    ACTIVE = "active"
+    SUSPENDED = "suspended"
+    REVOKED = "revoked"
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    """A key: the right of one device of one account to open one vehicle, within limits.
+
+    Tokens are issued from it (and refreshed) while it is active. Revoking it puts a holder entry
+    for its device key into the vehicle's revocation list: every token issued before then dies.
+    """
+
+    key_id: str
+    vin: str
+    account_id: str
+    device_id: str
+    role: Role
+    entitlements: int  # action bit mask, keycore.roles.to_mask
+    not_before: int
+    not_after: int
+    schedule: bytes | None  # CBOR of keycore.WeeklySchedule.encode(), or None
+    status: KeyStatus
+    created_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class Invitation:
+    """A share offered by an owner, accepted once by the recipient with its device key."""
+
+    invitation_id: str
+    vin: str
+    inviter_id: str
+    role: Role
+    entitlements: int
+    not_before: int
+    not_after: int
+    schedule: bytes | None
+    expires_at: int  # the invitation itself, not the key it grants
+
+
+class RevocationKind(StrEnum):
+    TOKEN = "token"  # noqa: S105 — an entry kind, not a secret
+    HOLDER = "holder"
+
+
+@dataclass(frozen=True, slots=True)
+class RevocationEntry:
+    """One line of a vehicle's revocation ledger; ``sequence`` is given by the store."""
+
+    kind: RevocationKind
+    subject: bytes  # token id (16 bytes) or holder id (16 bytes)
+    before: int  # holder entries: tokens issued before this are revoked; token entries: 0
+    until: int  # the entry can be pruned after this time
+    sequence: int = 0

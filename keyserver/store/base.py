@@ -1,0 +1,111 @@
+"""The store interface: every operation the keyserver needs, each atomic on its own.
+
+Two adapters implement it and pass one contract suite (tests/keyserver/test_store_contract.py):
+``SQLiteStore`` (embedded default, WAL) and ``RedisStore`` (production; transactions or Lua).
+Adapters map their backend's errors to ``StoreUnavailable`` and never let them leak.
+
+Times are integers (Unix seconds) passed in by the caller; a store never reads a clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from keyserver.models import (
+    Account,
+    Device,
+    Invitation,
+    KeyRecord,
+    KeyStatus,
+    Pairing,
+    PairingResult,
+    RevocationEntry,
+    Session,
+    Vehicle,
+)
+
+
+class Store(Protocol):
+    async def close(self) -> None: ...
+
+    async def ping(self) -> None:
+        """Return if the backend answers; raise StoreUnavailable otherwise (readiness)."""
+
+    # accounts and sessions
+    async def create_account(self, account: Account) -> None:
+        """Insert; raise Conflict if the account id or the e-mail address exists."""
+
+    async def account(self, account_id: str) -> Account | None: ...
+
+    async def account_by_email(self, email: str) -> Account | None: ...
+
+    async def put_session(self, session: Session) -> None: ...
+
+    async def session(self, token_hash: bytes, *, now: int) -> Session | None:
+        """The session, or None if unknown or expired at ``now``."""
+
+    async def delete_session(self, token_hash: bytes) -> None: ...
+
+    # devices
+    async def add_device(self, device: Device) -> None:
+        """Insert; raise Conflict if the device id exists."""
+
+    async def device(self, device_id: str) -> Device | None: ...
+
+    async def devices_of(self, account_id: str) -> list[Device]:
+        """All devices of an account, oldest first."""
+
+    # single use and rate limits
+    async def claim_nonce(self, scope: str, nonce: bytes, *, now: int, expires_at: int) -> bool:
+        """True the first time (scope, nonce) is claimed before it expires; False after."""
+
+    async def hit(self, key: str, *, now: int, window: int, limit: int) -> bool:
+        """Count one attempt in the fixed window containing ``now``; False once over ``limit``."""
+
+    # vehicles and pairing
+    async def add_vehicle(self, vehicle: Vehicle) -> None:
+        """Insert; raise Conflict if the VIN exists."""
+
+    async def vehicle(self, vin: str) -> Vehicle | None: ...
+
+    async def set_owner(self, vin: str, *, owner_id: str | None, expected: str | None) -> bool:
+        """Compare and set the owner: True if the owner was ``expected`` and is now ``owner_id``."""
+
+    async def put_pairing(self, pairing: Pairing) -> None:
+        """Store the pending pairing for a vehicle, replacing any earlier one."""
+
+    async def try_pairing(self, vin: str, code_hash: bytes, *, now: int) -> PairingResult:
+        """One attempt, atomically: PAIRED consumes the pairing, WRONG spends an attempt."""
+
+    # keys and invitations
+    async def put_key(self, key: KeyRecord) -> None:
+        """Insert or replace a key record."""
+
+    async def key(self, key_id: str) -> KeyRecord | None: ...
+
+    async def keys_of_vehicle(self, vin: str) -> list[KeyRecord]:
+        """All keys of a vehicle, oldest first."""
+
+    async def set_key_status(
+        self, key_id: str, status: KeyStatus, *, expected: Sequence[KeyStatus]
+    ) -> bool:
+        """Compare and set: True if the key's status was one of ``expected`` and is now
+        ``status``; False (nothing changed) otherwise or if there is no such key."""
+
+    async def put_invitation(self, invitation: Invitation) -> None: ...
+
+    async def take_invitation(self, invitation_id: str, *, now: int) -> Invitation | None:
+        """The invitation, removed atomically, if it exists and has not expired; else None.
+        Two concurrent takers: exactly one gets it."""
+
+    # revocation ledger
+    async def append_revocations(self, vin: str, entries: Sequence[RevocationEntry]) -> int:
+        """Append atomically, numbering the entries with the vehicle's next sequence numbers;
+        returns the vehicle's sequence after the append (unchanged for no entries)."""
+
+    async def revocations(self, vin: str, *, since: int = 0) -> tuple[int, list[RevocationEntry]]:
+        """(the vehicle's current sequence, entries with sequence > ``since``, in order)."""
+
+    async def prune_revocations(self, vin: str, *, before: int) -> int:
+        """Drop entries whose ``until`` is earlier than ``before``; returns how many."""
