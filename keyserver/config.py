@@ -1,0 +1,163 @@
+"""Keyserver configuration: a TOML file, then ``PHONEKEY_*`` environment variables, validated.
+
+Every setting has a default, so an empty file (or none) runs a single node on the embedded SQLite
+store. A bad value stops start-up with one line naming the setting (``ConfigError``).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from keycore import ROLE_MAX_LIFETIME, Role
+from keyserver.errors import KeyserverError
+
+ENV_PREFIX = "PHONEKEY_"
+DAY = 86_400
+
+
+class ConfigError(KeyserverError):
+    pass
+
+
+def _default_lifetimes() -> dict[str, int]:
+    # How long an issued token lives, per role; refresh-ahead keeps owners days ahead offline.
+    return {"owner": 7 * DAY, "driver": 7 * DAY, "guest": 2 * DAY, "valet": DAY, "service": DAY}
+
+
+@dataclass(frozen=True)
+class Config:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    data_dir: Path = Path("var")  # SQLite database and keys, unless set apart
+    key_dir: Path | None = None  # default: <data_dir>/keys
+    redis_url: str | None = None  # set to use Redis; unset means the embedded SQLite store
+    redis_prefix: str = "pk:"
+    redis_timeout_s: float = 0.5
+    session_ttl_s: int = 12 * 3600
+    refresh_ahead_s: int = 3 * DAY
+    token_lifetime_s: dict[str, int] = field(default_factory=_default_lifetimes)
+    pairing_ttl_s: int = 600
+    pairing_attempts: int = 5
+    login_attempts_per_minute: int = 10
+    proof_max_skew_s: int = 60
+    max_body_bytes: int = 64 * 1024
+    request_deadline_s: float = 5.0
+    shutdown_grace_s: float = 10.0
+    log_level: str = "info"
+
+    @property
+    def keys_path(self) -> Path:
+        return self.key_dir if self.key_dir is not None else self.data_dir / "keys"
+
+    @property
+    def sqlite_path(self) -> Path:
+        return self.data_dir / "keyserver.db"
+
+    def lifetime(self, role: Role) -> int:
+        return self.token_lifetime_s[role.name.lower()]
+
+
+_BOUNDS: dict[str, tuple[float, float]] = {
+    "port": (0, 65535),
+    "redis_timeout_s": (0.01, 30),
+    "session_ttl_s": (60, 30 * DAY),
+    "refresh_ahead_s": (60, 30 * DAY),
+    "pairing_ttl_s": (30, DAY),
+    "pairing_attempts": (1, 20),
+    "login_attempts_per_minute": (1, 10_000),
+    "proof_max_skew_s": (5, 600),
+    "max_body_bytes": (1024, 16 * 1024 * 1024),
+    "request_deadline_s": (0.05, 120),
+    "shutdown_grace_s": (0, 300),
+}
+_LOG_LEVELS = {"debug", "info", "warning", "error"}
+
+
+def load(path: Path | None = None, env: Mapping[str, str] | None = None) -> Config:
+    """Read ``path`` (if given), apply the environment, validate; raises ConfigError."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        try:
+            values.update(tomllib.loads(Path(path).read_text()))
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"config file {path}: {exc}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path}: {exc}") from None
+    environ = os.environ if env is None else env
+    for name, raw in environ.items():
+        if name.startswith(ENV_PREFIX):
+            values[name[len(ENV_PREFIX) :].lower()] = raw
+    return build(values)
+
+
+def build(values: Mapping[str, Any]) -> Config:
+    known = {f.name: f for f in fields(Config)}
+    config = Config()
+    for name, raw in values.items():
+        if name not in known:
+            raise ConfigError(f"unknown setting {name!r}")
+        config = replace(config, **{name: _convert(name, raw, getattr(config, name))})
+    _validate(config)
+    return config
+
+
+def _convert(name: str, raw: Any, default: Any) -> Any:
+    try:
+        if name == "token_lifetime_s":
+            return _lifetimes(raw)
+        if name in ("key_dir", "data_dir"):
+            return Path(raw)
+        if name == "redis_url":
+            return str(raw) or None
+        if isinstance(default, bool):
+            raise TypeError
+        if isinstance(default, int):
+            if isinstance(raw, bool | float):
+                raise TypeError
+            return int(raw)
+        if isinstance(default, float):
+            if isinstance(raw, bool):
+                raise TypeError
+            return float(raw)
+        if not isinstance(raw, str):
+            raise TypeError
+        return raw
+    except (TypeError, ValueError):
+        raise ConfigError(f"setting {name!r}: {raw!r} is not a valid value") from None
+
+
+def _lifetimes(raw: Any) -> dict[str, int]:
+    table = raw if isinstance(raw, Mapping) else tomllib.loads(f"t = {raw}")["t"]
+    lifetimes = _default_lifetimes()
+    for role, seconds in table.items():
+        if role not in lifetimes or type(seconds) is not int:
+            raise ValueError(role)
+        lifetimes[role] = seconds
+    return lifetimes
+
+
+def _validate(config: Config) -> None:
+    for name, (lo, hi) in _BOUNDS.items():
+        value = getattr(config, name)
+        if not lo <= value <= hi:
+            raise ConfigError(f"setting {name!r}: {value} is outside {lo}…{hi}")
+    for role in Role:
+        seconds = config.lifetime(role)
+        if not 60 <= seconds <= ROLE_MAX_LIFETIME[role]:
+            raise ConfigError(
+                f"token_lifetime_s.{role.name.lower()}: {seconds} is outside"
+                f" 60…{ROLE_MAX_LIFETIME[role]}"
+            )
+    if config.redis_url is not None and not config.redis_url.startswith(
+        ("redis://", "rediss://", "unix://")
+    ):
+        raise ConfigError("setting 'redis_url': must start with redis://, rediss:// or unix://")
+    if config.log_level not in _LOG_LEVELS:
+        raise ConfigError(f"setting 'log_level': one of {', '.join(sorted(_LOG_LEVELS))}")
