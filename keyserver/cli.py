@@ -1,4 +1,4 @@
-"""The ``keyserver`` command. Today: issuer key management (``keyserver keys …``)."""
+"""The ``keyserver`` command: ``serve`` the REST API, and ``keys …`` to manage issuer keys."""
 
 from __future__ import annotations
 
@@ -10,9 +10,14 @@ from collections.abc import Sequence
 from importlib.metadata import version
 from pathlib import Path
 
+from aiohttp import web
+
 from keycore import ROLE_MAX_LIFETIME
+from keyserver.app import create_app
+from keyserver.config import load as load_config
 from keyserver.errors import KeyserverError
 from keyserver.keyring import KeyRingState, KeyRingStore
+from keyserver.observability import configure_logging
 
 DAY = 86_400
 
@@ -21,6 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="keyserver", description="phonekey keyserver")
     parser.add_argument("--version", action="version", version=version("phonekey"))
     commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the REST server")
+    serve.add_argument("--config", type=Path, help="TOML file; PHONEKEY_* variables override it")
     keys = commands.add_parser("keys", help="issuer key ring: init, rotate, list, retire")
     keys.add_argument("--dir", type=Path, default=Path("keys"), help="key directory (./keys)")
     which = keys.add_subparsers(dest="keys_command", required=True)
@@ -36,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        return serve(args.config)
     store = KeyRingStore(args.dir)
     now = int(time.time())
     try:
@@ -64,6 +73,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"keyserver: {error}", file=sys.stderr)
         return 1
     _print(state)
+    return 0
+
+
+def serve(config_path: Path | None) -> int:
+    """Run until SIGINT/SIGTERM; in-flight requests get ``shutdown_grace_s`` to finish."""
+    try:
+        config = load_config(config_path)
+    except KeyserverError as error:
+        print(f"keyserver: {error}", file=sys.stderr)
+        return 2
+    configure_logging(config.log_level)
+    web.run_app(
+        create_app(config),
+        host=config.host,
+        port=config.port,
+        shutdown_timeout=config.shutdown_grace_s,
+        access_log=None,  # the error middleware logs every request as JSON, with its id
+        print=lambda message: print(message, file=sys.stderr),
+    )
     return 0
 
 

@@ -1,0 +1,128 @@
+"""The keyserver's aiohttp application: ``create_app(config)``, its resources and its routes.
+
+Resources are ``cleanup_ctx`` generators (the store, the issuer key ring), reached through typed
+``web.AppKey``s. The zero-configuration default is one node on the embedded SQLite store with a key
+ring created on first start.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from keycore import ROLE_MAX_LIFETIME
+from keyserver.config import Config
+from keyserver.errors import StoreUnavailable
+from keyserver.http import ApiError, error_middleware
+from keyserver.keyring import KeyRingState, KeyRingStore
+from keyserver.observability import Metrics
+from keyserver.store import Store
+
+CONFIG = web.AppKey("config", Config)
+METRICS = web.AppKey("metrics", Metrics)
+STORE = web.AppKey("store", Store)
+KEYRING = web.AppKey("keyring", KeyRingState)
+INJECTED_STORE = web.AppKey("injected_store", Store)
+
+CBOR = "application/cbor"
+
+
+def create_app(config: Config, *, store: Store | None = None) -> web.Application:
+    """The app for ``config``. Pass ``store`` to use one the caller owns (tests)."""
+    metrics = Metrics.create()
+    app = web.Application(
+        middlewares=[metrics.middleware(), error_middleware],
+        client_max_size=config.max_body_bytes,
+    )
+    app[CONFIG] = config
+    app[METRICS] = metrics
+    if store is not None:
+        app[INJECTED_STORE] = store
+    app.cleanup_ctx.append(_store_context)
+    app.cleanup_ctx.append(_keyring_context)
+    setup_routes(app)
+    return app
+
+
+async def open_store(config: Config) -> Store:
+    if config.redis_url is not None:
+        from keyserver.store.redis import RedisStore
+
+        return await RedisStore.connect(
+            config.redis_url,
+            prefix=config.redis_prefix,
+            socket_timeout=config.redis_timeout_s,
+            connect_timeout=config.redis_timeout_s,
+        )
+    from keyserver.store.sqlite import SQLiteStore
+
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    return await SQLiteStore.open(config.sqlite_path)
+
+
+async def _store_context(app: web.Application) -> AsyncIterator[None]:
+    if INJECTED_STORE in app:
+        app[STORE] = app[INJECTED_STORE]
+        yield
+        return
+    store = await open_store(app[CONFIG])
+    app[STORE] = store
+    try:
+        yield
+    finally:
+        await store.close()
+
+
+async def _keyring_context(app: web.Application) -> AsyncIterator[None]:
+    ring = KeyRingStore(app[CONFIG].keys_path)
+    if not ring.exists():  # first start of a single node: make its keys
+        ring.init(
+            now=int(time.time()),
+            key_lifetime=365 * 86_400,
+            max_token_lifetime=max(ROLE_MAX_LIFETIME.values()),
+        )
+    app[KEYRING] = ring.load()
+    yield
+
+
+def setup_routes(app: web.Application) -> None:
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_endpoint)
+    app.router.add_get("/v1/trust-update", trust_update)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """Liveness: the process answers. Dependencies are /readyz's business."""
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Readiness for load balancers: 200 when the store answers, else 503 so traffic moves on.
+
+    The one 503 the keyserver gives: it is addressed to the orchestrator, never to a phone."""
+    try:
+        await request.app[STORE].ping()
+    except StoreUnavailable:
+        return web.json_response({"status": "unready", "store": "unavailable"}, status=503)
+    return web.json_response({"status": "ready", "store": "ok"})
+
+
+async def metrics_endpoint(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[METRICS].registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def trust_update(request: web.Request) -> web.Response:
+    """The latest root-signed trust-store update (CBOR, COSE_Sign1): cars and phones apply it."""
+    ring = request.app[KEYRING]
+    if not ring.trust_update:
+        raise ApiError(404, "not_found", "no trust-store update yet")
+    return web.Response(
+        body=ring.trust_update,
+        content_type=CBOR,
+        headers={"PK-Trust-Sequence": str(ring.trust_sequence)},
+    )

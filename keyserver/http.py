@@ -1,0 +1,132 @@
+"""HTTP plumbing: the JSON error shape, request ids, body limits, and the error middleware.
+
+Every error leaves as ``{"error": {"code": ..., "message": ...}}`` with a 4xx, or a 500 with code
+``internal`` that says nothing more. Handlers raise ``ApiError``; nothing else reaches a client.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
+from typing import Any
+
+from aiohttp import web
+
+REQUEST_ID_HEADER = "X-Request-Id"
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{8,64}")
+request_id_var: ContextVar[str] = ContextVar("request_id", default="-")
+log = logging.getLogger("keyserver.http")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class ApiError(Exception):
+    """A refusal with an HTTP status and a machine-readable code; the message is for people."""
+
+    def __init__(
+        self, status: int, code: str, message: str, *, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers or {}
+
+
+def error_response(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.json_response(
+        {"error": {"code": code, "message": message}}, status=status, headers=headers
+    )
+
+
+# aiohttp's own refusals, mapped to our codes
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "body_too_large",
+    415: "unsupported_media_type",
+}
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    rid = request.headers.get(REQUEST_ID_HEADER, "")
+    if not _REQUEST_ID.fullmatch(rid):
+        rid = secrets.token_hex(8)
+    token = request_id_var.set(rid)
+    started = time.perf_counter()
+    try:
+        try:
+            response = await handler(request)
+        except ApiError as error:
+            response = error_response(error.status, error.code, error.message, error.headers)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            code = _HTTP_CODES.get(exc.status, "http_error")
+            response = error_response(exc.status, code, exc.reason)
+        except Exception:  # the one place a bug becomes a 500, logged with its request id
+            log.exception("unhandled error", extra={"fields": {"path": request.path}})
+            response = error_response(500, "internal", "internal error")
+        response.headers[REQUEST_ID_HEADER] = rid
+        log.info(
+            "request",
+            extra={
+                "fields": {
+                    "method": request.method,
+                    "path": request.path,
+                    "status": response.status,
+                    "ms": round((time.perf_counter() - started) * 1000, 2),
+                }
+            },
+        )
+        return response
+    finally:
+        request_id_var.reset(token)
+
+
+async def read_json(request: web.Request, max_bytes: int) -> dict[str, Any]:
+    """The request body as a JSON object, size-checked before reading; ApiError otherwise."""
+    if request.content_length is not None and request.content_length > max_bytes:
+        raise ApiError(413, "body_too_large", f"request body over {max_bytes} bytes")
+    if request.content_type != "application/json":
+        raise ApiError(415, "unsupported_media_type", "send application/json")
+    body = await request.content.read(max_bytes + 1)
+    if len(body) > max_bytes:
+        raise ApiError(413, "body_too_large", f"request body over {max_bytes} bytes")
+    try:
+        value = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError(400, "invalid_json", "request body is not valid JSON") from None
+    if not isinstance(value, dict):
+        raise ApiError(400, "invalid_body", "request body must be a JSON object")
+    return value
+
+
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object per line, with the request id; fields come from ``extra={"fields": …}``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+            "request_id": request_id_var.get(),
+        }
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            entry.update(fields)
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)

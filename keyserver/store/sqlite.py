@@ -1,0 +1,499 @@
+"""The embedded SQLite store: the keyserver's zero-configuration default for a single node.
+
+One worker thread owns the connection, so calls from any number of coroutines are serialized and
+never block the event loop. WAL with ``synchronous=FULL``: an accepted write survives a crash.
+Every operation is one transaction; writes take the write lock up front (``BEGIN IMMEDIATE``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import hmac
+import sqlite3
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, TypeVar
+
+from keycore import Role
+from keyserver.errors import Conflict, StoreUnavailable
+from keyserver.models import (
+    Account,
+    Device,
+    Invitation,
+    KeyRecord,
+    KeyStatus,
+    Pairing,
+    PairingResult,
+    RevocationEntry,
+    RevocationKind,
+    Session,
+    Vehicle,
+)
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+T = TypeVar("T")
+
+SCHEMA_VERSION: Final = 1
+# Expired rows deleted per table per sweep: catching up after a long pause costs many small
+# sweeps, never one long stall of the only worker thread.
+SWEEP_BATCH: Final = 256
+_UNIQUE_VIOLATIONS: Final = frozenset({"SQLITE_CONSTRAINT_UNIQUE", "SQLITE_CONSTRAINT_PRIMARYKEY"})
+
+# No foreign keys: records may name accounts, devices and vehicles that the service layer checks.
+_SCHEMA: Final = (
+    """CREATE TABLE IF NOT EXISTS accounts (account_id TEXT PRIMARY KEY,
+    email TEXT NOT NULL UNIQUE, password_hash TEXT NOT NULL, created_at INTEGER NOT NULL) STRICT""",
+    """CREATE TABLE IF NOT EXISTS sessions (token_hash BLOB PRIMARY KEY,
+    account_id TEXT NOT NULL, expires_at INTEGER NOT NULL) STRICT""",
+    "CREATE INDEX IF NOT EXISTS sessions_expiry ON sessions (expires_at)",
+    """CREATE TABLE IF NOT EXISTS devices (device_id TEXT PRIMARY KEY, account_id TEXT NOT NULL,
+    public_key BLOB NOT NULL, name TEXT NOT NULL, created_at INTEGER NOT NULL) STRICT""",
+    "CREATE INDEX IF NOT EXISTS devices_of_account ON devices (account_id, created_at)",
+    """CREATE TABLE IF NOT EXISTS nonces (scope TEXT NOT NULL, nonce BLOB NOT NULL,
+    expires_at INTEGER NOT NULL, PRIMARY KEY (scope, nonce)) STRICT""",
+    "CREATE INDEX IF NOT EXISTS nonces_expiry ON nonces (expires_at)",
+    """CREATE TABLE IF NOT EXISTS rate_windows (name TEXT NOT NULL, window_start INTEGER NOT NULL,
+    window_end INTEGER NOT NULL, hits INTEGER NOT NULL, PRIMARY KEY (name, window_start)) STRICT""",
+    "CREATE INDEX IF NOT EXISTS rate_windows_end ON rate_windows (window_end)",
+    """CREATE TABLE IF NOT EXISTS vehicles (vin TEXT PRIMARY KEY, public_key BLOB NOT NULL,
+    owner_id TEXT, created_at INTEGER NOT NULL) STRICT""",
+    """CREATE TABLE IF NOT EXISTS pairings (vin TEXT PRIMARY KEY, code_hash BLOB NOT NULL,
+    expires_at INTEGER NOT NULL, attempts_left INTEGER NOT NULL) STRICT""",
+    """CREATE TABLE IF NOT EXISTS vehicle_keys (key_id TEXT PRIMARY KEY, vin TEXT NOT NULL,
+    account_id TEXT NOT NULL, device_id TEXT NOT NULL, role INTEGER NOT NULL,
+    entitlements INTEGER NOT NULL, not_before INTEGER NOT NULL, not_after INTEGER NOT NULL,
+    schedule BLOB, status TEXT NOT NULL, created_at INTEGER NOT NULL) STRICT""",
+    "CREATE INDEX IF NOT EXISTS vehicle_keys_of_vehicle ON vehicle_keys (vin, created_at)",
+    """CREATE TABLE IF NOT EXISTS invitations (invitation_id TEXT PRIMARY KEY,
+    vin TEXT NOT NULL, inviter_id TEXT NOT NULL, role INTEGER NOT NULL,
+    entitlements INTEGER NOT NULL, not_before INTEGER NOT NULL, not_after INTEGER NOT NULL,
+    schedule BLOB, expires_at INTEGER NOT NULL) STRICT""",
+    "CREATE INDEX IF NOT EXISTS invitations_expiry ON invitations (expires_at)",
+    """CREATE TABLE IF NOT EXISTS revocation_heads (vin TEXT PRIMARY KEY,
+    sequence INTEGER NOT NULL) STRICT""",
+    """CREATE TABLE IF NOT EXISTS revocations (vin TEXT NOT NULL, sequence INTEGER NOT NULL,
+    kind TEXT NOT NULL, subject BLOB NOT NULL, issued_before INTEGER NOT NULL,
+    prune_after INTEGER NOT NULL, PRIMARY KEY (vin, sequence)) STRICT""",
+)
+
+# Rows that are dead at ``now``, a batch at a time (parameters: now, batch).
+_SWEEPS: Final = (
+    "DELETE FROM nonces WHERE rowid IN (SELECT rowid FROM nonces WHERE expires_at <= ? LIMIT ?)",
+    "DELETE FROM sessions WHERE rowid IN "
+    "(SELECT rowid FROM sessions WHERE expires_at <= ? LIMIT ?)",
+    "DELETE FROM rate_windows WHERE rowid IN "
+    "(SELECT rowid FROM rate_windows WHERE window_end <= ? LIMIT ?)",
+    "DELETE FROM invitations WHERE rowid IN "
+    "(SELECT rowid FROM invitations WHERE expires_at <= ? LIMIT ?)",
+)
+
+
+_SELECT_ACCOUNT: Final = "SELECT account_id, email, password_hash, created_at FROM accounts"
+_SELECT_DEVICE: Final = "SELECT device_id, account_id, public_key, name, created_at FROM devices"
+_SELECT_KEY: Final = (
+    "SELECT key_id, vin, account_id, device_id, role, entitlements, not_before, not_after, "
+    "schedule, status, created_at FROM vehicle_keys"
+)
+
+
+def _values(record: DataclassInstance) -> tuple[object, ...]:
+    """A record's fields in declaration order: the column order of its table."""
+    return tuple(getattr(record, field.name) for field in dataclasses.fields(record))
+
+
+def _key(row: Any) -> KeyRecord:
+    (key_id, vin, account_id, device_id, role, mask, nbf, naf, schedule, status, created) = row
+    return KeyRecord(
+        key_id, vin, account_id, device_id, Role(role), mask, nbf, naf, schedule,
+        KeyStatus(status), created,
+    )  # fmt: skip
+
+
+def _invitation(row: Any) -> Invitation:
+    (invitation_id, vin, inviter_id, role, mask, nbf, naf, schedule, expires_at) = row
+    return Invitation(
+        invitation_id, vin, inviter_id, Role(role), mask, nbf, naf, schedule, expires_at
+    )
+
+
+def _sweep(conn: sqlite3.Connection, now: int) -> None:
+    for statement in _SWEEPS:
+        conn.execute(statement, (now, SWEEP_BATCH))
+
+
+def _rollback_quietly(conn: sqlite3.Connection) -> None:
+    # A failed rollback leaves the transaction open; the next call rolls it back first.
+    with contextlib.suppress(sqlite3.Error):
+        conn.execute("ROLLBACK")
+
+
+def _unavailable(path: Path, exc: sqlite3.Error, *, may_have_succeeded: bool) -> StoreUnavailable:
+    name = getattr(exc, "sqlite_errorname", None) or type(exc).__name__
+    detail = " ".join(str(exc).split())
+    return StoreUnavailable(
+        f"SQLite store {path}: {detail} ({name})", may_have_succeeded=may_have_succeeded
+    )
+
+
+def _connect(path: Path, busy_timeout: float) -> sqlite3.Connection:
+    """Open the database and create or check its schema; runs on the worker thread."""
+    conn: sqlite3.Connection | None = None
+    try:
+        # isolation_level=None: we issue BEGIN/COMMIT ourselves; timeout is SQLite's busy_timeout.
+        conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None)
+        (mode,) = conn.execute("PRAGMA journal_mode=WAL").fetchone()
+        if mode != "wal":
+            raise StoreUnavailable(
+                f"SQLite store {path}: cannot use write-ahead logging (journal mode {mode})",
+                may_have_succeeded=False,
+            )
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("BEGIN IMMEDIATE")
+        (version,) = conn.execute("PRAGMA user_version").fetchone()
+        if version > SCHEMA_VERSION:
+            raise StoreUnavailable(
+                f"SQLite store {path}: schema version {version} is newer than this keyserver's "
+                f"({SCHEMA_VERSION})",
+                may_have_succeeded=False,
+            )
+        if version < SCHEMA_VERSION:
+            for statement in _SCHEMA:
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION:d}")
+        conn.execute("COMMIT")
+        return conn
+    except BaseException as exc:
+        if conn is not None:
+            conn.close()
+        if isinstance(exc, sqlite3.Error):
+            raise _unavailable(path, exc, may_have_succeeded=False) from exc
+        raise
+
+
+class SQLiteStore:
+    """The keyserver ``Store`` in one SQLite file, for a single node."""
+
+    def __init__(self, path: Path, conn: sqlite3.Connection, worker: ThreadPoolExecutor) -> None:
+        self._path = path
+        self._conn = conn  # used on the worker thread only
+        self._worker = worker
+        self._closed = False
+
+    @classmethod
+    async def open(cls, path: Path, *, busy_timeout: float = 2.0) -> SQLiteStore:
+        """Open (creating if needed) the database at ``path``; ``busy_timeout`` in seconds bounds
+        the wait for another process's write lock."""
+        worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-store")
+        try:
+            conn = await asyncio.get_running_loop().run_in_executor(
+                worker, _connect, path, busy_timeout
+            )
+        except BaseException:
+            worker.shutdown(wait=False)
+            raise
+        return cls(path, conn, worker)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            # queued calls run first: the worker takes jobs in order
+            await asyncio.get_running_loop().run_in_executor(self._worker, self._conn.close)
+        except sqlite3.Error:
+            pass  # committed writes are already durable in the WAL; nothing to save here
+        finally:
+            self._worker.shutdown(wait=False)
+
+    async def _run(
+        self, work: Callable[[sqlite3.Connection], T], *, write: bool, conflict: str = ""
+    ) -> T:
+        if self._closed:
+            raise StoreUnavailable(f"SQLite store {self._path} is closed", may_have_succeeded=False)
+        return await asyncio.get_running_loop().run_in_executor(
+            self._worker, self._transact, work, write, conflict
+        )
+
+    def _transact(self, work: Callable[[sqlite3.Connection], T], write: bool, conflict: str) -> T:
+        """Run ``work`` in one transaction on the worker thread, mapping SQLite's errors."""
+        conn = self._conn
+        committing = False
+        try:
+            if conn.in_transaction:  # left open by a failed rollback, so never committed
+                conn.execute("ROLLBACK")
+            conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            try:
+                result = work(conn)
+            except BaseException:
+                _rollback_quietly(conn)
+                raise
+            committing = write
+            conn.execute("COMMIT")
+            return result
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                _rollback_quietly(conn)
+            unique = getattr(exc, "sqlite_errorname", "") in _UNIQUE_VIOLATIONS
+            if conflict and unique and not committing:
+                raise Conflict(conflict) from exc
+            # Before COMMIT the rollback proves nothing was applied; a failed COMMIT proves nothing.
+            raise _unavailable(self._path, exc, may_have_succeeded=committing) from exc
+
+    async def _one(self, sql: str, params: tuple[object, ...]) -> Any:
+        return await self._run(lambda c: c.execute(sql, params).fetchone(), write=False)
+
+    async def _all(self, sql: str, params: tuple[object, ...]) -> list[Any]:
+        return await self._run(lambda c: c.execute(sql, params).fetchall(), write=False)
+
+    async def _change(self, sql: str, params: tuple[object, ...], conflict: str = "") -> int:
+        return await self._run(
+            lambda c: c.execute(sql, params).rowcount, write=True, conflict=conflict
+        )
+
+    async def ping(self) -> None:
+        await self._one("PRAGMA user_version", ())  # reads the file header, not just the library
+
+    # accounts and sessions
+
+    async def create_account(self, account: Account) -> None:
+        await self._change(
+            "INSERT INTO accounts (account_id, email, password_hash, created_at) "
+            "VALUES (?, ?, ?, ?)",
+            _values(account),
+            conflict="the account id or the e-mail address is already registered",
+        )
+
+    async def account(self, account_id: str) -> Account | None:
+        row = await self._one(_SELECT_ACCOUNT + " WHERE account_id = ?", (account_id,))
+        return None if row is None else Account(*row)
+
+    async def account_by_email(self, email: str) -> Account | None:
+        row = await self._one(_SELECT_ACCOUNT + " WHERE email = ?", (email,))
+        return None if row is None else Account(*row)
+
+    async def put_session(self, session: Session) -> None:
+        await self._change(
+            "INSERT OR REPLACE INTO sessions (token_hash, account_id, expires_at) VALUES (?, ?, ?)",
+            _values(session),
+        )
+
+    async def session(self, token_hash: bytes, *, now: int) -> Session | None:
+        row = await self._one(
+            "SELECT token_hash, account_id, expires_at FROM sessions "
+            "WHERE token_hash = ? AND expires_at > ?",
+            (token_hash, now),
+        )
+        return None if row is None else Session(*row)
+
+    async def delete_session(self, token_hash: bytes) -> None:
+        await self._change("DELETE FROM sessions WHERE token_hash = ?", (token_hash,))
+
+    # devices
+
+    async def add_device(self, device: Device) -> None:
+        await self._change(
+            "INSERT INTO devices (device_id, account_id, public_key, name, created_at) "
+            "VALUES (?, ?, ?, ?, ?)",
+            _values(device),
+            conflict=f"device {device.device_id} already exists",
+        )
+
+    async def device(self, device_id: str) -> Device | None:
+        row = await self._one(_SELECT_DEVICE + " WHERE device_id = ?", (device_id,))
+        return None if row is None else Device(*row)
+
+    async def devices_of(self, account_id: str) -> list[Device]:
+        rows = await self._all(
+            _SELECT_DEVICE + " WHERE account_id = ? ORDER BY created_at, device_id", (account_id,)
+        )
+        return [Device(*row) for row in rows]
+
+    # single use and rate limits
+
+    async def claim_nonce(self, scope: str, nonce: bytes, *, now: int, expires_at: int) -> bool:
+        def claim(conn: sqlite3.Connection) -> bool:
+            _sweep(conn, now)
+            # an expired claim of the same nonce that the sweep has not reached yet is taken over
+            cursor = conn.execute(
+                "INSERT INTO nonces (scope, nonce, expires_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (scope, nonce) DO UPDATE SET expires_at = excluded.expires_at "
+                "WHERE nonces.expires_at <= ?",
+                (scope, nonce, expires_at, now),
+            )
+            return cursor.rowcount == 1
+
+        return await self._run(claim, write=True)
+
+    async def hit(self, key: str, *, now: int, window: int, limit: int) -> bool:
+        start = now - now % window
+
+        def count(conn: sqlite3.Connection) -> bool:
+            _sweep(conn, now)
+            # fetchall: a RETURNING statement must be finished before COMMIT
+            ((hits,),) = conn.execute(
+                "INSERT INTO rate_windows (name, window_start, window_end, hits) "
+                "VALUES (?, ?, ?, 1) ON CONFLICT (name, window_start) "
+                "DO UPDATE SET hits = hits + 1 RETURNING hits",
+                (key, start, start + window),
+            ).fetchall()
+            return bool(hits <= limit)
+
+        return await self._run(count, write=True)
+
+    # vehicles and pairing
+
+    async def add_vehicle(self, vehicle: Vehicle) -> None:
+        await self._change(
+            "INSERT INTO vehicles (vin, public_key, owner_id, created_at) VALUES (?, ?, ?, ?)",
+            _values(vehicle),
+            conflict=f"vehicle {vehicle.vin} is already registered",
+        )
+
+    async def vehicle(self, vin: str) -> Vehicle | None:
+        row = await self._one(
+            "SELECT vin, public_key, owner_id, created_at FROM vehicles WHERE vin = ?", (vin,)
+        )
+        return None if row is None else Vehicle(*row)
+
+    async def set_owner(self, vin: str, *, owner_id: str | None, expected: str | None) -> bool:
+        changed = await self._change(
+            "UPDATE vehicles SET owner_id = ? WHERE vin = ? AND owner_id IS ?",
+            (owner_id, vin, expected),
+        )
+        return changed == 1
+
+    async def put_pairing(self, pairing: Pairing) -> None:
+        await self._change(
+            "INSERT OR REPLACE INTO pairings (vin, code_hash, expires_at, attempts_left) "
+            "VALUES (?, ?, ?, ?)",
+            _values(pairing),
+        )
+
+    async def try_pairing(self, vin: str, code_hash: bytes, *, now: int) -> PairingResult:
+        def attempt(conn: sqlite3.Connection) -> PairingResult:
+            row = conn.execute(
+                "SELECT code_hash, expires_at, attempts_left FROM pairings WHERE vin = ?", (vin,)
+            ).fetchone()
+            if row is None:
+                return PairingResult.NONE
+            stored, expires_at, attempts_left = row
+            if now >= expires_at:
+                return PairingResult.EXPIRED
+            if attempts_left <= 0:
+                return PairingResult.EXHAUSTED
+            if hmac.compare_digest(stored, code_hash):
+                conn.execute("DELETE FROM pairings WHERE vin = ?", (vin,))
+                return PairingResult.PAIRED
+            conn.execute(
+                "UPDATE pairings SET attempts_left = attempts_left - 1 WHERE vin = ?", (vin,)
+            )
+            return PairingResult.WRONG
+
+        return await self._run(attempt, write=True)
+
+    # keys and invitations
+
+    async def put_key(self, key: KeyRecord) -> None:
+        await self._change(
+            "INSERT OR REPLACE INTO vehicle_keys (key_id, vin, account_id, device_id, role, "
+            "entitlements, not_before, not_after, schedule, status, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            _values(key),
+        )
+
+    async def key(self, key_id: str) -> KeyRecord | None:
+        row = await self._one(_SELECT_KEY + " WHERE key_id = ?", (key_id,))
+        return None if row is None else _key(row)
+
+    async def keys_of_vehicle(self, vin: str) -> list[KeyRecord]:
+        rows = await self._all(_SELECT_KEY + " WHERE vin = ? ORDER BY created_at, key_id", (vin,))
+        return [_key(row) for row in rows]
+
+    async def set_key_status(
+        self, key_id: str, status: KeyStatus, *, expected: Sequence[KeyStatus]
+    ) -> bool:
+        allowed = frozenset(KeyStatus(s).value for s in expected)
+
+        def compare_and_set(conn: sqlite3.Connection) -> bool:
+            row = conn.execute(
+                "SELECT status FROM vehicle_keys WHERE key_id = ?", (key_id,)
+            ).fetchone()
+            if row is None or row[0] not in allowed:
+                return False
+            conn.execute(
+                "UPDATE vehicle_keys SET status = ? WHERE key_id = ?", (status.value, key_id)
+            )
+            return True
+
+        return await self._run(compare_and_set, write=True)
+
+    async def put_invitation(self, invitation: Invitation) -> None:
+        await self._change(
+            "INSERT OR REPLACE INTO invitations (invitation_id, vin, inviter_id, role, "
+            "entitlements, not_before, not_after, schedule, expires_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            _values(invitation),
+        )
+
+    async def take_invitation(self, invitation_id: str, *, now: int) -> Invitation | None:
+        def take(conn: sqlite3.Connection) -> Invitation | None:
+            rows = conn.execute(
+                "DELETE FROM invitations WHERE invitation_id = ? AND expires_at > ? "
+                "RETURNING invitation_id, vin, inviter_id, role, entitlements, not_before, "
+                "not_after, schedule, expires_at",
+                (invitation_id, now),
+            ).fetchall()
+            return _invitation(rows[0]) if rows else None
+
+        return await self._run(take, write=True)
+
+    # revocation ledger
+
+    async def append_revocations(self, vin: str, entries: Sequence[RevocationEntry]) -> int:
+        batch = [(e.kind.value, e.subject, e.before, e.until) for e in entries]
+
+        def append(conn: sqlite3.Connection) -> int:
+            row = conn.execute(
+                "SELECT sequence FROM revocation_heads WHERE vin = ?", (vin,)
+            ).fetchone()
+            head: int = 0 if row is None else row[0]
+            if not batch:
+                return head
+            conn.executemany(
+                "INSERT INTO revocations (vin, sequence, kind, subject, issued_before, "
+                "prune_after) VALUES (?, ?, ?, ?, ?, ?)",
+                [(vin, head + n, *fields) for n, fields in enumerate(batch, start=1)],
+            )
+            conn.execute(
+                "INSERT INTO revocation_heads (vin, sequence) VALUES (?, ?) "
+                "ON CONFLICT (vin) DO UPDATE SET sequence = excluded.sequence",
+                (vin, head + len(batch)),
+            )
+            return head + len(batch)
+
+        return await self._run(append, write=bool(batch))
+
+    async def revocations(self, vin: str, *, since: int = 0) -> tuple[int, list[RevocationEntry]]:
+        def read(conn: sqlite3.Connection) -> tuple[int, list[RevocationEntry]]:
+            row = conn.execute(
+                "SELECT sequence FROM revocation_heads WHERE vin = ?", (vin,)
+            ).fetchone()
+            rows = conn.execute(
+                "SELECT kind, subject, issued_before, prune_after, sequence FROM revocations "
+                "WHERE vin = ? AND sequence > ? ORDER BY sequence",
+                (vin, since),
+            ).fetchall()
+            entries = [RevocationEntry(RevocationKind(k), s, b, u, n) for k, s, b, u, n in rows]
+            return (0 if row is None else row[0]), entries
+
+        return await self._run(read, write=False)
+
+    async def prune_revocations(self, vin: str, *, before: int) -> int:
+        return await self._change(
+            "DELETE FROM revocations WHERE vin = ? AND prune_after < ?", (vin, before)
+        )
