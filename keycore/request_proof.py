@@ -29,7 +29,7 @@ NONCE_MIN, NONCE_MAX = 16, 32
 DEFAULT_MAX_SKEW = 60
 
 _DEVICE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
-_FIELD = re.compile(r"\s*([a-z]+)=([A-Za-z0-9_=-]+)\s*")
+_FIELD = re.compile(r" *([a-z]+)=([A-Za-z0-9_=-]+) *")
 _FIELDS = ("device", "ts", "nonce", "sig")
 
 

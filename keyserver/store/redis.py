@@ -1,0 +1,465 @@
+"""The Redis store: the production adapter, each operation one transaction or one Lua script.
+
+Key layout, all under the store's prefix ``P``::
+
+    P account:{id}      hash    Account            P email:{email}     string  account id
+    P session:{hex}     hash    Session (expires)  P device:{id}       hash    Device
+    P devices:{acc}     zset    device ids by created_at
+    P vehicle:{vin}     hash    Vehicle            P pairing:{vin}     hash    Pairing (expires)
+    P key:{id}          hash    KeyRecord          P keys:{vin}        zset    key ids by created_at
+    P invitation:{id}   hash    Invitation (expires)
+    P nonce:{scope}:{hex}       string  the nonce's expires_at (expires)
+    P hit:{key}:{window start}  string  attempts in that window (expires)
+    P revseq:{vin}      string  last sequence number; never deleted, so it never goes back
+    P revlog:{vin}      zset    "{sequence}:" + CBOR entry, scored by sequence
+    P revuntil:{vin}    zset    sequence numbers scored by the entry's ``until``
+
+Records are hashes with one field per dataclass field (absent when None), so Lua can compare and
+set a single field. Expiry only collects garbage: validity is always decided by comparing with
+the caller's ``now``, and expiry is set so that clock skew cannot remove a record early.
+
+No hidden retries: one attempt per call, short socket and connect timeouts. Failures become
+``StoreUnavailable``; ``may_have_succeeded`` is False unless a write reached the socket.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import typing
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from enum import Enum
+from typing import Any, Self, TypeVar
+
+import cbor2
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.connection import AbstractConnection
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import (
+    BusyLoadingError,
+    ConnectionError,
+    DataError,
+    ExecAbortError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisError,
+)
+from redis.typing import EncodableT
+
+from keyserver.errors import Conflict, StoreUnavailable
+from keyserver.models import (
+    Account,
+    Device,
+    Invitation,
+    KeyRecord,
+    KeyStatus,
+    Pairing,
+    PairingResult,
+    RevocationEntry,
+    RevocationKind,
+    Session,
+    Vehicle,
+)
+
+# Seconds a record outlives its expiry, and its least lifetime on Redis's clock: garbage
+# collection must never run ahead of a caller whose clock is behind Redis's.
+EXPIRY_SLACK = 60
+# An idle pooled connection is PINGed before use, so a dead one fails before a command is sent.
+HEALTH_CHECK_INTERVAL = 30
+
+_Record = TypeVar("_Record")
+
+_CREATE_ACCOUNT = """
+if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('SET', KEYS[2], ARGV[1])
+return 1
+"""
+# KEYS: record, optional index zset; ARGV: index score, index member, field, value, ...
+_INSERT = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+if KEYS[2] then redis.call('ZADD', KEYS[2], ARGV[1], ARGV[2]) end
+return 1
+"""
+# ARGV: field, new value, accepted current values...; a value is '=' .. text, or '' for absent
+_COMPARE_AND_SET = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local current = redis.call('HGET', KEYS[1], ARGV[1])
+current = current and ('=' .. current) or ''
+for i = 3, #ARGV do
+  if ARGV[i] == current then
+    if ARGV[2] == '' then redis.call('HDEL', KEYS[1], ARGV[1])
+    else redis.call('HSET', KEYS[1], ARGV[1], string.sub(ARGV[2], 2)) end
+    return 1
+  end
+end
+return 0
+"""
+_TRY_PAIRING = """
+local p = redis.call('HMGET', KEYS[1], 'code_hash', 'expires_at', 'attempts_left')
+if not p[1] then return 'none' end
+if tonumber(ARGV[2]) >= tonumber(p[2]) then return 'expired' end
+if tonumber(p[3]) <= 0 then return 'exhausted' end
+if p[1] == ARGV[1] then redis.call('DEL', KEYS[1]) return 'paired' end
+redis.call('HINCRBY', KEYS[1], 'attempts_left', -1)
+return 'wrong'
+"""
+# ARGV: now, expires_at, ttl
+_CLAIM_NONCE = """
+local held = redis.call('GET', KEYS[1])
+if held and tonumber(held) > tonumber(ARGV[1]) then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+return 1
+"""
+# KEYS: revseq, revlog, revuntil; ARGV: entry, until, entry, until, ...
+_APPEND_REVOCATIONS = """
+local n = #ARGV / 2
+local last = redis.call('INCRBY', KEYS[1], n)
+for i = 1, n do
+  local sequence = last - n + i
+  redis.call('ZADD', KEYS[2], sequence, sequence .. ':' .. ARGV[2 * i - 1])
+  redis.call('ZADD', KEYS[3], ARGV[2 * i], sequence)
+end
+return last
+"""
+# KEYS: revlog, revuntil; ARGV: before
+_PRUNE_REVOCATIONS = """
+local bound = '(' .. ARGV[1]
+local sequences = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', bound)
+for _, sequence in ipairs(sequences) do
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], sequence, sequence)
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', bound)
+return #sequences
+"""
+
+
+class _NotSent(ConnectionError):
+    """A failure before any command of the call reached the server's socket."""
+
+
+class _Pool(BlockingConnectionPool):
+    """Marks failures while getting a ready connection (waiting, connecting, handshake, health
+    check) as ``_NotSent``: only after this point can a write have reached the server."""
+
+    async def get_connection(self, *args: Any, **kwargs: Any) -> AbstractConnection:
+        acquire: Callable[[], Awaitable[AbstractConnection]] = super().get_connection
+        try:
+            connection = await acquire()
+        except RedisError as exc:
+            raise _NotSent(type(exc).__name__) from exc
+        check_health: Callable[[], Awaitable[None]] = connection.check_health
+        try:
+            await check_health()
+        except BaseException as exc:
+            await self.release(connection)
+            if isinstance(exc, RedisError):
+                raise _NotSent(type(exc).__name__) from exc
+            raise
+        return connection
+
+
+# the server refused the whole command: nothing was applied
+_REFUSED = (_NotSent, BusyLoadingError, ReadOnlyError, OutOfMemoryError, ExecAbortError, DataError)
+
+
+@contextmanager
+def _failures(operation: str, *, write: bool) -> Iterator[None]:
+    try:
+        yield
+    except (RedisError, OSError) as exc:
+        sent = write and not isinstance(exc, _REFUSED)
+        cause = type(exc.__cause__ if isinstance(exc, _NotSent) else exc).__name__
+        outcome = ("; may have been applied" if sent else "; not applied") if write else ""
+        raise StoreUnavailable(
+            f"redis {operation} failed ({cause}){outcome}", may_have_succeeded=sent
+        ) from exc
+
+
+def _fields(record: object) -> dict[EncodableT, EncodableT]:
+    values: dict[EncodableT, EncodableT] = {}
+    for field in dataclasses.fields(record):  # type: ignore[arg-type]
+        value = getattr(record, field.name)
+        if value is not None:
+            values[field.name] = value.value if isinstance(value, Enum) else value
+    return values
+
+
+def _flat(record: object) -> list[EncodableT]:
+    return [item for pair in _fields(record).items() for item in pair]
+
+
+def _parser(kind: Any) -> Callable[[bytes], object]:
+    optional = [arg for arg in typing.get_args(kind) if arg is not type(None)]
+    kind = optional[0] if optional else kind
+    if kind is bytes:
+        return bytes
+    if kind is str:
+        return bytes.decode
+    if issubclass(kind, int):  # int and IntEnum
+        return lambda raw: kind(int(raw))
+    return lambda raw: kind(raw.decode())  # StrEnum
+
+
+@functools.cache
+def _schema(cls: Any) -> tuple[tuple[str, bytes, Callable[[bytes], object]], ...]:
+    hints = typing.get_type_hints(cls)
+    return tuple((f.name, f.name.encode(), _parser(hints[f.name])) for f in dataclasses.fields(cls))
+
+
+def _record(cls: type[_Record], raw: Mapping[Any, Any]) -> _Record | None:
+    if not raw:
+        return None
+    schema = _schema(typing.cast(Any, cls))
+    return cls(
+        **{name: None if (v := raw.get(k)) is None else parse(v) for name, k, parse in schema}
+    )
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _present(value: str | None) -> str:
+    return "" if value is None else f"={value}"
+
+
+def _entry(member: bytes) -> RevocationEntry:
+    sequence, _, payload = member.partition(b":")
+    kind, subject, before, until = cbor2.loads(payload)
+    return RevocationEntry(RevocationKind(kind), subject, before, until, int(sequence))
+
+
+class RedisStore:
+    """The keyserver's state in Redis; one client and one connection pool per instance."""
+
+    def __init__(self, client: Redis, prefix: str) -> None:
+        self._client = client
+        self._prefix = prefix
+        self._create_account = client.register_script(_CREATE_ACCOUNT)
+        self._insert = client.register_script(_INSERT)
+        self._compare_and_set = client.register_script(_COMPARE_AND_SET)
+        self._try_pairing = client.register_script(_TRY_PAIRING)
+        self._claim_nonce = client.register_script(_CLAIM_NONCE)
+        self._append_revocations = client.register_script(_APPEND_REVOCATIONS)
+        self._prune_revocations = client.register_script(_PRUNE_REVOCATIONS)
+
+    @classmethod
+    async def connect(
+        cls,
+        url: str,
+        *,
+        prefix: str = "pk:",
+        socket_timeout: float = 0.5,
+        connect_timeout: float = 0.5,
+        max_connections: int = 64,
+    ) -> Self:
+        """A store for ``url``; connections open on first use, so Redis may be down now."""
+        pool = _Pool.from_url(
+            url,
+            max_connections=max_connections,
+            timeout=connect_timeout,  # the longest wait for a free pooled connection
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=connect_timeout,
+            retry=Retry(NoBackoff(), 0),
+            health_check_interval=HEALTH_CHECK_INTERVAL,
+        )
+        return cls(Redis(connection_pool=pool), prefix)
+
+    async def close(self) -> None:
+        await self._client.aclose(close_connection_pool=True)
+
+    def _key(self, kind: str, *parts: str | int) -> str:
+        return ":".join((f"{self._prefix}{kind}", *map(str, parts)))
+
+    async def _hash(self, cls: type[_Record], key: str, operation: str) -> _Record | None:
+        with _failures(operation, write=False):
+            raw = await self._client.hgetall(key)
+        return _record(cls, raw)
+
+    async def _put_expiring(
+        self, key: str, record: object, expires_at: int, operation: str
+    ) -> None:
+        pipe = self._client.pipeline(transaction=True)
+        pipe.delete(key)
+        pipe.hset(key, mapping=_fields(record))
+        pipe.expire(key, EXPIRY_SLACK)
+        pipe.expireat(key, expires_at + EXPIRY_SLACK, gt=True)
+        with _failures(operation, write=True):
+            await pipe.execute()
+
+    async def _listing(self, cls: type[_Record], index: str, kind: str, op: str) -> list[_Record]:
+        with _failures(op, write=False):
+            ids = await self._client.zrange(index, 0, -1)
+            pipe = self._client.pipeline(transaction=False)
+            for record_id in ids:
+                pipe.hgetall(self._key(kind, _text(record_id)))
+            raws = await pipe.execute() if ids else []
+        return [r for r in (_record(cls, raw) for raw in raws) if r is not None]
+
+    async def ping(self) -> None:
+        with _failures("ping", write=False):
+            await self._client.ping()
+
+    # accounts and sessions
+
+    async def create_account(self, account: Account) -> None:
+        keys = [self._key("account", account.account_id), self._key("email", account.email)]
+        with _failures("create_account", write=True):
+            created = await self._create_account(keys, [account.account_id, *_flat(account)])
+        if not created:
+            raise Conflict("an account with this id or e-mail address exists")
+
+    async def account(self, account_id: str) -> Account | None:
+        return await self._hash(Account, self._key("account", account_id), "account")
+
+    async def account_by_email(self, email: str) -> Account | None:
+        with _failures("account_by_email", write=False):
+            account_id = await self._client.get(self._key("email", email))
+        if account_id is None:
+            return None
+        return await self.account(_text(account_id))
+
+    async def put_session(self, session: Session) -> None:
+        key = self._key("session", session.token_hash.hex())
+        await self._put_expiring(key, session, session.expires_at, "put_session")
+
+    async def session(self, token_hash: bytes, *, now: int) -> Session | None:
+        found = await self._hash(Session, self._key("session", token_hash.hex()), "session")
+        return found if found is not None and now < found.expires_at else None
+
+    async def delete_session(self, token_hash: bytes) -> None:
+        with _failures("delete_session", write=True):
+            await self._client.delete(self._key("session", token_hash.hex()))
+
+    # devices
+
+    async def add_device(self, device: Device) -> None:
+        keys = [self._key("device", device.device_id), self._key("devices", device.account_id)]
+        with _failures("add_device", write=True):
+            args = [device.created_at, device.device_id, *_flat(device)]
+            added = await self._insert(keys, args)
+        if not added:
+            raise Conflict("a device with this id exists")
+
+    async def device(self, device_id: str) -> Device | None:
+        return await self._hash(Device, self._key("device", device_id), "device")
+
+    async def devices_of(self, account_id: str) -> list[Device]:
+        index = self._key("devices", account_id)
+        return await self._listing(Device, index, "device", "devices_of")
+
+    # single use and rate limits
+
+    async def claim_nonce(self, scope: str, nonce: bytes, *, now: int, expires_at: int) -> bool:
+        key = self._key("nonce", scope, nonce.hex())
+        ttl = max(expires_at - now, 0) + EXPIRY_SLACK  # relative: immune to clock skew
+        with _failures("claim_nonce", write=True):
+            return bool(await self._claim_nonce([key], [now, expires_at, ttl]))
+
+    async def hit(self, key: str, *, now: int, window: int, limit: int) -> bool:
+        start = now - now % window
+        counter = self._key("hit", key, start)
+        pipe = self._client.pipeline(transaction=True)
+        pipe.incr(counter)
+        pipe.expire(counter, start + window - now + EXPIRY_SLACK)
+        with _failures("hit", write=True):
+            count, _ = await pipe.execute()
+        return int(count) <= limit
+
+    # vehicles and pairing
+
+    async def add_vehicle(self, vehicle: Vehicle) -> None:
+        with _failures("add_vehicle", write=True):
+            added = await self._insert(
+                [self._key("vehicle", vehicle.vin)], [0, "", *_flat(vehicle)]
+            )
+        if not added:
+            raise Conflict("a vehicle with this VIN exists")
+
+    async def vehicle(self, vin: str) -> Vehicle | None:
+        return await self._hash(Vehicle, self._key("vehicle", vin), "vehicle")
+
+    async def set_owner(self, vin: str, *, owner_id: str | None, expected: str | None) -> bool:
+        args = ["owner_id", _present(owner_id), _present(expected)]
+        with _failures("set_owner", write=True):
+            return bool(await self._compare_and_set([self._key("vehicle", vin)], args))
+
+    async def put_pairing(self, pairing: Pairing) -> None:
+        key = self._key("pairing", pairing.vin)
+        await self._put_expiring(key, pairing, pairing.expires_at, "put_pairing")
+
+    async def try_pairing(self, vin: str, code_hash: bytes, *, now: int) -> PairingResult:
+        with _failures("try_pairing", write=True):
+            result = await self._try_pairing([self._key("pairing", vin)], [code_hash, now])
+        return PairingResult(_text(result))
+
+    # keys and invitations
+
+    async def put_key(self, key: KeyRecord) -> None:
+        record = self._key("key", key.key_id)
+        pipe = self._client.pipeline(transaction=True)
+        pipe.delete(record)
+        pipe.hset(record, mapping=_fields(key))
+        pipe.zadd(self._key("keys", key.vin), {key.key_id: key.created_at})
+        with _failures("put_key", write=True):
+            await pipe.execute()
+
+    async def key(self, key_id: str) -> KeyRecord | None:
+        return await self._hash(KeyRecord, self._key("key", key_id), "key")
+
+    async def keys_of_vehicle(self, vin: str) -> list[KeyRecord]:
+        keys = await self._listing(KeyRecord, self._key("keys", vin), "key", "keys_of_vehicle")
+        return [k for k in keys if k.vin == vin]  # a key replaced onto another vehicle moved
+
+    async def set_key_status(
+        self, key_id: str, status: KeyStatus, *, expected: Sequence[KeyStatus]
+    ) -> bool:
+        args = ["status", _present(status), *(_present(s) for s in expected)]
+        with _failures("set_key_status", write=True):
+            return bool(await self._compare_and_set([self._key("key", key_id)], args))
+
+    async def put_invitation(self, invitation: Invitation) -> None:
+        key = self._key("invitation", invitation.invitation_id)
+        await self._put_expiring(key, invitation, invitation.expires_at, "put_invitation")
+
+    async def take_invitation(self, invitation_id: str, *, now: int) -> Invitation | None:
+        key = self._key("invitation", invitation_id)
+        pipe = self._client.pipeline(transaction=True)
+        pipe.hgetall(key)
+        pipe.delete(key)
+        with _failures("take_invitation", write=True):
+            raw, _ = await pipe.execute()
+        taken = _record(Invitation, raw)
+        return taken if taken is not None and now < taken.expires_at else None
+
+    # revocation ledger
+
+    def _ledger(self, vin: str) -> list[str]:
+        return [self._key(kind, vin) for kind in ("revseq", "revlog", "revuntil")]
+
+    async def append_revocations(self, vin: str, entries: Sequence[RevocationEntry]) -> int:
+        if not entries:
+            with _failures("append_revocations", write=False):
+                return int(await self._client.get(self._ledger(vin)[0]) or 0)
+        args: list[bytes | int] = []
+        for e in entries:
+            args += [cbor2.dumps([e.kind.value, e.subject, e.before, e.until]), e.until]
+        with _failures("append_revocations", write=True):
+            return int(await self._append_revocations(self._ledger(vin), args))
+
+    async def revocations(self, vin: str, *, since: int = 0) -> tuple[int, list[RevocationEntry]]:
+        sequence, log, _ = self._ledger(vin)
+        pipe = self._client.pipeline(transaction=True)
+        pipe.get(sequence)
+        pipe.zrangebyscore(log, f"({since}", "+inf")
+        with _failures("revocations", write=False):
+            last, members = await pipe.execute()
+        return int(last or 0), [_entry(member) for member in members]
+
+    async def prune_revocations(self, vin: str, *, before: int) -> int:
+        with _failures("prune_revocations", write=True):
+            return int(await self._prune_revocations(self._ledger(vin)[1:], [before]))

@@ -1,0 +1,225 @@
+"""The store contract: one suite, run against SQLite and against a real redis-server."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from keycore import Role
+from keyserver.errors import Conflict
+from keyserver.models import (
+    Account,
+    Device,
+    Invitation,
+    KeyRecord,
+    KeyStatus,
+    Pairing,
+    PairingResult,
+    RevocationEntry,
+    RevocationKind,
+    Session,
+    Vehicle,
+)
+from keyserver.store import Store
+
+NOW = 1_800_000_000
+VIN = "5YJ3E1EA7KF000001"
+
+
+def account(n: int = 1, email: str | None = None) -> Account:
+    return Account(f"acc{n}", email or f"user{n}@example.org", "scrypt$…", NOW)
+
+
+def device(n: int = 1, account_id: str = "acc1") -> Device:
+    return Device(f"dev{n}", account_id, bytes([n]) * 64, f"phone {n}", NOW + n)
+
+
+def key(n: int = 1, *, vin: str = VIN, status: KeyStatus = KeyStatus.ACTIVE) -> KeyRecord:
+    return KeyRecord(
+        key_id=f"key{n}",
+        vin=vin,
+        account_id="acc1",
+        device_id="dev1",
+        role=Role.GUEST,
+        entitlements=0b11,
+        not_before=NOW,
+        not_after=NOW + 86_400,
+        schedule=b"\x82\x00\x81\x83\x01\x00\x19\x05\xa0" if n % 2 else None,
+        status=status,
+        created_at=NOW + n,
+    )
+
+
+async def test_ping(store: Store) -> None:
+    await store.ping()
+
+
+async def test_accounts_are_unique_by_id_and_email(store: Store) -> None:
+    await store.create_account(account(1))
+    assert await store.account("acc1") == account(1)
+    assert await store.account_by_email("user1@example.org") == account(1)
+    assert await store.account("nobody") is None
+    assert await store.account_by_email("nobody@example.org") is None
+    with pytest.raises(Conflict):
+        await store.create_account(account(2, email="user1@example.org"))
+    with pytest.raises(Conflict):
+        await store.create_account(account(1, email="other@example.org"))
+    # a refused insert changed nothing
+    assert await store.account("acc2") is None
+    assert await store.account_by_email("other@example.org") is None
+
+
+async def test_concurrent_registrations_of_one_email_admit_one(store: Store) -> None:
+    results = await asyncio.gather(
+        *(store.create_account(account(n, email="same@example.org")) for n in range(8)),
+        return_exceptions=True,
+    )
+    assert sum(r is None for r in results) == 1
+    assert all(isinstance(r, Conflict) for r in results if r is not None)
+
+
+async def test_sessions_expire_and_can_be_deleted(store: Store) -> None:
+    session = Session(b"\x01" * 32, "acc1", NOW + 60)
+    await store.put_session(session)
+    assert await store.session(b"\x01" * 32, now=NOW) == session
+    assert await store.session(b"\x01" * 32, now=NOW + 60) is None
+    assert await store.session(b"\x02" * 32, now=NOW) is None
+    await store.delete_session(b"\x01" * 32)
+    assert await store.session(b"\x01" * 32, now=NOW) is None
+    await store.delete_session(b"\x01" * 32)  # deleting twice is fine
+
+
+async def test_devices(store: Store) -> None:
+    await store.add_device(device(2))
+    await store.add_device(device(1))
+    await store.add_device(device(3, account_id="acc9"))
+    assert await store.device("dev1") == device(1)
+    assert await store.device("dev7") is None
+    assert await store.devices_of("acc1") == [device(1), device(2)]  # oldest first
+    assert await store.devices_of("acc5") == []
+    with pytest.raises(Conflict):
+        await store.add_device(device(1, account_id="acc9"))
+    assert await store.device("dev1") == device(1)
+
+
+async def test_nonces_are_single_use_until_they_expire(store: Store) -> None:
+    assert await store.claim_nonce("dev1", b"n1", now=NOW, expires_at=NOW + 300)
+    assert not await store.claim_nonce("dev1", b"n1", now=NOW + 1, expires_at=NOW + 301)
+    assert await store.claim_nonce("dev2", b"n1", now=NOW, expires_at=NOW + 300)  # other scope
+    results = await asyncio.gather(
+        *(store.claim_nonce("dev1", b"n2", now=NOW, expires_at=NOW + 300) for _ in range(10))
+    )
+    assert sorted(results) == [False] * 9 + [True]
+
+
+async def test_rate_limit_fixed_window(store: Store) -> None:
+    allowed = [await store.hit("login:a", now=NOW, window=60, limit=3) for _ in range(5)]
+    assert allowed == [True, True, True, False, False]
+    assert await store.hit("login:b", now=NOW, window=60, limit=3)  # other key
+    window_start = NOW - NOW % 60
+    assert await store.hit("login:a", now=window_start + 60, window=60, limit=3)  # next window
+
+
+async def test_vehicles_and_owner_compare_and_set(store: Store) -> None:
+    car = Vehicle(VIN, b"\x05" * 64, None, NOW)
+    await store.add_vehicle(car)
+    assert await store.vehicle(VIN) == car
+    assert await store.vehicle("1HGCM82633A004352") is None
+    with pytest.raises(Conflict):
+        await store.add_vehicle(Vehicle(VIN, b"\x06" * 64, None, NOW))
+    assert await store.set_owner(VIN, owner_id="acc1", expected=None)
+    assert not await store.set_owner(VIN, owner_id="acc2", expected=None)
+    assert (await store.vehicle(VIN)) == Vehicle(VIN, b"\x05" * 64, "acc1", NOW)
+    assert await store.set_owner(VIN, owner_id="acc2", expected="acc1")  # transfer
+    assert not await store.set_owner("1HGCM82633A004352", owner_id="acc1", expected=None)
+
+
+async def test_pairing_attempts(store: Store) -> None:
+    assert await store.try_pairing(VIN, b"h", now=NOW) is PairingResult.NONE
+    await store.put_pairing(Pairing(VIN, b"right", NOW + 300, 3))
+    assert await store.try_pairing(VIN, b"wrong", now=NOW) is PairingResult.WRONG
+    assert await store.try_pairing(VIN, b"wrong", now=NOW) is PairingResult.WRONG
+    assert await store.try_pairing(VIN, b"right", now=NOW) is PairingResult.PAIRED
+    assert await store.try_pairing(VIN, b"right", now=NOW) is PairingResult.NONE  # consumed
+
+    await store.put_pairing(Pairing(VIN, b"right", NOW + 300, 2))
+    assert await store.try_pairing(VIN, b"wrong", now=NOW) is PairingResult.WRONG
+    assert await store.try_pairing(VIN, b"wrong", now=NOW) is PairingResult.WRONG
+    # attempts are spent: even the right code no longer pairs
+    assert await store.try_pairing(VIN, b"right", now=NOW) is PairingResult.EXHAUSTED
+
+    await store.put_pairing(Pairing(VIN, b"right", NOW + 300, 3))  # a new code replaces it
+    assert await store.try_pairing(VIN, b"right", now=NOW + 300) is PairingResult.EXPIRED
+
+
+async def test_concurrent_pairing_with_the_right_code_pairs_once(store: Store) -> None:
+    await store.put_pairing(Pairing(VIN, b"right", NOW + 300, 5))
+    results = await asyncio.gather(*(store.try_pairing(VIN, b"right", now=NOW) for _ in range(10)))
+    assert results.count(PairingResult.PAIRED) == 1
+
+
+async def test_keys(store: Store) -> None:
+    await store.put_key(key(2))
+    await store.put_key(key(1))
+    await store.put_key(key(3, vin="1HGCM82633A004352"))
+    assert await store.key("key1") == key(1)
+    assert await store.key("key9") is None
+    assert await store.keys_of_vehicle(VIN) == [key(1), key(2)]  # oldest first
+
+    assert await store.set_key_status("key1", KeyStatus.SUSPENDED, expected=[KeyStatus.ACTIVE])
+    assert not await store.set_key_status("key1", KeyStatus.SUSPENDED, expected=[KeyStatus.ACTIVE])
+    assert (await store.key("key1")) == key(1, status=KeyStatus.SUSPENDED)
+    assert await store.set_key_status(
+        "key1", KeyStatus.REVOKED, expected=[KeyStatus.ACTIVE, KeyStatus.SUSPENDED]
+    )
+    assert not await store.set_key_status("key9", KeyStatus.REVOKED, expected=[KeyStatus.ACTIVE])
+    # put_key replaces
+    await store.put_key(key(2, status=KeyStatus.SUSPENDED))
+    assert (await store.key("key2")) == key(2, status=KeyStatus.SUSPENDED)
+    assert len(await store.keys_of_vehicle(VIN)) == 2
+
+
+async def test_invitations_are_taken_once(store: Store) -> None:
+    invitation = Invitation(
+        "inv1", VIN, "acc1", Role.DRIVER, 0b111, NOW, NOW + 3600, None, NOW + 60
+    )
+    await store.put_invitation(invitation)
+    results = await asyncio.gather(*(store.take_invitation("inv1", now=NOW) for _ in range(6)))
+    assert [r for r in results if r is not None] == [invitation]
+    assert await store.take_invitation("inv1", now=NOW) is None
+
+    await store.put_invitation(invitation)
+    assert await store.take_invitation("inv1", now=NOW + 60) is None  # expired
+    assert await store.take_invitation("nope", now=NOW) is None
+
+
+async def test_revocation_ledger(store: Store) -> None:
+    assert await store.revocations(VIN) == (0, [])
+    assert await store.append_revocations(VIN, []) == 0
+    t1 = RevocationEntry(RevocationKind.TOKEN, b"\x01" * 16, 0, NOW + 100)
+    h1 = RevocationEntry(RevocationKind.HOLDER, b"\x02" * 16, NOW, NOW + 200)
+    t2 = RevocationEntry(RevocationKind.TOKEN, b"\x03" * 16, 0, NOW + 300)
+    assert await store.append_revocations(VIN, [t1, h1]) == 2
+    assert await store.append_revocations(VIN, [t2]) == 3
+    numbered = [
+        RevocationEntry(t1.kind, t1.subject, t1.before, t1.until, 1),
+        RevocationEntry(h1.kind, h1.subject, h1.before, h1.until, 2),
+        RevocationEntry(t2.kind, t2.subject, t2.before, t2.until, 3),
+    ]
+    assert await store.revocations(VIN) == (3, numbered)
+    assert await store.revocations(VIN, since=2) == (3, numbered[2:])
+    assert await store.revocations(VIN, since=3) == (3, [])
+    assert await store.revocations("1HGCM82633A004352") == (0, [])
+
+    assert await store.prune_revocations(VIN, before=NOW + 150) == 1
+    assert await store.revocations(VIN) == (3, numbered[1:])  # the sequence never goes back
+
+
+async def test_concurrent_appends_get_distinct_sequences(store: Store) -> None:
+    entry = RevocationEntry(RevocationKind.TOKEN, b"\x09" * 16, 0, NOW + 100)
+    finals = await asyncio.gather(*(store.append_revocations(VIN, [entry]) for _ in range(10)))
+    assert sorted(finals) == list(range(1, 11))
+    sequence, entries = await store.revocations(VIN)
+    assert sequence == 10
+    assert [e.sequence for e in entries] == list(range(1, 11))
