@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
+from importlib.metadata import version
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from keycore import ROLE_MAX_LIFETIME
+from keyserver import openapi
 from keyserver.config import Config
 from keyserver.errors import StoreUnavailable
 from keyserver.http import ApiError, error_middleware
@@ -26,6 +29,7 @@ METRICS = web.AppKey("metrics", Metrics)
 STORE = web.AppKey("store", Store)
 KEYRING = web.AppKey("keyring", KeyRingState)
 INJECTED_STORE = web.AppKey("injected_store", Store)
+OPENAPI = web.AppKey("openapi", dict[str, Any])
 
 CBOR = "application/cbor"
 
@@ -92,7 +96,13 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_endpoint)
+    app.router.add_get("/openapi.json", openapi_endpoint)
     app.router.add_get("/v1/trust-update", trust_update)
+    app[OPENAPI] = openapi.document([PATHS], [SCHEMAS], version=version("phonekey"))
+
+
+async def openapi_endpoint(request: web.Request) -> web.Response:
+    return web.json_response(request.app[OPENAPI])
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -126,3 +136,73 @@ async def trust_update(request: web.Request) -> web.Response:
         content_type=CBOR,
         headers={"PK-Trust-Sequence": str(ring.trust_sequence)},
     )
+
+
+SCHEMAS: dict[str, Any] = {
+    "Health": {
+        "type": "object",
+        "required": ["status"],
+        "properties": {"status": {"const": "ok"}},
+    },
+    "Readiness": {
+        "type": "object",
+        "required": ["status", "store"],
+        "properties": {
+            "status": {"enum": ["ready", "unready"]},
+            "store": {"enum": ["ok", "unavailable"]},
+        },
+    },
+}
+
+PATHS: dict[str, Any] = {
+    "/healthz": {
+        "get": {
+            "summary": "Liveness",
+            "responses": {"200": openapi.json_response("alive", "Health")},
+        }
+    },
+    "/readyz": {
+        "get": {
+            "summary": "Readiness (for load balancers; 503 when the store does not answer)",
+            "responses": {
+                "200": openapi.json_response("ready", "Readiness"),
+                "503": openapi.json_response("not ready", "Readiness"),
+            },
+        }
+    },
+    "/metrics": {
+        "get": {
+            "summary": "Prometheus metrics",
+            "responses": {
+                "200": {
+                    "description": "text exposition format",
+                    "content": {"text/plain": {"schema": {"type": "string"}}},
+                }
+            },
+        }
+    },
+    "/openapi.json": {
+        "get": {
+            "summary": "This document",
+            "responses": {
+                "200": {
+                    "description": "OpenAPI 3.1",
+                    "content": {"application/json": {"schema": {"type": "object"}}},
+                }
+            },
+        }
+    },
+    "/v1/trust-update": {
+        "get": {
+            "summary": "The latest root-signed trust-store update (docs/protocol.md §11)",
+            "responses": {
+                "200": {
+                    "description": "the update; its sequence in PK-Trust-Sequence",
+                    "headers": {"PK-Trust-Sequence": {"schema": {"type": "string"}}},
+                    "content": {CBOR: {"schema": {"type": "string", "format": "binary"}}},
+                },
+                "404": openapi.error("no update yet"),
+            },
+        }
+    },
+}

@@ -12,6 +12,7 @@ from keycore import TrustStore
 from keyserver.app import KEYRING, create_app
 from keyserver.config import build
 from keyserver.keyring import KeyRingStore
+from keyserver.openapi import documented_routes, served_routes
 
 Client = Callable[[web.Application], Awaitable[TestClient[web.Request, web.Application]]]
 
@@ -56,3 +57,13 @@ async def test_errors_are_json_with_a_code(tmp_path: Path, aiohttp_client: Clien
     assert (await response.json())["error"]["code"] == "method_not_allowed"
     response = await client.get("/healthz", headers={"X-Request-Id": "bad id\u00e9"})
     assert response.headers["X-Request-Id"] != "bad id\u00e9"
+
+
+async def test_every_route_is_documented_and_nothing_else(
+    tmp_path: Path, aiohttp_client: Client
+) -> None:
+    app = create_app(build({"data_dir": str(tmp_path)}))
+    client = await aiohttp_client(app)
+    doc = await (await client.get("/openapi.json")).json()
+    assert doc["openapi"] == "3.1.0"
+    assert served_routes(app) == documented_routes(doc)
