@@ -17,6 +17,8 @@ from typing import Any
 
 from aiohttp import web
 
+from keyserver.errors import StoreUnavailable
+
 REQUEST_ID_HEADER = "X-Request-Id"
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{8,64}")
 request_id_var: ContextVar[str] = ContextVar("request_id", default="-")
@@ -70,6 +72,13 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             response = await handler(request)
         except ApiError as error:
             response = error_response(error.status, error.code, error.message, error.headers)
+        except StoreUnavailable as error:
+            # Until the resilience layer (issue 6) answers such requests in a degraded way.
+            log.warning("store unavailable", extra={"fields": {"error": str(error)}})
+            code = "outcome_unknown" if error.may_have_succeeded else "store_unavailable"
+            response = error_response(
+                503, code, "state store unavailable; retry later", {"Retry-After": "1"}
+            )
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
