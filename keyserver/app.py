@@ -93,12 +93,22 @@ async def _keyring_context(app: web.Application) -> AsyncIterator[None]:
 
 
 def setup_routes(app: web.Application) -> None:
+    # imported here: route modules use this module's AppKeys, so a top-level import is circular
+    from keyserver.routes import identity, keys, vehicles
+
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_endpoint)
     app.router.add_get("/openapi.json", openapi_endpoint)
     app.router.add_get("/v1/trust-update", trust_update)
-    app[OPENAPI] = openapi.document([PATHS], [SCHEMAS], version=version("phonekey"))
+    identity.setup(app)
+    vehicles.setup(app)
+    keys.setup(app)
+    app[OPENAPI] = openapi.document(
+        [PATHS, identity.PATHS, vehicles.PATHS, keys.PATHS],
+        [SCHEMAS, identity.SCHEMAS, vehicles.SCHEMAS, keys.SCHEMAS],
+        version=version("phonekey"),
+    )
 
 
 async def openapi_endpoint(request: web.Request) -> web.Response:

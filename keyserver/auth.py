@@ -3,6 +3,7 @@
 A bearer session says which account; a device proof (``PK-Device-Proof``, keycore.request_proof)
 says which enrolled phone signed this exact request. Changing who can open a car, and commands,
 need both, so a stolen session alone can do neither.
+A car signs its own requests the same way, with its vehicle key (``require_vehicle_proof``).
 """
 
 from __future__ import annotations
@@ -16,9 +17,14 @@ from aiohttp import web
 
 from keycore import InvalidProof, Reason
 from keycore.cose import holder_id, load_point
-from keycore.request_proof import HEADER, parse_request_proof, verify_request_proof
+from keycore.request_proof import (
+    HEADER,
+    RequestProof,
+    parse_request_proof,
+    verify_request_proof,
+)
 from keyserver.http import ApiError
-from keyserver.models import Device, Session
+from keyserver.models import Device, Session, Vehicle
 from keyserver.store import Store
 
 TOKEN_BYTES = 32
@@ -56,12 +62,14 @@ class Caller:
 async def require_session(request: web.Request, store: Store) -> Caller:
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token or len(token) > 256:
+    token = token.strip()
+    # a header may carry any bytes (undecodable ones as surrogates); our tokens are ASCII
+    if scheme.lower() != "bearer" or not token or len(token) > 256 or not token.isascii():
         raise ApiError(
             401, "unauthorized", "a bearer session is required",
             headers={"WWW-Authenticate": "Bearer"},
         )  # fmt: skip
-    token_hash = session_hash(token.strip())
+    token_hash = session_hash(token)
     session = await store.session(token_hash, now=now())
     if session is None:
         raise ApiError(
@@ -85,13 +93,7 @@ async def require_device_proof(
     ``enrolling``: the public key being enrolled, which must sign its own enrolment (the device
     is not in the store yet; None is returned).
     """
-    header = request.headers.get(HEADER)
-    if header is None:
-        raise ApiError(401, "device_proof_required", f"this operation needs a {HEADER} header")
-    try:
-        proof = parse_request_proof(header)
-    except InvalidProof:
-        raise ApiError(400, "bad_device_proof", f"the {HEADER} header is malformed") from None
+    proof = _read_proof(request)
     device: Device | None = None
     if enrolling is not None:
         if proof.device_id != device_id_for(enrolling):
@@ -102,6 +104,48 @@ async def require_device_proof(
         if device is None or device.account_id != caller.account_id:
             raise ApiError(403, "unknown_device", "no such device on this account")
         key_xy = device.public_key
+    await _check_proof(
+        request, store, proof, key_xy, body, scope=f"proof:{proof.device_id}", max_skew=max_skew
+    )
+    return device
+
+
+async def require_vehicle_proof(
+    request: web.Request, store: Store, vin: str, body: bytes, *, max_skew: int
+) -> Vehicle:
+    """Check a request signed by a car with its own key, the way a phone signs (device id = the
+    VIN); returns the car. An unknown VIN fails like a bad signature."""
+    proof = _read_proof(request)
+    vehicle = await store.vehicle(vin) if proof.device_id == vin else None
+    if vehicle is None:
+        raise ApiError(401, "bad_device_proof", "the proof is not made by this vehicle's key")
+    await _check_proof(
+        request, store, proof, vehicle.public_key, body, scope=f"vehicle:{vin}", max_skew=max_skew
+    )
+    return vehicle
+
+
+def _read_proof(request: web.Request) -> RequestProof:
+    header = request.headers.get(HEADER)
+    if header is None:
+        raise ApiError(401, "device_proof_required", f"this operation needs a {HEADER} header")
+    try:
+        return parse_request_proof(header)
+    except InvalidProof:
+        raise ApiError(400, "bad_device_proof", f"the {HEADER} header is malformed") from None
+
+
+async def _check_proof(
+    request: web.Request,
+    store: Store,
+    proof: RequestProof,
+    key_xy: bytes,
+    body: bytes,
+    *,
+    scope: str,
+    max_skew: int,
+) -> None:
+    """Signature and freshness, then the nonce's single use within ``scope``."""
     try:
         verify_request_proof(
             proof,
@@ -119,14 +163,10 @@ async def require_device_proof(
             ) from None
         raise ApiError(401, "bad_device_proof", "the device proof does not verify") from None
     fresh = await store.claim_nonce(
-        f"proof:{proof.device_id}",
-        proof.nonce,
-        now=now(),
-        expires_at=proof.timestamp + max_skew + 1,
+        scope, proof.nonce, now=now(), expires_at=proof.timestamp + max_skew + 1
     )
     if not fresh:
         raise ApiError(401, "replayed_device_proof", "this proof has been used already")
-    return device
 
 
 async def rate_limit(store: Store, key: str, *, limit: int, window: int) -> None:

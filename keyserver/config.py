@@ -43,6 +43,8 @@ class Config:
     token_lifetime_s: dict[str, int] = field(default_factory=_default_lifetimes)
     pairing_ttl_s: int = 600
     pairing_attempts: int = 5
+    # shared with the factory that provisions cars; empty disables POST /v1/vehicles
+    provisioning_secret: str = field(default="", repr=False)
     login_attempts_per_minute: int = 10
     proof_max_skew_s: int = 60
     max_body_bytes: int = 64 * 1024
@@ -76,6 +78,8 @@ _BOUNDS: dict[str, tuple[float, float]] = {
     "shutdown_grace_s": (0, 300),
 }
 _LOG_LEVELS = {"debug", "info", "warning", "error"}
+_SECRETS = {"provisioning_secret"}  # never echoed in an error message
+MIN_SECRET_CHARS = 16
 
 
 def load(path: Path | None = None, env: Mapping[str, str] | None = None) -> Config:
@@ -130,7 +134,8 @@ def _convert(name: str, raw: Any, default: Any) -> Any:
             raise TypeError
         return raw
     except (TypeError, ValueError):
-        raise ConfigError(f"setting {name!r}: {raw!r} is not a valid value") from None
+        shown = "the value" if name in _SECRETS else repr(raw)
+        raise ConfigError(f"setting {name!r}: {shown} is not a valid value") from None
 
 
 def _lifetimes(raw: Any) -> dict[str, int]:
@@ -159,5 +164,10 @@ def _validate(config: Config) -> None:
         ("redis://", "rediss://", "unix://")
     ):
         raise ConfigError("setting 'redis_url': must start with redis://, rediss:// or unix://")
+    if config.provisioning_secret and len(config.provisioning_secret) < MIN_SECRET_CHARS:
+        raise ConfigError(
+            f"setting 'provisioning_secret': empty (provisioning disabled) or at least"
+            f" {MIN_SECRET_CHARS} characters"
+        )
     if config.log_level not in _LOG_LEVELS:
         raise ConfigError(f"setting 'log_level': one of {', '.join(sorted(_LOG_LEVELS))}")

@@ -106,16 +106,30 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 async def read_json(request: web.Request, max_bytes: int) -> dict[str, Any]:
     """The request body as a JSON object, size-checked before reading; ApiError otherwise."""
+    return parse_json_object(await read_body(request, max_bytes))
+
+
+async def read_body(request: web.Request, max_bytes: int) -> bytes:
+    """The raw JSON request body, read once and bounded: a device proof signs these bytes."""
     if request.content_length is not None and request.content_length > max_bytes:
         raise ApiError(413, "body_too_large", f"request body over {max_bytes} bytes")
     if request.content_type != "application/json":
         raise ApiError(415, "unsupported_media_type", "send application/json")
-    body = await request.content.read(max_bytes + 1)
-    if len(body) > max_bytes:
-        raise ApiError(413, "body_too_large", f"request body over {max_bytes} bytes")
+    # read(n) returns whatever has arrived, so a body sent in pieces needs a loop
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await request.content.read(max_bytes + 1 - size):
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > max_bytes:
+            raise ApiError(413, "body_too_large", f"request body over {max_bytes} bytes")
+    return b"".join(chunks)
+
+
+def parse_json_object(body: bytes) -> dict[str, Any]:
     try:
         value = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise ApiError(400, "invalid_json", "request body is not valid JSON") from None
     if not isinstance(value, dict):
         raise ApiError(400, "invalid_body", "request body must be a JSON object")

@@ -35,6 +35,16 @@ def error(description: str) -> dict[str, Any]:
     }
 
 
+def strict_object(properties: dict[str, Any]) -> dict[str, Any]:
+    """An object schema with exactly these properties, all required."""
+    return {
+        "type": "object",
+        "required": list(properties),
+        "additionalProperties": False,
+        "properties": properties,
+    }
+
+
 def json_body(schema_ref: str) -> dict[str, Any]:
     return {
         "required": True,
@@ -72,6 +82,12 @@ def document(
             "securitySchemes": {
                 "bearer": {"type": "http", "scheme": "bearer"},
                 "deviceProof": {"type": "apiKey", "in": "header", "name": "PK-Device-Proof"},
+                "provisioning": {
+                    "type": "apiKey",
+                    "in": "header",
+                    "name": "Authorization",
+                    "description": "`Provisioning <secret>`: the factory's provisioning secret",
+                },
             },
         },
     }

@@ -17,6 +17,11 @@ MAX_PASSWORD_BYTES = 1024  # bounded before hashing: scrypt cost must not scale 
 MIN_PASSWORD_CHARS = 10
 
 
+# A well-formed hash that no password matches (its digest is all zeros): verifying against it
+# costs what a real check costs, so a login for an unknown e-mail takes as long as a wrong password.
+DECOY_HASH = "$".join(["scrypt", str(LOG2_N), str(R), str(P), "A" * 22, "A" * 43])
+
+
 class WeakPassword(ValueError):
     pass
 

@@ -8,6 +8,8 @@ import signal
 import sys
 from pathlib import Path
 
+import aiohttp
+
 from deploy.processes import free_port
 
 CHECKS = ",".join(
@@ -38,6 +40,7 @@ async def test_schemathesis_over_the_openapi_document(tmp_path: Path) -> None:
             while b"Running on" not in (line := await server.stderr.readline()):
                 assert line, "keyserver exited before it was ready"
         drain = asyncio.create_task(server.stderr.read())
+        token = await _session(port)
         runner = await asyncio.create_subprocess_exec(
             str(Path(sys.executable).with_name("schemathesis")),
             "run", f"http://127.0.0.1:{port}/openapi.json",
@@ -46,6 +49,10 @@ async def test_schemathesis_over_the_openapi_document(tmp_path: Path) -> None:
             "--seed", "20261121",
             "--request-timeout", "10",
             "--workers", "1",
+            # a real session, so routes behind it are exercised past the 401
+            "--header", f"Authorization: Bearer {token}",
+            "--exclude-path", "/v1/sessions/current",  # logging out would end that session
+            "--warnings", "off",
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
             env={**os.environ, "SCHEMATHESIS_HOOKS": ""},
         )  # fmt: skip
@@ -53,7 +60,19 @@ async def test_schemathesis_over_the_openapi_document(tmp_path: Path) -> None:
         report = output.decode(errors="replace")
         assert runner.returncode == 0, report[-4000:]
         assert "No issues found" in report, report[-2000:]
+        assert "passed" in report
     finally:
         server.send_signal(signal.SIGTERM)
         await server.wait()
     drain.cancel()
+
+
+async def _session(port: int) -> str:
+    base = f"http://127.0.0.1:{port}"
+    credentials = {"email": "fuzz@example.org", "password": "correct horse battery"}
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{base}/v1/accounts", json=credentials) as response:
+            assert response.status == 201
+        async with http.post(f"{base}/v1/sessions", json=credentials) as response:
+            assert response.status == 201
+            return str((await response.json())["token"])

@@ -1,0 +1,390 @@
+"""Identity routes: accounts, bearer sessions (login, logout) and the device keys phones enroll.
+
+Enrolling a device takes the account's password again and a proof signed by the new device key
+(``PK-Device-Proof``): a stolen bearer session alone cannot add a device of the thief's, which
+would then pass the device proofs that sharing, revoking and commands ask for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import re
+import secrets
+from typing import Any
+
+from aiohttp import web
+
+from keyserver import fields, openapi
+from keyserver.app import CONFIG, STORE
+from keyserver.auth import (
+    device_id_for,
+    new_session_token,
+    now,
+    rate_limit,
+    require_device_proof,
+    require_session,
+)
+from keyserver.errors import Conflict
+from keyserver.http import ApiError, parse_json_object, read_body, read_json
+from keyserver.models import Account, Device, Session
+from keyserver.passwords import (
+    DECOY_HASH,
+    MIN_PASSWORD_CHARS,
+    WeakPassword,
+    check_policy,
+    hash_password,
+    verify_password,
+)
+
+log = logging.getLogger("keyserver.identity")
+
+ACCOUNT_ID_BYTES = 16
+MAX_PASSWORD_CHARS = 1024  # passwords.MAX_PASSWORD_BYTES bounds the bytes; this bounds the field
+MAX_DEVICE_NAME_CHARS = 64
+LOGIN_WINDOW_S = 60
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_post("/v1/accounts", register)
+    app.router.add_get("/v1/accounts/me", me)
+    app.router.add_post("/v1/sessions", login)
+    app.router.add_delete("/v1/sessions/current", logout)
+    app.router.add_post("/v1/devices", enroll_device)
+    app.router.add_get("/v1/devices", list_devices)
+
+
+# handlers
+
+
+async def register(request: web.Request) -> web.Response:
+    config, store = request.app[CONFIG], request.app[STORE]
+    body = fields.exact(await read_json(request, config.max_body_bytes), ("email", "password"))
+    email = fields.email(body)
+    password = fields.string(body, "password")
+    try:
+        check_policy(password)
+    except WeakPassword as error:
+        raise ApiError(400, "weak_password", str(error)) from None
+    if await store.account_by_email(email) is not None:  # before spending a hash on it
+        raise _email_taken()
+    password_hash = await asyncio.to_thread(hash_password, password)
+    account = Account(secrets.token_hex(ACCOUNT_ID_BYTES), email, password_hash, now())
+    try:
+        await store.create_account(account)
+    except Conflict:  # registered by a concurrent request since the check above
+        raise _email_taken() from None
+    log.info("account registered", extra={"fields": {"account_id": account.account_id}})
+    return web.json_response({"account_id": account.account_id}, status=201)
+
+
+async def me(request: web.Request) -> web.Response:
+    store = request.app[STORE]
+    caller = await require_session(request, store)
+    account = await store.account(caller.account_id)
+    if account is None:  # no route deletes accounts yet; if one does, its sessions are void
+        raise ApiError(401, "unauthorized", "the session's account no longer exists")
+    return web.json_response(
+        {
+            "account_id": account.account_id,
+            "email": account.email,
+            "created_at": account.created_at,
+        }
+    )
+
+
+async def login(request: web.Request) -> web.Response:
+    config, store = request.app[CONFIG], request.app[STORE]
+    body = fields.exact(await read_json(request, config.max_body_bytes), ("email", "password"))
+    email = fields.normalised_email(fields.string(body, "email"))
+    if len(email) > fields.MAX_EMAIL_CHARS:
+        raise fields.invalid("email", f"at most {fields.MAX_EMAIL_CHARS} characters")
+    password = fields.string(body, "password")
+    if len(password) > MAX_PASSWORD_CHARS:
+        raise fields.invalid("password", f"at most {MAX_PASSWORD_CHARS} characters")
+    limit = config.login_attempts_per_minute
+    address = request.remote or "unknown"
+    await rate_limit(store, _limit_key("address", address), limit=limit, window=LOGIN_WINDOW_S)
+    await rate_limit(store, _limit_key("email", email), limit=limit, window=LOGIN_WINDOW_S)
+    account = await store.account_by_email(email)
+    # An unknown e-mail costs one hash too, so the answer's timing does not tell it apart.
+    stored = DECOY_HASH if account is None else account.password_hash
+    matched = await asyncio.to_thread(verify_password, password, stored)
+    if account is None or not matched:
+        log.info("login refused", extra={"fields": {"reason": "bad_credentials"}})
+        raise _bad_credentials()
+    token, token_hash = new_session_token()
+    session = Session(token_hash, account.account_id, now() + config.session_ttl_s)
+    await store.put_session(session)
+    log.info("session opened", extra={"fields": {"account_id": account.account_id}})
+    return web.json_response(
+        {"token": token, "account_id": account.account_id, "expires_at": session.expires_at},
+        status=201,
+    )
+
+
+async def logout(request: web.Request) -> web.Response:
+    store = request.app[STORE]
+    caller = await require_session(request, store)
+    await store.delete_session(caller.token_hash)
+    log.info("session closed", extra={"fields": {"account_id": caller.account_id}})
+    return web.Response(status=204)
+
+
+async def enroll_device(request: web.Request) -> web.Response:
+    config, store = request.app[CONFIG], request.app[STORE]
+    caller = await require_session(request, store)
+    raw = await read_body(request, config.max_body_bytes)
+    body = fields.exact(parse_json_object(raw), ("name", "public_key", "password"))
+    password = fields.string(body, "password")
+    name = fields.string(body, "name")
+    if not 1 <= len(name) <= MAX_DEVICE_NAME_CHARS or _CONTROL.search(name):
+        raise fields.invalid(
+            "name", f"1 to {MAX_DEVICE_NAME_CHARS} characters, no control characters"
+        )
+    public_key = fields.public_key(body)
+    # The new key signs this exact request: holding a session is not holding a device key.
+    await require_device_proof(
+        request, store, caller, raw, max_skew=config.proof_max_skew_s, enrolling=public_key
+    )
+    # ... and the password again: holding a session is not knowing the password.
+    await rate_limit(
+        store,
+        f"enroll:{caller.account_id}",
+        limit=config.login_attempts_per_minute,
+        window=LOGIN_WINDOW_S,
+    )
+    account = await store.account(caller.account_id)
+    stored = DECOY_HASH if account is None else account.password_hash
+    if (
+        len(password) > MAX_PASSWORD_CHARS
+        or not await asyncio.to_thread(verify_password, password, stored)
+        or account is None
+    ):
+        raise ApiError(401, "bad_credentials", "the account password is required to add a device")
+    device = Device(device_id_for(public_key), caller.account_id, public_key, name, now())
+    try:
+        await store.add_device(device)
+    except Conflict:
+        raise ApiError(409, "device_exists", "this device key is already enrolled") from None
+    log.info(
+        "device enrolled",
+        extra={"fields": {"account_id": caller.account_id, "device_id": device.device_id}},
+    )
+    return web.json_response({"device_id": device.device_id}, status=201)
+
+
+async def list_devices(request: web.Request) -> web.Response:
+    store = request.app[STORE]
+    caller = await require_session(request, store)
+    devices = await store.devices_of(caller.account_id)
+    return web.json_response(
+        {
+            "devices": [
+                {
+                    "device_id": device.device_id,
+                    "name": device.name,
+                    "public_key": fields.b64(device.public_key),
+                    "created_at": device.created_at,
+                }
+                for device in devices
+            ]
+        }
+    )
+
+
+# helpers
+
+
+def _limit_key(kind: str, subject: str) -> str:
+    # hashed: bounded, free of separators, and no e-mail address in the store's key space
+    return f"login:{kind}:{hashlib.sha256(subject.encode()).hexdigest()[:32]}"
+
+
+def _email_taken() -> ApiError:
+    return ApiError(409, "email_taken", "an account with this e-mail address exists")
+
+
+def _bad_credentials() -> ApiError:
+    return ApiError(401, "bad_credentials", "wrong e-mail address or password")
+
+
+# OpenAPI
+
+_TIMESTAMP = {"type": "integer", "minimum": 0, "description": "Unix seconds"}
+_ACCOUNT_ID = {"type": "string", "minLength": 1}
+_DEVICE_ID = {"type": "string", "pattern": "^[0-9a-f]{32}$"}
+_PUBLIC_KEY = {
+    "type": "string",
+    "pattern": f"^[A-Za-z0-9_-]{{{fields.POINT_B64_CHARS}}}$",
+    "description": "unpadded base64url of the 64-byte P-256 point x || y",
+}
+_EMAIL_FIELD = {"type": "string", "minLength": 3, "maxLength": fields.MAX_EMAIL_CHARS}
+_NEW_EMAIL_FIELD = {
+    **_EMAIL_FIELD,
+    # what fields.email accepts, before lower-casing (surrounding blanks are stripped too)
+    "pattern": "^[!-?A-~]{1,64}@[A-Za-z0-9-]{1,63}(\\.[A-Za-z0-9-]{1,63})+$",
+}
+
+
+def _object(properties: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": list(properties),
+        "additionalProperties": False,
+        "properties": properties,
+    }
+
+
+SCHEMAS: dict[str, Any] = {
+    "NewAccount": _object(
+        {
+            "email": _NEW_EMAIL_FIELD,
+            "password": {
+                "type": "string",
+                "minLength": MIN_PASSWORD_CHARS,
+                "maxLength": MAX_PASSWORD_CHARS,
+            },
+        }
+    ),
+    "AccountCreated": _object({"account_id": _ACCOUNT_ID}),
+    "Account": _object(
+        {"account_id": _ACCOUNT_ID, "email": {"type": "string"}, "created_at": _TIMESTAMP}
+    ),
+    "Credentials": _object(
+        {"email": _EMAIL_FIELD, "password": {"type": "string", "maxLength": MAX_PASSWORD_CHARS}}
+    ),
+    "SessionOpened": _object(
+        {
+            "token": {"type": "string", "minLength": 1, "description": "the bearer token"},
+            "account_id": _ACCOUNT_ID,
+            "expires_at": _TIMESTAMP,
+        }
+    ),
+    "NewDevice": _object(
+        {
+            "name": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": MAX_DEVICE_NAME_CHARS,
+                "pattern": "^[^\\u0000-\\u001f\\u007f]*$",
+            },
+            "public_key": _PUBLIC_KEY,
+            "password": {"type": "string", "minLength": 1, "maxLength": MAX_PASSWORD_CHARS},
+        }
+    ),
+    "DeviceEnrolled": _object({"device_id": _DEVICE_ID}),
+    "Device": _object(
+        {
+            "device_id": _DEVICE_ID,
+            "name": {"type": "string"},
+            "public_key": _PUBLIC_KEY,
+            "created_at": _TIMESTAMP,
+        }
+    ),
+    "DeviceList": _object(
+        {"devices": {"type": "array", "items": {"$ref": "#/components/schemas/Device"}}}
+    ),
+}
+
+_BAD_BODY = "invalid_json, invalid_body, unknown_field, missing_field or invalid_field"
+_BODY_ERRORS = {
+    "413": openapi.error("body_too_large: the body is over the configured limit"),
+    "415": openapi.error("unsupported_media_type: the body must be application/json"),
+}
+_SESSION_ERROR = {"401": openapi.error("unauthorized: no bearer session, or an expired one")}
+_STORE_ERROR = {"503": openapi.error("store_unavailable or outcome_unknown; retry later")}
+_BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
+
+PATHS: dict[str, Any] = {
+    "/v1/accounts": {
+        "post": {
+            "summary": "Register an account",
+            "requestBody": openapi.json_body("NewAccount"),
+            "responses": {
+                "201": openapi.json_response("registered", "AccountCreated"),
+                "400": openapi.error(f"weak_password, {_BAD_BODY}"),
+                **_BODY_ERRORS,
+                "409": openapi.error("email_taken"),
+                **_STORE_ERROR,
+            },
+        }
+    },
+    "/v1/accounts/me": {
+        "get": {
+            "summary": "The caller's account",
+            "security": _BEARER,
+            "responses": {
+                "200": openapi.json_response("the account", "Account"),
+                **_SESSION_ERROR,
+                **_STORE_ERROR,
+            },
+        }
+    },
+    "/v1/sessions": {
+        "post": {
+            "summary": "Log in: open a bearer session",
+            "requestBody": openapi.json_body("Credentials"),
+            "responses": {
+                "201": openapi.json_response("the session", "SessionOpened"),
+                "400": openapi.error(_BAD_BODY),
+                **_BODY_ERRORS,
+                "401": openapi.error("bad_credentials: wrong e-mail address or password"),
+                "429": {
+                    **openapi.error("rate_limited: too many attempts for this e-mail or address"),
+                    "headers": {
+                        "Retry-After": {
+                            "description": "seconds until the next attempt is counted",
+                            "required": True,
+                            "schema": {"type": "string", "pattern": "^[0-9]+$"},
+                        }
+                    },
+                },
+                **_STORE_ERROR,
+            },
+        }
+    },
+    "/v1/sessions/current": {
+        "delete": {
+            "summary": "Log out: end the bearer session",
+            "security": _BEARER,
+            "responses": {
+                "204": {"description": "the session has ended"},
+                **_SESSION_ERROR,
+                **_STORE_ERROR,
+            },
+        }
+    },
+    "/v1/devices": {
+        "post": {
+            "summary": "Enroll a device key: the account password again, and the new key signs"
+            " the request (PK-Device-Proof)",
+            "security": [{"bearer": [], "deviceProof": []}],
+            "requestBody": openapi.json_body("NewDevice"),
+            "responses": {
+                "201": openapi.json_response("enrolled", "DeviceEnrolled"),
+                "400": openapi.error(f"bad_device_proof (a malformed header), {_BAD_BODY}"),
+                **_BODY_ERRORS,
+                "401": openapi.error(
+                    "unauthorized, bad_credentials, device_proof_required, bad_device_proof,"
+                    " stale_device_proof or replayed_device_proof"
+                ),
+                "409": openapi.error("device_exists: this key is already enrolled"),
+                "429": openapi.error("rate_limited: too many enrolment attempts"),
+                **_STORE_ERROR,
+            },
+        },
+        "get": {
+            "summary": "The caller's enrolled devices, oldest first",
+            "security": _BEARER,
+            "responses": {
+                "200": openapi.json_response("the devices", "DeviceList"),
+                **_SESSION_ERROR,
+                **_STORE_ERROR,
+            },
+        },
+    },
+}

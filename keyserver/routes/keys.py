@@ -1,0 +1,429 @@
+"""Keys: the owner's own keys, sharing by invitation, suspend/resume/revoke, token refresh, and
+the signed revocation lists that phones carry to cars.
+
+Every call needs a bearer session; every call that changes who can open a car or signs a token
+also needs a device proof (PK-Device-Proof) by one of the caller's enrolled devices. Who may do
+what, for the vehicle's owner, a holder of a key on it, and anyone else:
+
+    operation                              owner         holder            anyone else
+    issue an owner key to an own device    yes           403 not_owner     404
+    share (invitation)                     yes           403 not_owner     404
+    accept an invitation                   no (own)      yes               yes
+    list keys                              all keys      its own keys      404
+    suspend / resume a key                 yes           403 not_owner     404
+    revoke a key                           yes           its own only      404
+    revoke a device's / account's keys     yes           403 not_owner     404
+    refresh a token                        from the key's own device only, while active and in
+                                           its window
+    read the revocation list               yes           with an active key, else 404
+
+A device holds at most one live (active or suspended) key per vehicle, so a holder entry in the
+revocation list ("every token of this device issued before T") is exactly that key's revocation.
+Token times are whole seconds, so a device whose keys were withdrawn this very second gets no new
+key or resumed key until the next one (409 too_soon with Retry-After; keyserver.issuance).
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import Mapping
+from typing import Any
+
+from aiohttp import web
+
+from keycore import ROLE_ENTITLEMENTS, Role
+from keycore.roles import to_mask
+from keycore.token import check_vin
+from keyserver import auth, fields
+from keyserver.app import CBOR, CONFIG, STORE
+from keyserver.grants import OPEN_END, key_view, parse_grant
+from keyserver.http import ApiError, parse_json_object, read_body
+from keyserver.issuance import (
+    IssuedToken,
+    first_refresh,
+    holder_cutoff,
+    issue_token,
+    new_key_id,
+    revocation_list,
+    revoke_keys,
+    suspend_keys,
+)
+from keyserver.models import Device, Invitation, KeyRecord, KeyStatus, Vehicle
+from keyserver.routes import keys_openapi
+
+PATHS = keys_openapi.PATHS
+SCHEMAS = keys_openapi.SCHEMAS
+
+DAY = 86_400
+DEFAULT_INVITATION_TTL_S = 3 * DAY
+MIN_INVITATION_TTL_S, MAX_INVITATION_TTL_S = 60, 7 * DAY
+INVITATION_FIELDS = (
+    "role", "entitlements", "not_before", "not_after", "schedule", "invitation_ttl_s",
+)  # fmt: skip
+SEQUENCE_HEADER = "PK-Revocation-Sequence"
+MAX_SEQUENCE = 2**63 - 1
+_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_SINCE = re.compile(r"[0-9]{1,19}")
+_LIVE = (KeyStatus.ACTIVE, KeyStatus.SUSPENDED)
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_post("/v1/vehicles/{vin}/keys", issue_owner_key)
+    app.router.add_get("/v1/vehicles/{vin}/keys", list_keys)
+    app.router.add_post("/v1/vehicles/{vin}/invitations", invite)
+    app.router.add_post("/v1/invitations/{invitation_id}/accept", accept)
+    app.router.add_post("/v1/keys/{key_id}/suspend", suspend)
+    app.router.add_post("/v1/keys/{key_id}/resume", resume)
+    app.router.add_post("/v1/keys/{key_id}/revoke", revoke)
+    app.router.add_post("/v1/keys/{key_id}/token", refresh)
+    app.router.add_post("/v1/vehicles/{vin}/revocations", revoke_holder)
+    app.router.add_get("/v1/vehicles/{vin}/revocations", revocations)
+
+
+async def issue_owner_key(request: web.Request) -> web.Response:
+    """The owner gives one of its own devices an owner key, and its first token."""
+    caller, body, _ = await _signed(request, takes_body=True)
+    device_id = _device_id(fields.exact(body, ("device_id",)))
+    vehicle, keys = await _vehicle_for(request, caller)
+    _require_owner(vehicle, caller)
+    device = await _own_device(request, caller, device_id)
+    now = auth.now()
+    key = KeyRecord(
+        key_id=new_key_id(),
+        vin=vehicle.vin,
+        account_id=caller.account_id,
+        device_id=device.device_id,
+        role=Role.OWNER,
+        entitlements=to_mask(ROLE_ENTITLEMENTS[Role.OWNER]),
+        not_before=now,
+        not_after=OPEN_END,
+        schedule=None,
+        status=KeyStatus.ACTIVE,
+        created_at=now,
+    )
+    issued = await _create_key(request, key, device, keys)
+    assert issued is not None  # an owner key's window starts now and has no end
+    return web.json_response(_token_view(key, issued), status=201)
+
+
+async def invite(request: web.Request) -> web.Response:
+    """The owner offers a key (role, actions, window, schedule) that another account accepts."""
+    caller, body, _ = await _signed(request, takes_body=True)
+    _known_fields(body, INVITATION_FIELDS)
+    vehicle, _ = await _vehicle_for(request, caller)
+    _require_owner(vehicle, caller)
+    now = auth.now()
+    grant = parse_grant(body, now=now)
+    ttl = body.get("invitation_ttl_s", DEFAULT_INVITATION_TTL_S)
+    if type(ttl) is not int or not MIN_INVITATION_TTL_S <= ttl <= MAX_INVITATION_TTL_S:
+        raise fields.invalid(
+            "invitation_ttl_s", f"seconds, {MIN_INVITATION_TTL_S}…{MAX_INVITATION_TTL_S}"
+        )
+    invitation = Invitation(
+        invitation_id=secrets.token_urlsafe(16),
+        vin=vehicle.vin,
+        inviter_id=caller.account_id,
+        role=grant.role,
+        entitlements=grant.entitlements,
+        not_before=grant.not_before,
+        not_after=grant.not_after,
+        schedule=grant.schedule,
+        expires_at=min(now + ttl, grant.not_after),  # no use accepting a key that has ended
+    )
+    await request.app[STORE].put_invitation(invitation)
+    return web.json_response(
+        {"invitation_id": invitation.invitation_id, "expires_at": invitation.expires_at},
+        status=201,
+    )
+
+
+async def accept(request: web.Request) -> web.Response:
+    """The recipient takes an invitation (once) for one of its devices and gets the key."""
+    store = request.app[STORE]
+    caller, body, _ = await _signed(request, takes_body=True)
+    device = await _own_device(request, caller, _device_id(fields.exact(body, ("device_id",))))
+    invitation_id = request.match_info["invitation_id"]
+    taken = None
+    if _ID.fullmatch(invitation_id):
+        taken = await store.take_invitation(invitation_id, now=auth.now())
+    vehicle = None if taken is None else await store.vehicle(taken.vin)
+    # An invitation dies with its inviter's ownership: the new owner never granted it.
+    if taken is None or vehicle is None or vehicle.owner_id != taken.inviter_id:
+        raise ApiError(404, "invitation_not_found", "no such invitation, or it is used or expired")
+    try:
+        if taken.inviter_id == caller.account_id:
+            raise ApiError(403, "own_invitation", "an invitation is for another account")
+        now = auth.now()
+        key = KeyRecord(
+            key_id=new_key_id(),
+            vin=taken.vin,
+            account_id=caller.account_id,
+            device_id=device.device_id,
+            role=taken.role,
+            entitlements=taken.entitlements,
+            not_before=taken.not_before,
+            not_after=taken.not_after,
+            schedule=taken.schedule,
+            status=KeyStatus.ACTIVE,
+            created_at=now,
+        )
+        issued = await _create_key(request, key, device, await store.keys_of_vehicle(taken.vin))
+    except ApiError:
+        await store.put_invitation(taken)  # refused before use: the recipient may try again
+        raise
+    if issued is None:  # the key starts too far ahead for any token yet
+        lifetime = request.app[CONFIG].lifetime(key.role)
+        view: dict[str, Any] = {
+            "key_id": key.key_id,
+            "role": key.role.name.lower(),
+            "token": None,
+            "token_not_before": None,
+            "token_expires_at": None,
+            "refresh_after": first_refresh(key, now=now, lifetime=lifetime),
+        }
+    else:
+        view = _token_view(key, issued)
+    return web.json_response(view, status=201)
+
+
+async def list_keys(request: web.Request) -> web.Response:
+    """Every key of the vehicle for its owner; a holder sees its own keys only."""
+    caller = await auth.require_session(request, request.app[STORE])
+    vehicle, keys = await _vehicle_for(request, caller)
+    if vehicle.owner_id != caller.account_id:
+        keys = [k for k in keys if k.account_id == caller.account_id]
+    return web.json_response({"vin": vehicle.vin, "keys": [key_view(k) for k in keys]})
+
+
+async def suspend(request: web.Request) -> web.Response:
+    """The owner suspends a key (a lost phone): its tokens die on cars that get the list."""
+    caller, _, _ = await _signed(request, takes_body=False)
+    key = await _key_for(request, caller, holder_may=False)
+    if key.status is KeyStatus.REVOKED:
+        raise ApiError(409, "key_revoked", "the key is revoked for good")
+    sequence = await suspend_keys(request.app, key.vin, [key])
+    return await _key_change(request, key.key_id, sequence)
+
+
+async def resume(request: web.Request) -> web.Response:
+    """The owner makes a suspended key active again; tokens signed from now on work."""
+    store = request.app[STORE]
+    caller, _, _ = await _signed(request, takes_body=False)
+    key = await _key_for(request, caller, holder_may=False)
+    if key.status is KeyStatus.REVOKED:
+        raise ApiError(409, "key_revoked", "the key is revoked for good")
+    sequence, cutoff = await holder_cutoff(request.app, key.vin, key.device_id)
+    if key.status is KeyStatus.SUSPENDED:
+        _check_cutoff(cutoff, auth.now())
+        expected = (KeyStatus.SUSPENDED,)
+        if not await store.set_key_status(key.key_id, KeyStatus.ACTIVE, expected=expected):
+            current = await store.key(key.key_id)
+            if current is None or current.status is KeyStatus.REVOKED:
+                raise ApiError(409, "key_revoked", "the key is revoked for good")
+    return await _key_change(request, key.key_id, sequence)
+
+
+async def revoke(request: web.Request) -> web.Response:
+    """Revoke a key for good: the owner any key, a holder its own."""
+    caller, _, _ = await _signed(request, takes_body=False)
+    key = await _key_for(request, caller, holder_may=True)
+    sequence = await revoke_keys(request.app, key.vin, [key])
+    return await _key_change(request, key.key_id, sequence)
+
+
+async def revoke_holder(request: web.Request) -> web.Response:
+    """The owner revokes every key of one device, or of one account, on the vehicle."""
+    caller, body, _ = await _signed(request, takes_body=True)
+    _known_fields(body, ("device_id", "account_id"))
+    if len(body) != 1:
+        raise ApiError(400, "missing_field", "give exactly one of 'device_id' and 'account_id'")
+    vehicle, keys = await _vehicle_for(request, caller)
+    _require_owner(vehicle, caller)
+    if "device_id" in body:
+        device_id = _device_id(body)
+        chosen = [k for k in keys if k.device_id == device_id]
+    else:
+        account_id = fields.string(body, "account_id")
+        chosen = [k for k in keys if k.account_id == account_id]
+    if not chosen:
+        raise ApiError(404, "unknown_key", "no keys of this holder on this vehicle")
+    sequence = await revoke_keys(request.app, vehicle.vin, chosen)
+    return web.json_response(
+        {"revoked": [k.key_id for k in chosen], "revocation_sequence": sequence}
+    )
+
+
+async def refresh(request: web.Request) -> web.Response:
+    """A fresh token for the key's own device, while the key is active and within its window."""
+    store = request.app[STORE]
+    caller, _, device = await _signed(request, takes_body=False)
+    key_id = request.match_info["key_id"]
+    key = await store.key(key_id) if _ID.fullmatch(key_id) else None
+    if key is None or key.account_id != caller.account_id:
+        raise ApiError(404, "unknown_key", "no such key among the caller's")
+    if device.device_id != key.device_id:
+        raise ApiError(403, "wrong_device", "only the key's own device can refresh its token")
+    if key.status is KeyStatus.SUSPENDED:
+        raise ApiError(403, "key_suspended", "the key is suspended; ask the owner to resume it")
+    if key.status is KeyStatus.REVOKED:
+        raise ApiError(403, "key_revoked", "the key is revoked")
+    issued = issue_token(request.app, key, device.public_key, now=auth.now())
+    if issued is None:
+        raise ApiError(403, "key_not_valid_now", "the key's validity window excludes now")
+    return web.json_response(_token_view(key, issued))
+
+
+async def revocations(request: web.Request) -> web.Response:
+    """The vehicle's signed revocation list (CBOR): full, or the delta after ``since``."""
+    store = request.app[STORE]
+    caller = await auth.require_session(request, store)
+    vin = _path_vin(request)
+    raw_since = request.query.get("since", "0")
+    if not _SINCE.fullmatch(raw_since) or int(raw_since) > MAX_SEQUENCE:
+        raise ApiError(400, "invalid_since", "since must be a sequence number, 0 for a full list")
+    since = int(raw_since)
+    vehicle = await store.vehicle(vin)
+    if vehicle is None or (
+        vehicle.owner_id != caller.account_id
+        and not any(
+            k.account_id == caller.account_id and k.status is KeyStatus.ACTIVE
+            for k in await store.keys_of_vehicle(vin)
+        )
+    ):
+        raise ApiError(404, "unknown_vehicle", "no such vehicle among the caller's")
+    try:
+        sequence, document = await revocation_list(request.app, vin, since=since, now=auth.now())
+    except ValueError:
+        raise ApiError(400, "since_ahead", "since is ahead of the vehicle's sequence") from None
+    headers = {SEQUENCE_HEADER: str(sequence)}
+    if document is None:  # nothing ever revoked, or nothing newer than since
+        return web.Response(status=204, headers=headers)
+    return web.Response(body=document, content_type=CBOR, headers=headers)
+
+
+# shared steps
+
+
+async def _signed(
+    request: web.Request, *, takes_body: bool
+) -> tuple[auth.Caller, dict[str, Any], Device]:
+    """Session, then the body (read once, bounded), then the device proof over those bytes."""
+    config, store = request.app[CONFIG], request.app[STORE]
+    caller = await auth.require_session(request, store)
+    raw = b""
+    if takes_body or request.body_exists:
+        raw = await read_body(request, config.max_body_bytes)
+    device = await auth.require_device_proof(
+        request, store, caller, raw, max_skew=config.proof_max_skew_s
+    )
+    assert device is not None  # not an enrolment
+    body = parse_json_object(raw) if takes_body or raw else {}
+    if not takes_body:
+        _known_fields(body, ())
+    return caller, body, device
+
+
+async def _vehicle_for(
+    request: web.Request, caller: auth.Caller
+) -> tuple[Vehicle, list[KeyRecord]]:
+    """The vehicle in the path and its keys, if the caller owns it or holds a key on it."""
+    store = request.app[STORE]
+    vin = _path_vin(request)
+    vehicle = await store.vehicle(vin)
+    keys = [] if vehicle is None else await store.keys_of_vehicle(vin)
+    if vehicle is None or (
+        vehicle.owner_id != caller.account_id
+        and not any(k.account_id == caller.account_id for k in keys)
+    ):
+        raise ApiError(404, "unknown_vehicle", "no such vehicle among the caller's")
+    return vehicle, keys
+
+
+def _require_owner(vehicle: Vehicle, caller: auth.Caller) -> None:
+    if vehicle.owner_id != caller.account_id:
+        raise ApiError(403, "not_owner", "only the vehicle's owner manages its keys")
+
+
+async def _key_for(request: web.Request, caller: auth.Caller, *, holder_may: bool) -> KeyRecord:
+    """The key in the path, if the caller owns its vehicle (or holds it, when ``holder_may``)."""
+    store = request.app[STORE]
+    key_id = request.match_info["key_id"]
+    key = await store.key(key_id) if _ID.fullmatch(key_id) else None
+    if key is None:
+        raise ApiError(404, "unknown_key", "no such key")
+    vehicle = await store.vehicle(key.vin)
+    if vehicle is not None and vehicle.owner_id == caller.account_id:
+        return key
+    if holder_may and key.account_id == caller.account_id:
+        return key
+    if any(k.account_id == caller.account_id for k in await store.keys_of_vehicle(key.vin)):
+        raise ApiError(403, "not_owner", "only the vehicle's owner manages this key")
+    raise ApiError(404, "unknown_key", "no such key")
+
+
+async def _own_device(request: web.Request, caller: auth.Caller, device_id: str) -> Device:
+    device = await request.app[STORE].device(device_id)
+    if device is None or device.account_id != caller.account_id:
+        raise ApiError(403, "unknown_device", "no such device on this account")
+    return device
+
+
+async def _create_key(
+    request: web.Request, key: KeyRecord, device: Device, keys: list[KeyRecord]
+) -> IssuedToken | None:
+    """Store a new key for ``device`` and sign its first token (None before its window)."""
+    if any(k.device_id == device.device_id and k.status in _LIVE for k in keys):
+        raise ApiError(409, "device_has_key", "this device already holds a key for the vehicle")
+    _, cutoff = await holder_cutoff(request.app, key.vin, device.device_id)
+    now = auth.now()
+    _check_cutoff(cutoff, now)
+    await request.app[STORE].put_key(key)
+    return issue_token(request.app, key, device.public_key, now=now)
+
+
+def _check_cutoff(cutoff: int, now: int) -> None:
+    """A token signed before a holder entry's cutoff would be dead on arrival: wait for it."""
+    if cutoff > now:
+        raise ApiError(
+            409, "too_soon", "this device's keys were withdrawn a moment ago; retry shortly",
+            headers={"Retry-After": str(cutoff - now)},
+        )  # fmt: skip
+
+
+async def _key_change(request: web.Request, key_id: str, sequence: int) -> web.Response:
+    key = await request.app[STORE].key(key_id)
+    if key is None:
+        raise ApiError(404, "unknown_key", "no such key")
+    return web.json_response({"key": key_view(key), "revocation_sequence": sequence})
+
+
+def _token_view(key: KeyRecord, issued: IssuedToken) -> dict[str, Any]:
+    return {
+        "key_id": key.key_id,
+        "role": key.role.name.lower(),
+        "token": fields.b64(issued.token),
+        "token_not_before": issued.not_before,
+        "token_expires_at": issued.expires,
+        "refresh_after": issued.refresh_after,
+    }
+
+
+def _known_fields(body: Mapping[str, Any], names: tuple[str, ...]) -> None:
+    for name in body:
+        if name not in names:
+            raise ApiError(400, "unknown_field", f"unknown field {name[:64]!r}")
+
+
+def _device_id(body: Mapping[str, Any]) -> str:
+    device_id = fields.string(body, "device_id")
+    if not _ID.fullmatch(device_id):
+        raise fields.invalid("device_id", "a device id")
+    return device_id
+
+
+def _path_vin(request: web.Request) -> str:
+    try:
+        return check_vin(request.match_info["vin"])
+    except ValueError as error:
+        raise ApiError(400, "invalid_vin", str(error)) from None
