@@ -230,17 +230,8 @@ _NEW_EMAIL_FIELD = {
 }
 
 
-def _object(properties: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "type": "object",
-        "required": list(properties),
-        "additionalProperties": False,
-        "properties": properties,
-    }
-
-
 SCHEMAS: dict[str, Any] = {
-    "NewAccount": _object(
+    "NewAccount": openapi.strict_object(
         {
             "email": _NEW_EMAIL_FIELD,
             "password": {
@@ -250,21 +241,21 @@ SCHEMAS: dict[str, Any] = {
             },
         }
     ),
-    "AccountCreated": _object({"account_id": _ACCOUNT_ID}),
-    "Account": _object(
+    "AccountCreated": openapi.strict_object({"account_id": _ACCOUNT_ID}),
+    "Account": openapi.strict_object(
         {"account_id": _ACCOUNT_ID, "email": {"type": "string"}, "created_at": _TIMESTAMP}
     ),
-    "Credentials": _object(
+    "Credentials": openapi.strict_object(
         {"email": _EMAIL_FIELD, "password": {"type": "string", "maxLength": MAX_PASSWORD_CHARS}}
     ),
-    "SessionOpened": _object(
+    "SessionOpened": openapi.strict_object(
         {
             "token": {"type": "string", "minLength": 1, "description": "the bearer token"},
             "account_id": _ACCOUNT_ID,
             "expires_at": _TIMESTAMP,
         }
     ),
-    "NewDevice": _object(
+    "NewDevice": openapi.strict_object(
         {
             "name": {
                 "type": "string",
@@ -276,8 +267,8 @@ SCHEMAS: dict[str, Any] = {
             "password": {"type": "string", "minLength": 1, "maxLength": MAX_PASSWORD_CHARS},
         }
     ),
-    "DeviceEnrolled": _object({"device_id": _DEVICE_ID}),
-    "Device": _object(
+    "DeviceEnrolled": openapi.strict_object({"device_id": _DEVICE_ID}),
+    "Device": openapi.strict_object(
         {
             "device_id": _DEVICE_ID,
             "name": {"type": "string"},
@@ -285,7 +276,7 @@ SCHEMAS: dict[str, Any] = {
             "created_at": _TIMESTAMP,
         }
     ),
-    "DeviceList": _object(
+    "DeviceList": openapi.strict_object(
         {"devices": {"type": "array", "items": {"$ref": "#/components/schemas/Device"}}}
     ),
 }

@@ -34,7 +34,6 @@ from aiohttp import web
 
 from keycore import ROLE_ENTITLEMENTS, Role
 from keycore.roles import to_mask
-from keycore.token import check_vin
 from keyserver import auth, fields
 from keyserver.app import CBOR, CONFIG, STORE
 from keyserver.grants import OPEN_END, key_view, parse_grant
@@ -278,7 +277,7 @@ async def revocations(request: web.Request) -> web.Response:
     """The vehicle's signed revocation list (CBOR): full, or the delta after ``since``."""
     store = request.app[STORE]
     caller = await auth.require_session(request, store)
-    vin = _path_vin(request)
+    vin = fields.path_vin(request)
     raw_since = request.query.get("since", "0")
     if not _SINCE.fullmatch(raw_since) or int(raw_since) > MAX_SEQUENCE:
         raise ApiError(400, "invalid_since", "since must be a sequence number, 0 for a full list")
@@ -329,7 +328,7 @@ async def _vehicle_for(
 ) -> tuple[Vehicle, list[KeyRecord]]:
     """The vehicle in the path and its keys, if the caller owns it or holds a key on it."""
     store = request.app[STORE]
-    vin = _path_vin(request)
+    vin = fields.path_vin(request)
     vehicle = await store.vehicle(vin)
     keys = [] if vehicle is None else await store.keys_of_vehicle(vin)
     if vehicle is None or (
@@ -420,10 +419,3 @@ def _device_id(body: Mapping[str, Any]) -> str:
     if not _ID.fullmatch(device_id):
         raise fields.invalid("device_id", "a device id")
     return device_id
-
-
-def _path_vin(request: web.Request) -> str:
-    try:
-        return check_vin(request.match_info["vin"])
-    except ValueError as error:
-        raise ApiError(400, "invalid_vin", str(error)) from None
