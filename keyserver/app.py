@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from importlib.metadata import version
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -21,7 +21,7 @@ from keyserver.config import Config
 from keyserver.errors import StoreUnavailable
 from keyserver.http import ApiError, error_middleware
 from keyserver.keyring import KeyRingState, KeyRingStore
-from keyserver.observability import Metrics
+from keyserver.observability import MeasuredStore, Metrics
 from keyserver.store import Store
 
 CONFIG = web.AppKey("config", Config)
@@ -69,11 +69,11 @@ async def open_store(config: Config) -> Store:
 
 async def _store_context(app: web.Application) -> AsyncIterator[None]:
     if INJECTED_STORE in app:
-        app[STORE] = app[INJECTED_STORE]
+        app[STORE] = _measured(app, app[INJECTED_STORE])
         yield
         return
     store = await open_store(app[CONFIG])
-    app[STORE] = store
+    app[STORE] = _measured(app, store)
     try:
         yield
     finally:
@@ -90,6 +90,10 @@ async def _keyring_context(app: web.Application) -> AsyncIterator[None]:
         )
     app[KEYRING] = ring.load()
     yield
+
+
+def _measured(app: web.Application, store: Store) -> Store:
+    return cast(Store, MeasuredStore(store, app[METRICS]))
 
 
 def setup_routes(app: web.Application) -> None:

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import sys
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from keyserver.errors import StoreUnavailable
 from keyserver.http import Handler, JsonLogFormatter
 
 
@@ -81,3 +84,33 @@ def configure_logging(level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+
+
+class MeasuredStore:
+    """Wraps a Store: the latency of every operation and each failure go to the metrics.
+
+    ``Conflict`` is an answer, not a failure; only ``StoreUnavailable`` counts as an error.
+    """
+
+    def __init__(self, inner: object, metrics: Metrics) -> None:
+        self._inner = inner
+        self._metrics = metrics
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._inner, name)
+        if not inspect.iscoroutinefunction(attribute):
+            return attribute
+        seconds = self._metrics.store_seconds.labels(name)
+        errors = self._metrics.store_errors.labels(name)
+
+        async def measured(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return await attribute(*args, **kwargs)
+            except StoreUnavailable:
+                errors.inc()
+                raise
+            finally:
+                seconds.observe(time.perf_counter() - started)
+
+        return measured

@@ -44,6 +44,9 @@ async def test_health_ready_metrics_and_trust_update(
         'keyserver_requests_total{method="GET",outcome="ok",route="/healthz",status="200"} 1.0'
         in text
     )
+    # the readiness probe's ping went through the measured store
+    assert 'keyserver_store_seconds_count{operation="ping"} 1.0' in text
+    assert 'keyserver_store_errors_total{operation="ping"} 0.0' in text
 
 
 async def test_errors_are_json_with_a_code(tmp_path: Path, aiohttp_client: Client) -> None:
