@@ -15,13 +15,14 @@ from typing import Any
 
 from keycore import cose
 from keycore.encoding import as_bytes, as_int, as_list, as_map, dumps, loads_strict
-from keycore.errors import InvalidRevocationList, Reason
+from keycore.errors import InvalidRevocationList, InvalidState, Reason
 from keycore.token import MAX_TIME, TOKEN_ID_BYTES, KeyToken, check_vin
 from keycore.trust import MAX_SEQUENCE, TrustStore
 
 TYP_REVOCATION_LIST = "pk.rev"
 MAX_REVOCATION_BYTES = 256 * 1024
 MAX_ENTRIES = 10_000
+MAX_STATE_ENTRIES = 2 * MAX_ENTRIES  # a car's merged state: a full list plus what it still keeps
 HOLDER_ID_BYTES = 16
 
 RL_VIN, RL_SEQ, RL_ISSUED_AT, RL_BASE, RL_TOKENS, RL_HOLDERS = 1, 2, 3, 4, 5, 6
@@ -189,6 +190,53 @@ class RevocationState:
 
     def __len__(self) -> int:
         return len(self.tokens) + len(self.holders)
+
+    def encode(self) -> bytes:
+        """Persistable form for the car's own storage: ``[vin, sequence, tokens, holders]``.
+
+        Local state, written by the car itself after verifying the signed lists that built it.
+        """
+        return dumps(
+            [
+                self.vin,
+                self.sequence,
+                [[tid, exp] for tid, exp in self.tokens.items()],
+                [[hid, before, until] for hid, (before, until) in self.holders.items()],
+            ]
+        )
+
+    @classmethod
+    def decode(cls, data: bytes) -> RevocationState:
+        """Rebuild persisted state; raises InvalidState if it is damaged in any way."""
+        err = InvalidState
+        vin, sequence, tokens, holders = as_list(
+            loads_strict(data, err, max_size=MAX_REVOCATION_BYTES), err, 4, 4
+        )
+        try:
+            check_vin(vin)
+        except ValueError:
+            raise err(Reason.MALFORMED, "not a VIN") from None
+        token_map: dict[bytes, int] = {}
+        for item in as_list(tokens, err, 0, MAX_STATE_ENTRIES):
+            tid, exp = as_list(item, err, 2, 2)
+            token_map[as_bytes(tid, err, TOKEN_ID_BYTES, TOKEN_ID_BYTES)] = as_int(
+                exp, err, 0, MAX_TIME
+            )
+        holder_map: dict[bytes, tuple[int, int]] = {}
+        for item in as_list(holders, err, 0, MAX_STATE_ENTRIES):
+            hid, before, until = as_list(item, err, 3, 3)
+            holder_map[as_bytes(hid, err, HOLDER_ID_BYTES, HOLDER_ID_BYTES)] = (
+                as_int(before, err, 0, MAX_TIME),
+                as_int(until, err, 0, MAX_TIME),
+            )
+        if len(token_map) != len(tokens) or len(holder_map) != len(holders):
+            raise err(Reason.MALFORMED, "an entry appears twice")
+        return cls(
+            vin,
+            as_int(sequence, err, 0, MAX_SEQUENCE),
+            MappingProxyType(token_map),
+            MappingProxyType(holder_map),
+        )
 
 
 @dataclass(slots=True)
