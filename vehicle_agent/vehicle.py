@@ -1,0 +1,169 @@
+"""The car's decisions and what it knows, with no network: keycore over the durable state.
+
+``Vehicle`` decides every unlock from local state only (keycore.decide with the car's trust store,
+revocation state, trusted clock and challenges), writes each decision to the audit outbox, moves
+the actuator when allowed, and learns only from signed documents that verify and are newer.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from keycore import (
+    ChallengeBook,
+    InvalidRevocationList,
+    InvalidTrustUpdate,
+    Reason,
+    RevocationState,
+    TrustedClock,
+    TrustStore,
+    UnlockDecision,
+    UnlockRequest,
+    decide,
+)
+from vehicle_agent.actuator import ACTUATED, Actuator, ActuatorError
+from vehicle_agent.state import AgentState, Identity
+
+TIME_NONCE_BYTES = 32
+
+
+@dataclass
+class Vehicle:
+    state: AgentState
+    identity: Identity
+    trust: TrustStore
+    revocations: RevocationState
+    clock: TrustedClock
+    actuator: Actuator
+    mono: Callable[[], float] = time.monotonic
+    challenges: ChallengeBook = field(default_factory=ChallengeBook)
+    _time_nonces: set[bytes] = field(default_factory=set)
+
+    @classmethod
+    def load(
+        cls,
+        state: AgentState,
+        actuator: Actuator,
+        *,
+        boot_id: str,
+        mono: Callable[[], float] = time.monotonic,
+    ) -> Vehicle:
+        identity = state.identity()
+        now_mono = mono()
+        clock = state.clock(mono=now_mono, boot_id=boot_id)
+        if clock is None:
+            clock = TrustedClock.unknown(mono=now_mono, boot_id=boot_id)
+        vehicle = cls(
+            state=state,
+            identity=identity,
+            trust=state.trust(identity.root),
+            revocations=state.revocations(identity.vin),
+            clock=clock,
+            actuator=actuator,
+            mono=mono,
+        )
+        state.save_clock(clock, mono=now_mono)  # a detected reset is remembered as such
+        return vehicle
+
+    @property
+    def vin(self) -> str:
+        return self.identity.vin
+
+    def now(self) -> float:
+        return self.clock.now(self.mono())
+
+    def challenge(self) -> bytes:
+        return self.challenges.issue(mono=self.mono())
+
+    def decide(self, request: UnlockRequest) -> UnlockDecision:
+        """Decide with local state only; every decision goes to the audit outbox."""
+        mono = self.mono()
+        decision = decide(
+            request,
+            vin=self.vin,
+            trust=self.trust,
+            revocations=self.revocations,
+            clock=self.clock,
+            challenges=self.challenges,
+            mono=mono,
+        )
+        if decision.grant is not None:  # a verified iat is a signed lower bound on the time
+            raised = self.clock.raised(decision.grant.token.issued_at, mono=mono, fresh=False)
+            if raised.now(mono) > self.clock.now(mono):
+                self.clock = raised
+                self.state.save_clock(raised, mono=mono)
+        self.state.add_audit(_audit(decision, path="ble"))
+        return decision
+
+    async def unlock(self, request: UnlockRequest) -> UnlockDecision:
+        """Decide and, if allowed, move the car."""
+        decision = self.decide(request)
+        if decision.allowed and decision.action in ACTUATED:
+            try:
+                await self.actuator.perform(decision.action)
+            except ActuatorError as error:
+                self.state.add_audit(
+                    {"kind": "actuator_error", "action": _name(decision), "error": str(error)}
+                )
+        return decision
+
+    def apply_revocations(self, document: bytes) -> bool:
+        """Apply a signed list if it verifies and is newer; False if it is not newer."""
+        try:
+            self.revocations = self.revocations.apply(document, trust=self.trust, now=self.now())
+        except InvalidRevocationList as error:
+            if error.reason is Reason.STALE:
+                return False
+            raise
+        self.state.save_revocations(self.revocations)
+        self.state.add_audit({"kind": "revocations", "sequence": self.revocations.sequence})
+        return True
+
+    def apply_trust_update(self, document: bytes) -> bool:
+        try:
+            self.trust = self.trust.apply(document)
+        except InvalidTrustUpdate as error:
+            if error.reason is Reason.STALE:
+                return False
+            raise
+        self.state.save_trust(self.trust)
+        self.state.add_audit({"kind": "trust_update", "sequence": self.trust.sequence})
+        return True
+
+    def time_nonce(self) -> bytes:
+        """A fresh nonce for a signed time answer (each usable once)."""
+        nonce = secrets.token_bytes(TIME_NONCE_BYTES)
+        self._time_nonces.add(nonce)
+        return nonce
+
+    def accept_time(self, answer: bytes, nonce: bytes) -> None:
+        """Raise the clock with a signed answer to one of our own nonces; clears a reset."""
+        if nonce not in self._time_nonces:
+            raise ValueError("not a nonce this car issued (or already used)")
+        self._time_nonces.discard(nonce)
+        mono = self.mono()
+        self.clock = self.clock.accept_signed_time(answer, nonce=nonce, mono=mono, trust=self.trust)
+        self.state.save_clock(self.clock, mono=mono)
+
+
+def _name(decision: UnlockDecision) -> str:
+    return decision.action.name.lower() if decision.action is not None else "?"
+
+
+def _audit(decision: UnlockDecision, *, path: str) -> dict[str, object]:
+    """An audit event: who, what, when and why — never a token, a signature or a key."""
+    event: dict[str, object] = {
+        "kind": "decision",
+        "path": path,
+        "action": _name(decision),
+        "code": decision.code,
+        "at": round(decision.at, 3),
+    }
+    if decision.token is not None:
+        event["token_id"] = decision.token.token_id.hex()
+        event["holder_id"] = decision.token.holder_id.hex()
+        event["role"] = decision.token.role.name.lower()
+    return event
