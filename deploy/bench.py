@@ -60,9 +60,14 @@ class VerifyBench:
         return json.dumps(self.__dict__, indent=2)
 
 
-def _p99(samples: list[float]) -> float:
+def percentile(samples: list[float], fraction: float) -> float:
+    """The sample at ``fraction`` (0…1) of the sorted samples (nearest rank, no interpolation)."""
     ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+    return ordered[min(len(ordered) - 1, int(len(ordered) * fraction))]
+
+
+def _p99(samples: list[float]) -> float:
+    return percentile(samples, 0.99)
 
 
 def bench_verify(iterations: int = 2000) -> VerifyBench:

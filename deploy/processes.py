@@ -1,13 +1,15 @@
-"""Real server processes started by the code that needs them: redis-server (and, later, Sentinel).
+"""Real server processes started by the code that needs them: redis-server (and, later, Sentinel),
+and our own aiohttp applications (the keyserver, the benchmark's reference servers).
 
 Tests and the staging stack start their own ``redis-server`` on free loopback ports and stop it
 after, so drills can kill, pause and resume it. Readiness is awaited by reading the server's own
-"Ready to accept connections" line, never by sleeping.
+"Ready to accept connections" (or aiohttp's "Running on …") line, never by sleeping.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import selectors
 import shutil
 import signal
@@ -15,13 +17,15 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Self
 
 READY_MARKER = b"Ready to accept connections"
 LOOPBACK = "127.0.0.1"
+# what aiohttp's web.run_app prints once its site listens (with the port it was given)
+APP_READY = re.compile(rb"Running on http://127\.0\.0\.1:([0-9]+)[^0-9]")
 
 
 class ProcessError(RuntimeError):
@@ -86,8 +90,8 @@ class RedisServer:
                 args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=self.workdir
             )
             assert process.stdout is not None
-            seen = _wait_for_line(process, process.stdout, READY_MARKER, timeout)
-            if seen is not None:
+            seen, ready = _wait_for_line(process, process.stdout, READY_MARKER, timeout)
+            if ready:
                 self.process = process
                 self._drain = _drain_to_file(process.stdout, self.log_path, seen)
                 return self
@@ -141,25 +145,111 @@ class RedisServer:
         self.stop()
 
 
+class AppServer:
+    """One aiohttp application process of ours (``web.run_app``) on a loopback port it picks.
+
+    The command must make the app listen on 127.0.0.1 port 0: aiohttp's "Running on
+    http://127.0.0.1:<port>" line then says which port it got, so no other process can take the
+    port in between. Its output (the app's logs) is copied to ``log_path``.
+    """
+
+    def __init__(
+        self, args: Sequence[str], *, workdir: Path, env: Mapping[str, str], name: str
+    ) -> None:
+        self.args = tuple(args)
+        self.workdir = Path(workdir)
+        self.env = dict(env)
+        self.name = name
+        self.port = 0
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log_path = self.workdir / f"{name}.log"
+        self._drain: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        if self.process is None:
+            raise ProcessError(f"{self.name} is not running")
+        return self.process.pid
+
+    def start(self, *, timeout: float = 30.0) -> Self:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        process = subprocess.Popen(  # noqa: S603 — our own interpreter and module
+            self.args,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            cwd=self.workdir,
+            env=self.env,
+        )
+        assert process.stdout is not None
+        seen, ready = _wait_for_line(process, process.stdout, APP_READY, timeout)
+        if not ready:
+            if process.poll() is None:
+                process.kill()
+            process.wait()
+            self.log_path.write_bytes(seen + process.stdout.read())
+            process.stdout.close()
+            raise ProcessError(f"{self.name} did not become ready (its output: {self.log_path})")
+        announced = APP_READY.search(seen)
+        assert announced is not None
+        self.port = int(announced.group(1))
+        self.process = process
+        self._drain = _drain_to_file(process.stdout, self.log_path, seen)
+        return self
+
+    def stop(self, *, timeout: float = 15.0) -> None:
+        """SIGTERM (the app drains in-flight requests and exits), SIGKILL if it does not."""
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self._drain is not None:
+            self._drain.join(timeout)
+        self.process = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
 def _wait_for_line(
-    process: subprocess.Popen[bytes], stream: IO[bytes], marker: bytes, timeout: float
-) -> bytes | None:
-    """Read ``stream`` until a line holds ``marker``; the output so far, or None on exit/timeout."""
+    process: subprocess.Popen[bytes],
+    stream: IO[bytes],
+    marker: bytes | re.Pattern[bytes],
+    timeout: float,
+) -> tuple[bytes, bool]:
+    """Read ``stream`` until it holds ``marker``: (the output so far, whether the marker came
+    before the process exited or ``timeout`` passed)."""
     deadline = time.monotonic() + timeout
     seen = b""
     fd = stream.fileno()
     with selectors.DefaultSelector() as selector:
         selector.register(fd, selectors.EVENT_READ)
-        while marker not in seen:
+        while (marker not in seen) if isinstance(marker, bytes) else not marker.search(seen):
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not selector.select(remaining):
-                return None
+                return seen, False
             chunk = os.read(fd, 65536)
             if not chunk:  # the process closed its output: it exited
                 process.wait()
-                return None
+                return seen, False
             seen += chunk
-    return seen
+    return seen, True
 
 
 def _drain_to_file(stream: IO[bytes], path: Path, already: bytes) -> threading.Thread:

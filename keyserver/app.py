@@ -17,6 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from keycore import ROLE_MAX_LIFETIME
 from keyserver import openapi
+from keyserver.auth import DeviceKeys
 from keyserver.config import Config
 from keyserver.errors import StoreUnavailable
 from keyserver.http import ApiError, error_middleware
@@ -30,6 +31,7 @@ STORE = web.AppKey("store", Store)
 KEYRING = web.AppKey("keyring", KeyRingState)
 INJECTED_STORE = web.AppKey("injected_store", Store)
 OPENAPI = web.AppKey("openapi", dict[str, Any])
+DEVICE_KEYS = web.AppKey("device_keys", DeviceKeys)
 
 CBOR = "application/cbor"
 
@@ -43,6 +45,7 @@ def create_app(config: Config, *, store: Store | None = None) -> web.Application
     )
     app[CONFIG] = config
     app[METRICS] = metrics
+    app[DEVICE_KEYS] = DeviceKeys()
     if store is not None:
         app[INJECTED_STORE] = store
     app.cleanup_ctx.append(_store_context)

@@ -4,6 +4,11 @@ A bearer session says which account; a device proof (``PK-Device-Proof``, keycor
 says which enrolled phone signed this exact request. Changing who can open a car, and commands,
 need both, so a stolen session alone can do neither.
 A car signs its own requests the same way, with its vehicle key (``require_vehicle_proof``).
+
+``require_key_holder`` makes the same checks as ``require_session`` then ``require_device_proof``,
+in the same order with the same refusals, for a request on one key (token refresh, the hot path):
+with the device's key already known here (``DeviceKeys``), the proof is checked first and the
+session, the device, the key and the nonce's single use take one store round trip.
 """
 
 from __future__ import annotations
@@ -23,11 +28,12 @@ from keycore.request_proof import (
     parse_request_proof,
     verify_request_proof,
 )
-from keyserver.http import ApiError
-from keyserver.models import Device, Session, Vehicle
+from keyserver.http import ApiError, read_body
+from keyserver.models import Device, KeyRecord, NonceClaim, Session, Vehicle
 from keyserver.store import Store
 
 TOKEN_BYTES = 32
+DEVICE_KEYS_KEPT = 16_384
 
 
 def now() -> int:
@@ -59,7 +65,48 @@ class Caller:
         return self.session.account_id
 
 
+@dataclass(frozen=True)
+class KeyHolder:
+    """A request on one key, by a session and signed by one of its account's devices."""
+
+    caller: Caller
+    device: Device
+    key: KeyRecord | None  # the key asked for, not yet checked against the caller
+    body: bytes  # the raw body the proof signed
+
+
+class DeviceKeys:
+    """Public keys of devices whose proofs have verified, by device id: a proof can then be
+    checked before the store is asked. Keeping them cannot let anything through: the store still
+    confirms, in the operation that spends the nonce, that the device exists, is the caller's and
+    has exactly this key (``Store.refresh_context``). The oldest entry goes first when full."""
+
+    def __init__(self, capacity: int = DEVICE_KEYS_KEPT) -> None:
+        self.capacity = capacity
+        self._keys: dict[str, bytes] = {}
+
+    def get(self, device_id: str) -> bytes | None:
+        return self._keys.get(device_id)
+
+    def remember(self, device: Device) -> None:
+        if device.device_id not in self._keys and len(self._keys) >= self.capacity:
+            del self._keys[next(iter(self._keys))]
+        self._keys[device.device_id] = device.public_key
+
+    def forget(self, device_id: str) -> None:
+        self._keys.pop(device_id, None)
+
+
 async def require_session(request: web.Request, store: Store) -> Caller:
+    token_hash = _bearer(request)
+    session = await store.session(token_hash, now=now())
+    if session is None:
+        raise _unknown_session()
+    return Caller(session, token_hash)
+
+
+def _bearer(request: web.Request) -> bytes:
+    """The hash of the request's bearer token; 401 without a well-formed one."""
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     token = token.strip()
@@ -69,14 +116,88 @@ async def require_session(request: web.Request, store: Store) -> Caller:
             401, "unauthorized", "a bearer session is required",
             headers={"WWW-Authenticate": "Bearer"},
         )  # fmt: skip
-    token_hash = session_hash(token)
-    session = await store.session(token_hash, now=now())
+    return session_hash(token)
+
+
+def _unknown_session() -> ApiError:
+    return ApiError(
+        401, "unauthorized", "the session is unknown or has expired",
+        headers={"WWW-Authenticate": "Bearer"},
+    )  # fmt: skip
+
+
+async def require_key_holder(
+    request: web.Request,
+    store: Store,
+    device_keys: DeviceKeys,
+    *,
+    key_id: str | None,
+    max_body_bytes: int,
+    max_skew: int,
+) -> KeyHolder:
+    """Session, body, device proof (signature, freshness, the nonce's single use) and the key
+    ``key_id``: the checks and refusals of ``require_session``, ``read_body`` and
+    ``require_device_proof``, in that order. One store round trip when the request has no body
+    and the device's key is known here; otherwise the nonce is spent in a second one, after the
+    proof has been checked with the stored key."""
+    token_hash = _bearer(request)
+    proof: RequestProof | None
+    try:
+        proof, bad_header = _read_proof(request), None
+    except ApiError as malformed:
+        proof, bad_header = None, malformed
+    current = now()
+    # With no body to read first and the device's key known, the proof is checked now, so its
+    # nonce can be spent in the same store operation; the store confirms the key.
+    early: tuple[bytes, ApiError | None] | None = None
+    claim = None
+    if proof is not None and not request.body_exists:
+        known = device_keys.get(proof.device_id)
+        if known is not None:
+            early = (
+                known,
+                _proof_error(request, proof, known, b"", now=current, max_skew=max_skew),
+            )
+            if early[1] is None:
+                scope, expiry = _device_scope(proof.device_id), _nonce_expiry(proof, max_skew)
+                claim = NonceClaim(scope, proof.nonce, expiry, known)
+    context = await store.refresh_context(
+        token_hash,
+        device_id=None if proof is None else proof.device_id,
+        key_id=key_id,
+        now=current,
+        claim=claim,
+    )
+    session = context.session
     if session is None:
-        raise ApiError(
-            401, "unauthorized", "the session is unknown or has expired",
-            headers={"WWW-Authenticate": "Bearer"},
-        )  # fmt: skip
-    return Caller(session, token_hash)
+        raise _unknown_session()
+    body = await read_body(request, max_body_bytes) if request.body_exists else b""
+    if proof is None:
+        assert bad_header is not None
+        raise bad_header
+    device = context.device
+    if device is None or device.account_id != session.account_id:
+        raise _unknown_device()
+    fresh = context.nonce_fresh
+    if fresh is None:  # not spent yet: check the proof with the stored key, then spend the nonce
+        if early is not None and early[0] == device.public_key:
+            refusal = early[1]
+        else:
+            refusal = _proof_error(
+                request, proof, device.public_key, body, now=now(), max_skew=max_skew
+            )
+        if refusal is not None:
+            raise refusal
+        fresh = await store.claim_nonce(
+            _device_scope(proof.device_id),
+            proof.nonce,
+            now=now(),
+            expires_at=_nonce_expiry(proof, max_skew),
+        )
+        device_keys.remember(device)
+    if not fresh:
+        raise _replayed()
+    return KeyHolder(Caller(session, token_hash), device, context.key, body)
 
 
 async def require_device_proof(
@@ -102,10 +223,10 @@ async def require_device_proof(
     else:
         device = await store.device(proof.device_id)
         if device is None or device.account_id != caller.account_id:
-            raise ApiError(403, "unknown_device", "no such device on this account")
+            raise _unknown_device()
         key_xy = device.public_key
     await _check_proof(
-        request, store, proof, key_xy, body, scope=f"proof:{proof.device_id}", max_skew=max_skew
+        request, store, proof, key_xy, body, scope=_device_scope(proof.device_id), max_skew=max_skew
     )
     return device
 
@@ -146,6 +267,26 @@ async def _check_proof(
     max_skew: int,
 ) -> None:
     """Signature and freshness, then the nonce's single use within ``scope``."""
+    error = _proof_error(request, proof, key_xy, body, now=now(), max_skew=max_skew)
+    if error is not None:
+        raise error
+    fresh = await store.claim_nonce(
+        scope, proof.nonce, now=now(), expires_at=_nonce_expiry(proof, max_skew)
+    )
+    if not fresh:
+        raise _replayed()
+
+
+def _proof_error(
+    request: web.Request,
+    proof: RequestProof,
+    key_xy: bytes,
+    body: bytes,
+    *,
+    now: int,
+    max_skew: int,
+) -> ApiError | None:
+    """The refusal of a proof that is stale or not signed by ``key_xy`` over this request."""
     try:
         verify_request_proof(
             proof,
@@ -153,20 +294,32 @@ async def _check_proof(
             method=request.method,
             path=request.path_qs,
             body=body,
-            now=now(),
+            now=now,
             max_skew=max_skew,
         )
     except InvalidProof as error:
         if error.reason is Reason.STALE:
-            raise ApiError(
-                401, "stale_device_proof", "the proof's timestamp is too far off"
-            ) from None
-        raise ApiError(401, "bad_device_proof", "the device proof does not verify") from None
-    fresh = await store.claim_nonce(
-        scope, proof.nonce, now=now(), expires_at=proof.timestamp + max_skew + 1
-    )
-    if not fresh:
-        raise ApiError(401, "replayed_device_proof", "this proof has been used already")
+            return ApiError(401, "stale_device_proof", "the proof's timestamp is too far off")
+        return ApiError(401, "bad_device_proof", "the device proof does not verify")
+    return None
+
+
+def _device_scope(device_id: str) -> str:
+    """Where a device's nonces are single use."""
+    return f"proof:{device_id}"
+
+
+def _nonce_expiry(proof: RequestProof, max_skew: int) -> int:
+    """After this, the proof is stale anyway: its nonce need not be remembered."""
+    return proof.timestamp + max_skew + 1
+
+
+def _unknown_device() -> ApiError:
+    return ApiError(403, "unknown_device", "no such device on this account")
+
+
+def _replayed() -> ApiError:
+    return ApiError(401, "replayed_device_proof", "this proof has been used already")
 
 
 async def rate_limit(store: Store, key: str, *, limit: int, window: int) -> None:

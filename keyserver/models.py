@@ -114,3 +114,24 @@ class RevocationEntry:
     before: int  # holder entries: tokens issued before this are revoked; token entries: 0
     until: int  # the entry can be pruned after this time
     sequence: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class NonceClaim:
+    """A device proof's nonce to spend in ``Store.refresh_context``: single use within ``scope``
+    until ``expires_at``, as ``Store.claim_nonce``. The proof was verified with ``public_key``."""
+
+    scope: str
+    nonce: bytes
+    expires_at: int
+    public_key: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class RefreshContext:
+    """What ``Store.refresh_context`` read (and spent) in one atomic operation."""
+
+    session: Session | None  # None: unknown or expired
+    device: Device | None
+    key: KeyRecord | None
+    nonce_fresh: bool | None  # None: no claim was made

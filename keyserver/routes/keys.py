@@ -35,7 +35,7 @@ from aiohttp import web
 from keycore import ROLE_ENTITLEMENTS, Role
 from keycore.roles import to_mask
 from keyserver import auth, fields
-from keyserver.app import CBOR, CONFIG, STORE
+from keyserver.app import CBOR, CONFIG, DEVICE_KEYS, STORE
 from keyserver.grants import OPEN_END, key_view, parse_grant
 from keyserver.http import ApiError, parse_json_object, read_body
 from keyserver.issuance import (
@@ -68,6 +68,7 @@ _LIVE = (KeyStatus.ACTIVE, KeyStatus.SUSPENDED)
 
 
 def setup(app: web.Application) -> None:
+    app.router.add_post("/v1/keys/{key_id}/token", refresh)  # first: the busiest route
     app.router.add_post("/v1/vehicles/{vin}/keys", issue_owner_key)
     app.router.add_get("/v1/vehicles/{vin}/keys", list_keys)
     app.router.add_post("/v1/vehicles/{vin}/invitations", invite)
@@ -75,7 +76,6 @@ def setup(app: web.Application) -> None:
     app.router.add_post("/v1/keys/{key_id}/suspend", suspend)
     app.router.add_post("/v1/keys/{key_id}/resume", resume)
     app.router.add_post("/v1/keys/{key_id}/revoke", revoke)
-    app.router.add_post("/v1/keys/{key_id}/token", refresh)
     app.router.add_post("/v1/vehicles/{vin}/revocations", revoke_holder)
     app.router.add_get("/v1/vehicles/{vin}/revocations", revocations)
 
@@ -254,11 +254,22 @@ async def revoke_holder(request: web.Request) -> web.Response:
 
 
 async def refresh(request: web.Request) -> web.Response:
-    """A fresh token for the key's own device, while the key is active and within its window."""
-    store = request.app[STORE]
-    caller, _, device = await _signed(request, takes_body=False)
+    """A fresh token for the key's own device, while the key is active and within its window.
+
+    The hot path: session, device proof and key come from one store operation (auth)."""
+    app = request.app
+    config = app[CONFIG]
     key_id = request.match_info["key_id"]
-    key = await store.key(key_id) if _ID.fullmatch(key_id) else None
+    holder = await auth.require_key_holder(
+        request,
+        app[STORE],
+        app[DEVICE_KEYS],
+        key_id=key_id if _ID.fullmatch(key_id) else None,
+        max_body_bytes=config.max_body_bytes,
+        max_skew=config.proof_max_skew_s,
+    )
+    _known_fields(parse_json_object(holder.body) if holder.body else {}, ())
+    caller, device, key = holder.caller, holder.device, holder.key
     if key is None or key.account_id != caller.account_id:
         raise ApiError(404, "unknown_key", "no such key among the caller's")
     if device.device_id != key.device_id:
@@ -267,7 +278,7 @@ async def refresh(request: web.Request) -> web.Response:
         raise ApiError(403, "key_suspended", "the key is suspended; ask the owner to resume it")
     if key.status is KeyStatus.REVOKED:
         raise ApiError(403, "key_revoked", "the key is revoked")
-    issued = issue_token(request.app, key, device.public_key, now=auth.now())
+    issued = issue_token(app, key, device.public_key, now=auth.now())
     if issued is None:
         raise ApiError(403, "key_not_valid_now", "the key's validity window excludes now")
     return web.json_response(_token_view(key, issued))

@@ -18,8 +18,10 @@ from keyserver.models import (
     Invitation,
     KeyRecord,
     KeyStatus,
+    NonceClaim,
     Pairing,
     PairingResult,
+    RefreshContext,
     RevocationEntry,
     Session,
     Vehicle,
@@ -62,6 +64,23 @@ class Store(Protocol):
 
     async def hit(self, key: str, *, now: int, window: int, limit: int) -> bool:
         """Count one attempt in the fixed window containing ``now``; False once over ``limit``."""
+
+    # the hot path: a signed request on a key (token refresh)
+    async def refresh_context(
+        self,
+        token_hash: bytes,
+        *,
+        device_id: str | None,
+        key_id: str | None,
+        now: int,
+        claim: NonceClaim | None = None,
+    ) -> RefreshContext:
+        """In one atomic operation (one round trip): the session as ``session(token_hash,
+        now=now)``, the device ``device_id`` and the key ``key_id`` (None when not asked for or
+        unknown), and, with ``claim``, the nonce claimed as ``claim_nonce`` does it — but only if
+        the session is valid, the device exists, belongs to the session's account and has
+        ``claim.public_key``: what a proof verified with that key must pass before its nonce may
+        be spent. ``nonce_fresh`` is None when no claim was made."""
 
     # vehicles and pairing
     async def add_vehicle(self, vehicle: Vehicle) -> None:

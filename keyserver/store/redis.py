@@ -18,6 +18,10 @@ Records are hashes with one field per dataclass field (absent when None), so Lua
 set a single field. Expiry only collects garbage: validity is always decided by comparing with
 the caller's ``now``, and expiry is set so that clock skew cannot remove a record early.
 
+The scripts are in ``keyserver.store.redis_lua``. The hot path, ``refresh_context`` (token
+refresh), is one script for the session, device, key and nonce, and concurrent calls of it share
+round trips (``keyserver.store.shared_trips``): redis-py's own cost per command outweighs it.
+
 No hidden retries: one attempt per call, short socket and connect timeouts. Failures become
 ``StoreUnavailable``; ``may_have_succeeded`` is False unless a write reached the socket.
 """
@@ -55,13 +59,17 @@ from keyserver.models import (
     Invitation,
     KeyRecord,
     KeyStatus,
+    NonceClaim,
     Pairing,
     PairingResult,
+    RefreshContext,
     RevocationEntry,
     RevocationKind,
     Session,
     Vehicle,
 )
+from keyserver.store import redis_lua as lua
+from keyserver.store.shared_trips import SharedTrips
 
 # Seconds a record outlives its expiry, and its least lifetime on Redis's clock: garbage
 # collection must never run ahead of a caller whose clock is behind Redis's.
@@ -70,71 +78,6 @@ EXPIRY_SLACK = 60
 HEALTH_CHECK_INTERVAL = 30
 
 _Record = TypeVar("_Record")
-
-_CREATE_ACCOUNT = """
-if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 2))
-redis.call('SET', KEYS[2], ARGV[1])
-return 1
-"""
-# KEYS: record, optional index zset; ARGV: index score, index member, field, value, ...
-_INSERT = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 3))
-if KEYS[2] then redis.call('ZADD', KEYS[2], ARGV[1], ARGV[2]) end
-return 1
-"""
-# ARGV: field, new value, accepted current values...; a value is '=' .. text, or '' for absent
-_COMPARE_AND_SET = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-local current = redis.call('HGET', KEYS[1], ARGV[1])
-current = current and ('=' .. current) or ''
-for i = 3, #ARGV do
-  if ARGV[i] == current then
-    if ARGV[2] == '' then redis.call('HDEL', KEYS[1], ARGV[1])
-    else redis.call('HSET', KEYS[1], ARGV[1], string.sub(ARGV[2], 2)) end
-    return 1
-  end
-end
-return 0
-"""
-_TRY_PAIRING = """
-local p = redis.call('HMGET', KEYS[1], 'code_hash', 'expires_at', 'attempts_left')
-if not p[1] then return 'none' end
-if tonumber(ARGV[2]) >= tonumber(p[2]) then return 'expired' end
-if tonumber(p[3]) <= 0 then return 'exhausted' end
-if p[1] == ARGV[1] then redis.call('DEL', KEYS[1]) return 'paired' end
-redis.call('HINCRBY', KEYS[1], 'attempts_left', -1)
-return 'wrong'
-"""
-# ARGV: now, expires_at, ttl
-_CLAIM_NONCE = """
-local held = redis.call('GET', KEYS[1])
-if held and tonumber(held) > tonumber(ARGV[1]) then return 0 end
-redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
-return 1
-"""
-# KEYS: revseq, revlog, revuntil; ARGV: entry, until, entry, until, ...
-_APPEND_REVOCATIONS = """
-local n = #ARGV / 2
-local last = redis.call('INCRBY', KEYS[1], n)
-for i = 1, n do
-  local sequence = last - n + i
-  redis.call('ZADD', KEYS[2], sequence, sequence .. ':' .. ARGV[2 * i - 1])
-  redis.call('ZADD', KEYS[3], ARGV[2 * i], sequence)
-end
-return last
-"""
-# KEYS: revlog, revuntil; ARGV: before
-_PRUNE_REVOCATIONS = """
-local bound = '(' .. ARGV[1]
-local sequences = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', bound)
-for _, sequence in ipairs(sequences) do
-  redis.call('ZREMRANGEBYSCORE', KEYS[1], sequence, sequence)
-end
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', bound)
-return #sequences
-"""
 
 
 class _NotSent(ConnectionError):
@@ -171,12 +114,14 @@ def _failures(operation: str, *, write: bool) -> Iterator[None]:
     try:
         yield
     except (RedisError, OSError) as exc:
-        sent = write and not isinstance(exc, _REFUSED)
-        cause = type(exc.__cause__ if isinstance(exc, _NotSent) else exc).__name__
-        outcome = ("; may have been applied" if sent else "; not applied") if write else ""
-        raise StoreUnavailable(
-            f"redis {operation} failed ({cause}){outcome}", may_have_succeeded=sent
-        ) from exc
+        raise _unavailable(operation, exc, write=write) from exc
+
+
+def _unavailable(operation: str, exc: BaseException, *, write: bool) -> StoreUnavailable:
+    sent = write and not isinstance(exc, _REFUSED)
+    cause = type(exc.__cause__ if isinstance(exc, _NotSent) else exc).__name__
+    outcome = ("; may have been applied" if sent else "; not applied") if write else ""
+    return StoreUnavailable(f"redis {operation} failed ({cause}){outcome}", may_have_succeeded=sent)
 
 
 def _fields(record: object) -> dict[EncodableT, EncodableT]:
@@ -219,6 +164,16 @@ def _record(cls: type[_Record], raw: Mapping[Any, Any]) -> _Record | None:
     )
 
 
+def _from_values(cls: type[_Record], values: Sequence[Any]) -> _Record | None:
+    """A record from HMGET's values in field order; None if it has no first field (its id)."""
+    if not values or values[0] is None:
+        return None
+    schema = _schema(typing.cast(Any, cls))
+    return cls(
+        *[None if v is None else parse(v) for (_, _, parse), v in zip(schema, values, strict=True)]
+    )
+
+
 def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -239,13 +194,16 @@ class RedisStore:
     def __init__(self, client: Redis, prefix: str) -> None:
         self._client = client
         self._prefix = prefix
-        self._create_account = client.register_script(_CREATE_ACCOUNT)
-        self._insert = client.register_script(_INSERT)
-        self._compare_and_set = client.register_script(_COMPARE_AND_SET)
-        self._try_pairing = client.register_script(_TRY_PAIRING)
-        self._claim_nonce = client.register_script(_CLAIM_NONCE)
-        self._append_revocations = client.register_script(_APPEND_REVOCATIONS)
-        self._prune_revocations = client.register_script(_PRUNE_REVOCATIONS)
+        self._create_account = client.register_script(lua.CREATE_ACCOUNT)
+        self._insert = client.register_script(lua.INSERT)
+        self._compare_and_set = client.register_script(lua.COMPARE_AND_SET)
+        self._try_pairing = client.register_script(lua.TRY_PAIRING)
+        self._claim_nonce = client.register_script(lua.CLAIM_NONCE)
+        self._refresh_contexts = SharedTrips(
+            client, lua.REFRESH_CONTEXTS, keys=lua.REFRESH_KEYS, args=lua.REFRESH_ARGS
+        )
+        self._append_revocations = client.register_script(lua.APPEND_REVOCATIONS)
+        self._prune_revocations = client.register_script(lua.PRUNE_REVOCATIONS)
 
     @classmethod
     async def connect(
@@ -359,6 +317,45 @@ class RedisStore:
         ttl = max(expires_at - now, 0) + EXPIRY_SLACK  # relative: immune to clock skew
         with _failures("claim_nonce", write=True):
             return bool(await self._claim_nonce([key], [now, expires_at, ttl]))
+
+    async def refresh_context(
+        self,
+        token_hash: bytes,
+        *,
+        device_id: str | None,
+        key_id: str | None,
+        now: int,
+        claim: NonceClaim | None = None,
+    ) -> RefreshContext:
+        # bytes throughout: redis-py passes them on as they are
+        prefix = self._prefix
+        flags = ("d" if device_id is not None else "") + ("k" if key_id is not None else "")
+        nonce_key, public_key, expiry = f"{prefix}nonce", b"", " "
+        if claim is not None:
+            flags += "c"
+            nonce_key = f"{prefix}nonce:{claim.scope}:{claim.nonce.hex()}"
+            public_key = claim.public_key
+            ttl = max(claim.expires_at - now, 0) + EXPIRY_SLACK  # as in claim_nonce
+            expiry = f"{claim.expires_at} {ttl}"
+        keys = [
+            f"{prefix}session:{token_hash.hex()}".encode(),
+            f"{prefix}device:{device_id or ''}".encode(),
+            f"{prefix}key:{key_id or ''}".encode(),
+            nonce_key.encode(),
+        ]
+        try:
+            session, device, key, fresh = await self._refresh_contexts(
+                keys, [f"{now} {flags} {expiry}".encode(), public_key]
+            )
+        except (RedisError, OSError) as exc:
+            raise _unavailable("refresh_context", exc, write=claim is not None) from exc
+        found = _from_values(Session, session)
+        return RefreshContext(
+            session=found if found is not None and now < found.expires_at else None,
+            device=_from_values(Device, device),
+            key=_from_values(KeyRecord, key),
+            nonce_fresh=None if fresh < 0 else bool(fresh),
+        )
 
     async def hit(self, key: str, *, now: int, window: int, limit: int) -> bool:
         start = now - now % window

@@ -25,8 +25,10 @@ from keyserver.models import (
     Invitation,
     KeyRecord,
     KeyStatus,
+    NonceClaim,
     Pairing,
     PairingResult,
+    RefreshContext,
     RevocationEntry,
     RevocationKind,
     Session,
@@ -94,6 +96,10 @@ _SWEEPS: Final = (
 
 
 _SELECT_ACCOUNT: Final = "SELECT account_id, email, password_hash, created_at FROM accounts"
+_SELECT_LIVE_SESSION: Final = (
+    "SELECT token_hash, account_id, expires_at FROM sessions "
+    "WHERE token_hash = ? AND expires_at > ?"
+)
 _SELECT_DEVICE: Final = "SELECT device_id, account_id, public_key, name, created_at FROM devices"
 _SELECT_KEY: Final = (
     "SELECT key_id, vin, account_id, device_id, role, entitlements, not_before, not_after, "
@@ -124,6 +130,20 @@ def _invitation(row: Any) -> Invitation:
 def _sweep(conn: sqlite3.Connection, now: int) -> None:
     for statement in _SWEEPS:
         conn.execute(statement, (now, SWEEP_BATCH))
+
+
+def _claim_nonce(
+    conn: sqlite3.Connection, scope: str, nonce: bytes, *, now: int, expires_at: int
+) -> bool:
+    _sweep(conn, now)
+    # an expired claim of the same nonce that the sweep has not reached yet is taken over
+    cursor = conn.execute(
+        "INSERT INTO nonces (scope, nonce, expires_at) VALUES (?, ?, ?) "
+        "ON CONFLICT (scope, nonce) DO UPDATE SET expires_at = excluded.expires_at "
+        "WHERE nonces.expires_at <= ?",
+        (scope, nonce, expires_at, now),
+    )
+    return cursor.rowcount == 1
 
 
 def _rollback_quietly(conn: sqlite3.Connection) -> None:
@@ -283,11 +303,7 @@ class SQLiteStore:
         )
 
     async def session(self, token_hash: bytes, *, now: int) -> Session | None:
-        row = await self._one(
-            "SELECT token_hash, account_id, expires_at FROM sessions "
-            "WHERE token_hash = ? AND expires_at > ?",
-            (token_hash, now),
-        )
+        row = await self._one(_SELECT_LIVE_SESSION, (token_hash, now))
         return None if row is None else Session(*row)
 
     async def delete_session(self, token_hash: bytes) -> None:
@@ -316,18 +332,45 @@ class SQLiteStore:
     # single use and rate limits
 
     async def claim_nonce(self, scope: str, nonce: bytes, *, now: int, expires_at: int) -> bool:
-        def claim(conn: sqlite3.Connection) -> bool:
-            _sweep(conn, now)
-            # an expired claim of the same nonce that the sweep has not reached yet is taken over
-            cursor = conn.execute(
-                "INSERT INTO nonces (scope, nonce, expires_at) VALUES (?, ?, ?) "
-                "ON CONFLICT (scope, nonce) DO UPDATE SET expires_at = excluded.expires_at "
-                "WHERE nonces.expires_at <= ?",
-                (scope, nonce, expires_at, now),
-            )
-            return cursor.rowcount == 1
+        return await self._run(
+            lambda conn: _claim_nonce(conn, scope, nonce, now=now, expires_at=expires_at),
+            write=True,
+        )
 
-        return await self._run(claim, write=True)
+    async def refresh_context(
+        self,
+        token_hash: bytes,
+        *,
+        device_id: str | None,
+        key_id: str | None,
+        now: int,
+        claim: NonceClaim | None = None,
+    ) -> RefreshContext:
+        def read(conn: sqlite3.Connection) -> RefreshContext:
+            row = conn.execute(_SELECT_LIVE_SESSION, (token_hash, now)).fetchone()
+            session = None if row is None else Session(*row)
+            device = None
+            if device_id is not None:
+                row = conn.execute(_SELECT_DEVICE + " WHERE device_id = ?", (device_id,)).fetchone()
+                device = None if row is None else Device(*row)
+            key = None
+            if key_id is not None:
+                row = conn.execute(_SELECT_KEY + " WHERE key_id = ?", (key_id,)).fetchone()
+                key = None if row is None else _key(row)
+            fresh = None
+            if (
+                claim is not None
+                and session is not None
+                and device is not None
+                and device.account_id == session.account_id
+                and device.public_key == claim.public_key
+            ):
+                fresh = _claim_nonce(
+                    conn, claim.scope, claim.nonce, now=now, expires_at=claim.expires_at
+                )
+            return RefreshContext(session, device, key, fresh)
+
+        return await self._run(read, write=claim is not None)
 
     async def hit(self, key: str, *, now: int, window: int, limit: int) -> bool:
         start = now - now % window

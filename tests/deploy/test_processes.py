@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import socket
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,7 +14,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from deploy.processes import LOOPBACK, ProcessError, RedisServer
+from deploy.processes import LOOPBACK, AppServer, ProcessError, RedisServer
 
 
 def client(server: RedisServer) -> aioredis.Redis:
@@ -75,3 +77,28 @@ def test_missing_binary_gives_one_clear_line(
 def test_a_server_that_cannot_start_is_reported(tmp_path: Path) -> None:
     with pytest.raises(ProcessError, match="did not become ready"):
         RedisServer(tmp_path, extra_args=["--no-such-option", "x"]).start(attempts=1)
+
+
+def test_an_app_announces_its_port_and_stops(tmp_path: Path) -> None:
+    env = {**os.environ, "PHONEKEY_PORT": "0", "PHONEKEY_DATA_DIR": str(tmp_path / "data")}
+    server = AppServer(
+        [sys.executable, "-m", "keyserver.cli", "serve"], workdir=tmp_path, env=env, name="ks"
+    )
+    with server:
+        assert server.port not in (0, 8080)
+        pid = server.pid
+        with socket.create_connection((LOOPBACK, server.port), timeout=5):
+            pass  # it listens where it said
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    assert "Running on" in server.log_path.read_text()
+
+
+def test_an_app_that_cannot_start_is_reported_with_its_output(tmp_path: Path) -> None:
+    env = {**os.environ, "PHONEKEY_PORT": "eighty"}
+    server = AppServer(
+        [sys.executable, "-m", "keyserver.cli", "serve"], workdir=tmp_path, env=env, name="ks"
+    )
+    with pytest.raises(ProcessError, match="ks did not become ready"):
+        server.start()
+    assert "setting 'port'" in server.log_path.read_text()

@@ -14,8 +14,10 @@ from keyserver.models import (
     Invitation,
     KeyRecord,
     KeyStatus,
+    NonceClaim,
     Pairing,
     PairingResult,
+    RefreshContext,
     RevocationEntry,
     RevocationKind,
     Session,
@@ -111,6 +113,108 @@ async def test_nonces_are_single_use_until_they_expire(store: Store) -> None:
         *(store.claim_nonce("dev1", b"n2", now=NOW, expires_at=NOW + 300) for _ in range(10))
     )
     assert sorted(results) == [False] * 9 + [True]
+
+
+async def _refresh_world(store: Store) -> Session:
+    """A session of acc1, its device dev1, a device dev2 of acc9, and key1 (on dev1)."""
+    session = Session(b"\x01" * 32, "acc1", NOW + 60)
+    await store.put_session(session)
+    await store.add_device(device(1))
+    await store.add_device(device(2, account_id="acc9"))
+    await store.put_key(key(1))
+    return session
+
+
+def claim(nonce: bytes = b"n1", *, public_key: bytes = bytes([1]) * 64) -> NonceClaim:
+    return NonceClaim("proof:dev1", nonce, NOW + 61, public_key)
+
+
+async def test_refresh_context_reads_session_device_and_key_at_once(store: Store) -> None:
+    session = await _refresh_world(store)
+    token_hash = session.token_hash
+    assert await store.refresh_context(
+        token_hash, device_id="dev1", key_id="key1", now=NOW
+    ) == RefreshContext(session, device(1), key(1), None)
+    # each part is looked up on its own; what is unknown, expired or not asked for is None
+    assert await store.refresh_context(
+        token_hash, device_id="dev7", key_id="key9", now=NOW
+    ) == RefreshContext(session, None, None, None)
+    assert await store.refresh_context(
+        token_hash, device_id=None, key_id=None, now=NOW
+    ) == RefreshContext(session, None, None, None)
+    assert await store.refresh_context(
+        token_hash, device_id="dev1", key_id="key1", now=NOW + 60
+    ) == RefreshContext(None, device(1), key(1), None)
+    assert await store.refresh_context(
+        b"\x02" * 32, device_id="dev2", key_id="key1", now=NOW
+    ) == RefreshContext(None, device(2, account_id="acc9"), key(1), None)
+
+
+async def test_refresh_context_spends_a_nonce_once_like_claim_nonce(store: Store) -> None:
+    session = await _refresh_world(store)
+    context = await store.refresh_context(
+        session.token_hash, device_id="dev1", key_id="key1", now=NOW, claim=claim()
+    )
+    assert context == RefreshContext(session, device(1), key(1), True)
+    again = await store.refresh_context(
+        session.token_hash, device_id="dev1", key_id=None, now=NOW + 1, claim=claim()
+    )
+    assert again.nonce_fresh is False
+    # one single use, whichever operation spends the nonce
+    assert not await store.claim_nonce("proof:dev1", b"n1", now=NOW + 1, expires_at=NOW + 62)
+    assert await store.claim_nonce("proof:dev1", b"n2", now=NOW, expires_at=NOW + 61)
+    spent = await store.refresh_context(
+        session.token_hash, device_id="dev1", key_id=None, now=NOW, claim=claim(b"n2")
+    )
+    assert spent.nonce_fresh is False
+    # once the claim has expired, the nonce may be taken again
+    later = await store.refresh_context(
+        session.token_hash, device_id="dev1", key_id=None, now=NOW + 59, claim=claim()
+    )
+    assert later.nonce_fresh is False
+    await store.put_session(Session(session.token_hash, "acc1", NOW + 600))
+    expired = await store.refresh_context(
+        session.token_hash, device_id="dev1", key_id=None, now=NOW + 61, claim=claim()
+    )
+    assert expired.nonce_fresh is True
+
+
+@pytest.mark.parametrize(
+    ("token_hash", "device_id", "public_key", "now"),
+    [
+        (b"\x02" * 32, "dev1", bytes([1]) * 64, NOW),  # no such session
+        (b"\x01" * 32, "dev1", bytes([1]) * 64, NOW + 60),  # the session has expired
+        (b"\x01" * 32, "dev7", bytes([1]) * 64, NOW),  # no such device
+        (b"\x01" * 32, "dev2", bytes([2]) * 64, NOW),  # another account's device
+        (b"\x01" * 32, "dev1", bytes([2]) * 64, NOW),  # the proof was checked with another key
+        (b"\x01" * 32, None, bytes([1]) * 64, NOW),  # no device asked for
+    ],
+    ids=["no_session", "expired", "no_device", "other_account", "other_key", "no_device_id"],
+)
+async def test_refresh_context_spends_no_nonce_unless_session_and_device_hold(
+    store: Store, token_hash: bytes, device_id: str | None, public_key: bytes, now: int
+) -> None:
+    await _refresh_world(store)
+    context = await store.refresh_context(
+        token_hash, device_id=device_id, key_id="key1", now=now, claim=claim(public_key=public_key)
+    )
+    assert context.nonce_fresh is None
+    assert context.key == key(1)
+    # the nonce is still unspent
+    assert await store.claim_nonce("proof:dev1", b"n1", now=NOW, expires_at=NOW + 61)
+
+
+async def test_concurrent_refresh_contexts_spend_a_nonce_once(store: Store) -> None:
+    session = await _refresh_world(store)
+    contexts = await asyncio.gather(
+        *(
+            store.refresh_context(
+                session.token_hash, device_id="dev1", key_id="key1", now=NOW, claim=claim()
+            )
+            for _ in range(10)
+        )
+    )
+    assert sorted(c.nonce_fresh is True for c in contexts) == [False] * 9 + [True]
 
 
 async def test_rate_limit_fixed_window(store: Store) -> None:

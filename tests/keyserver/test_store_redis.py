@@ -16,7 +16,7 @@ from redis.asyncio import Redis
 
 from deploy.processes import RedisServer
 from keyserver.errors import StoreUnavailable
-from keyserver.models import Account, Pairing, PairingResult, Session
+from keyserver.models import Account, Device, NonceClaim, Pairing, PairingResult, Session
 from keyserver.store.redis import RedisStore
 
 NOW = 1_800_000_000
@@ -155,3 +155,74 @@ async def test_keys_stay_under_the_prefix_and_expire_only_as_garbage(
                 assert await raw.ttl(key) > 0, key
     finally:
         await raw.aclose()
+
+
+# refresh_context: concurrent calls share round trips (one pipeline of scripts)
+
+DEVICE = Device("dev1", "acc1", b"\x01" * 64, "phone", NOW)
+
+
+def nonce_claim(nonce: bytes) -> NonceClaim:
+    return NonceClaim("proof:dev1", nonce, NOW + 61, DEVICE.public_key)
+
+
+async def refresh(store: RedisStore, nonce: bytes) -> bool | None:
+    context = await store.refresh_context(
+        SESSION.token_hash, device_id="dev1", key_id=None, now=NOW, claim=nonce_claim(nonce)
+    )
+    assert context.session == SESSION
+    assert context.device == DEVICE
+    return context.nonce_fresh
+
+
+async def test_concurrent_refresh_contexts_each_get_their_own_answer(store: RedisStore) -> None:
+    await store.put_session(SESSION)
+    await store.add_device(DEVICE)
+    nonces = [bytes([n % 50]) * 16 for n in range(100)]  # 50 nonces, each sent twice
+    async with asyncio.timeout(HANG_GUARD):
+        fresh = await asyncio.gather(*(refresh(store, nonce) for nonce in nonces))
+    for nonce in set(nonces):
+        assert sorted(f for n, f in zip(nonces, fresh, strict=True) if n == nonce) == [
+            False,
+            True,
+        ]
+
+
+async def test_refresh_context_survives_a_flushed_script_cache(
+    server: RedisServer, store: RedisStore
+) -> None:
+    await store.put_session(SESSION)
+    await store.add_device(DEVICE)
+    assert await refresh(store, b"a" * 16) is True
+    raw = Redis.from_url(server.url)
+    try:
+        await raw.script_flush()  # as after a restart: Redis no longer knows the script
+    finally:
+        await raw.aclose()
+    async with asyncio.timeout(HANG_GUARD):
+        fresh = await asyncio.gather(refresh(store, b"b" * 16), refresh(store, b"a" * 16))
+    assert fresh == [True, False]  # sent once more after loading: spent once, not twice
+
+
+async def test_concurrent_refresh_contexts_sent_to_a_hung_server_may_have_succeeded(
+    server: RedisServer, store: RedisStore
+) -> None:
+    await store.put_session(SESSION)
+    await store.add_device(DEVICE)
+    server.pause()
+    try:
+        errors = await asyncio.gather(
+            *(unavailable(refresh(store, bytes([n]) * 16)) for n in range(8))
+        )
+        assert all(error.may_have_succeeded for error in errors)
+    finally:
+        server.resume()
+    assert await refresh(store, b"z" * 16) is True  # the store works again
+
+
+async def test_refresh_contexts_that_never_reached_a_killed_server_were_not_applied(
+    server: RedisServer, store: RedisStore
+) -> None:
+    server.kill()
+    errors = await asyncio.gather(*(unavailable(refresh(store, bytes([n]) * 16)) for n in range(4)))
+    assert not any(error.may_have_succeeded for error in errors)

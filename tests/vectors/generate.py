@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from tests.vectors.ble import ble_vectors
 from tests.vectors.proofs import proof_vectors
 from tests.vectors.revocation_lists import revocation_vectors
 from tests.vectors.signed_time import signed_time_vectors
@@ -30,6 +31,7 @@ def vectors() -> dict[str, dict[str, Any]]:
         "revocation_lists.json": revocation_vectors(),
         "trust_updates.json": trust_vectors(),
         "signed_time.json": signed_time_vectors(),
+        "ble.json": ble_vectors(),
     }
 
 

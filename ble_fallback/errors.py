@@ -1,0 +1,91 @@
+"""Errors of the BLE fallback, and whether a fresh attempt after one is safe.
+
+    BleError                    base; ``reason`` (a BleReason) and ``may_have_succeeded``
+    ├── LocalProtocolError      we broke the protocol: sent in the wrong state, a frame too big
+    │                           to chunk (a bug on our side; the session is dead)
+    ├── RemoteProtocolError     the peer broke it: a bad chunk, a frame over the cap, a malformed
+    │                           message, a message in the wrong state (the session is dead)
+    ├── LinkError               the link failed under us (raised by adapters, never by the core)
+    │   ├── LinkClosed          disconnected or closed
+    │   └── LinkTimeout         no answer within the attempts the link's policy allows
+    └── CarBusy                 the car is at its connection limit: try again after
+                                ``retry_after`` seconds
+
+``may_have_succeeded`` is vehicle-command's rule: it is true when a command was sent and its
+result never came back, so the car may have executed it. ``retry_safe`` is its negation: only
+then may a client try again (a new connection, a new challenge) — otherwise it must ask the
+user, never replay. Lower-layer errors (keycore's, a BLE library's) are mapped to these at the
+boundary and never leak out of ``ble_fallback``.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class BleReason(StrEnum):
+    """Why a BLE session failed. Stable strings: they appear in logs and metrics."""
+
+    # framing
+    BAD_CHUNK = "bad_chunk"  # too short or long, bad index or piece size, empty frame
+    FRAME_TOO_LARGE = "frame_too_large"  # the length prefix exceeds the cap
+    SEQUENCE_REUSED = "sequence_reused"  # one frame sequence number, two different frames
+    # messages
+    MALFORMED = "malformed"  # not a message of the BLE protocol
+    TOO_LARGE = "too_large"  # a message over its size cap
+    UNEXPECTED_MESSAGE = "unexpected_message"  # a message the session's state does not allow
+    # session and link
+    CLOSED = "closed"  # the session or link is closed
+    TIMEOUT = "timeout"
+    BUSY = "busy"
+
+
+class BleError(Exception):
+    """Base of every BLE fallback error: a reason code and whether a command may have run."""
+
+    def __init__(self, reason: BleReason, detail: str = "", *, may_have_succeeded: bool = False):
+        super().__init__(f"{reason.value}: {detail}" if detail else reason.value)
+        self.reason = reason
+        self.detail = detail
+        self.may_have_succeeded = may_have_succeeded
+
+    @property
+    def retry_safe(self) -> bool:
+        """A fresh attempt cannot execute a command twice."""
+        return not self.may_have_succeeded
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(reason={self.reason.value!r}, "
+            f"may_have_succeeded={self.may_have_succeeded})"
+        )
+
+
+class LocalProtocolError(BleError):
+    pass
+
+
+class RemoteProtocolError(BleError):
+    pass
+
+
+class LinkError(BleError):
+    pass
+
+
+class LinkClosed(LinkError):
+    def __init__(self, detail: str = "", *, may_have_succeeded: bool = False) -> None:
+        super().__init__(BleReason.CLOSED, detail, may_have_succeeded=may_have_succeeded)
+
+
+class LinkTimeout(LinkError):
+    def __init__(self, detail: str = "", *, may_have_succeeded: bool = False) -> None:
+        super().__init__(BleReason.TIMEOUT, detail, may_have_succeeded=may_have_succeeded)
+
+
+class CarBusy(BleError):
+    """The car refused the connection (too many at once); nothing was sent, retrying is safe."""
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__(BleReason.BUSY, f"retry after {retry_after:.3f} s")
+        self.retry_after = retry_after

@@ -1,0 +1,130 @@
+"""The Redis store's Lua scripts (keyserver.store.redis): each runs atomically in Redis.
+
+Records are hashes with one field per dataclass field, so scripts read and set single fields.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from keyserver.models import Device, KeyRecord, Session
+
+CREATE_ACCOUNT = """
+if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('SET', KEYS[2], ARGV[1])
+return 1
+"""
+# KEYS: record, optional index zset; ARGV: index score, index member, field, value, ...
+INSERT = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+if KEYS[2] then redis.call('ZADD', KEYS[2], ARGV[1], ARGV[2]) end
+return 1
+"""
+# ARGV: field, new value, accepted current values...; a value is '=' .. text, or '' for absent
+COMPARE_AND_SET = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local current = redis.call('HGET', KEYS[1], ARGV[1])
+current = current and ('=' .. current) or ''
+for i = 3, #ARGV do
+  if ARGV[i] == current then
+    if ARGV[2] == '' then redis.call('HDEL', KEYS[1], ARGV[1])
+    else redis.call('HSET', KEYS[1], ARGV[1], string.sub(ARGV[2], 2)) end
+    return 1
+  end
+end
+return 0
+"""
+TRY_PAIRING = """
+local p = redis.call('HMGET', KEYS[1], 'code_hash', 'expires_at', 'attempts_left')
+if not p[1] then return 'none' end
+if tonumber(ARGV[2]) >= tonumber(p[2]) then return 'expired' end
+if tonumber(p[3]) <= 0 then return 'exhausted' end
+if p[1] == ARGV[1] then redis.call('DEL', KEYS[1]) return 'paired' end
+redis.call('HINCRBY', KEYS[1], 'attempts_left', -1)
+return 'wrong'
+"""
+# a nonce's single use, shared by the scripts that spend one: 1 if claimed now, 0 if it is held
+_CLAIM = """
+local function claim(key, now, expires_at, ttl)
+  local held = redis.call('GET', key)
+  if held and tonumber(held) > tonumber(now) then return 0 end
+  redis.call('SET', key, expires_at, 'EX', ttl)
+  return 1
+end
+"""
+# ARGV: now, expires_at, ttl
+CLAIM_NONCE = _CLAIM + "return claim(KEYS[1], ARGV[1], ARGV[2], ARGV[3])"
+
+
+def _lua_fields(cls: Any) -> str:
+    """A record's field names in declaration order, as Lua arguments (for HMGET)."""
+    return ", ".join(f"'{field.name}'" for field in dataclasses.fields(cls))
+
+
+def _lua_index(cls: Any, name: str) -> int:
+    """Where field ``name`` is in HMGET's answer for the record (Lua counts from 1)."""
+    return 1 + [field.name for field in dataclasses.fields(cls)].index(name)
+
+
+# Any number of refresh contexts, one after the other (see keyserver.store.shared_trips), each with
+# KEYS: session, device, key, nonce
+# ARGV: "now flags expires_at ttl" (flags: d to read the device, k the key, c to claim the nonce;
+#       expires_at and ttl empty unless c), the public key the proof was checked with (or empty)
+# Returns for each the three records as HMGET values in field order (an empty list when not
+# read) and the claim: 1, 0, or -1 when not made. Few arguments: packing each one costs.
+REFRESH_KEYS, REFRESH_ARGS = 4, 2
+REFRESH_CONTEXTS = (
+    _CLAIM
+    + f"""
+local answers = {{}}
+for i = 0, #KEYS / {REFRESH_KEYS} - 1 do
+  local k, a = {REFRESH_KEYS} * i, {REFRESH_ARGS} * i
+  local now, flags, expires_at, ttl = string.match(ARGV[a + 1], '^(%d+) (%a*) (%d*) (%d*)$')
+  local session = redis.call('HMGET', KEYS[k + 1], {_lua_fields(Session)})
+  local device = {{}}
+  if string.find(flags, 'd', 1, true) then
+    device = redis.call('HMGET', KEYS[k + 2], {_lua_fields(Device)})
+  end
+  local key = {{}}
+  if string.find(flags, 'k', 1, true) then
+    key = redis.call('HMGET', KEYS[k + 3], {_lua_fields(KeyRecord)})
+  end
+  local fresh = -1
+  if string.find(flags, 'c', 1, true) then
+    local session_expires = session[{_lua_index(Session, "expires_at")}]
+    local account = session[{_lua_index(Session, "account_id")}]
+    if session_expires and tonumber(session_expires) > tonumber(now) and account
+        and device[{_lua_index(Device, "account_id")}] == account
+        and device[{_lua_index(Device, "public_key")}] == ARGV[a + 2] then
+      fresh = claim(KEYS[k + 4], now, expires_at, ttl)
+    end
+  end
+  answers[i + 1] = {{session, device, key, fresh}}
+end
+return answers
+"""
+)
+# KEYS: revseq, revlog, revuntil; ARGV: entry, until, entry, until, ...
+APPEND_REVOCATIONS = """
+local n = #ARGV / 2
+local last = redis.call('INCRBY', KEYS[1], n)
+for i = 1, n do
+  local sequence = last - n + i
+  redis.call('ZADD', KEYS[2], sequence, sequence .. ':' .. ARGV[2 * i - 1])
+  redis.call('ZADD', KEYS[3], ARGV[2 * i], sequence)
+end
+return last
+"""
+# KEYS: revlog, revuntil; ARGV: before
+PRUNE_REVOCATIONS = """
+local bound = '(' .. ARGV[1]
+local sequences = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', bound)
+for _, sequence in ipairs(sequences) do
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], sequence, sequence)
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', bound)
+return #sequences
+"""
