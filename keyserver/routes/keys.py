@@ -33,6 +33,7 @@ from typing import Any
 from aiohttp import web
 
 from keycore import ROLE_ENTITLEMENTS, Role
+from keycore.request_proof import HEADER
 from keycore.roles import to_mask
 from keyserver import auth, fields
 from keyserver.app import CBOR, CONFIG, DEVICE_KEYS, STORE
@@ -285,23 +286,30 @@ async def refresh(request: web.Request) -> web.Response:
 
 
 async def revocations(request: web.Request) -> web.Response:
-    """The vehicle's signed revocation list (CBOR): full, or the delta after ``since``."""
+    """The vehicle's signed revocation list (CBOR): full, or the delta after ``since``.
+
+    Readable by the owner, by holders of an active key (phones carry lists to cars), and by the
+    car itself (a vehicle proof, device id = the VIN, and no bearer session)."""
     store = request.app[STORE]
-    caller = await auth.require_session(request, store)
     vin = fields.path_vin(request)
     raw_since = request.query.get("since", "0")
     if not _SINCE.fullmatch(raw_since) or int(raw_since) > MAX_SEQUENCE:
         raise ApiError(400, "invalid_since", "since must be a sequence number, 0 for a full list")
     since = int(raw_since)
-    vehicle = await store.vehicle(vin)
-    if vehicle is None or (
-        vehicle.owner_id != caller.account_id
-        and not any(
-            k.account_id == caller.account_id and k.status is KeyStatus.ACTIVE
-            for k in await store.keys_of_vehicle(vin)
-        )
-    ):
-        raise ApiError(404, "unknown_vehicle", "no such vehicle among the caller's")
+    if "Authorization" not in request.headers and HEADER in request.headers:
+        config = request.app[CONFIG]
+        await auth.require_vehicle_proof(request, store, vin, b"", max_skew=config.proof_max_skew_s)
+    else:
+        caller = await auth.require_session(request, store)
+        vehicle = await store.vehicle(vin)
+        if vehicle is None or (
+            vehicle.owner_id != caller.account_id
+            and not any(
+                k.account_id == caller.account_id and k.status is KeyStatus.ACTIVE
+                for k in await store.keys_of_vehicle(vin)
+            )
+        ):
+            raise ApiError(404, "unknown_vehicle", "no such vehicle among the caller's")
     try:
         sequence, document = await revocation_list(request.app, vin, since=since, now=auth.now())
     except ValueError:

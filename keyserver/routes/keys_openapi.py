@@ -305,8 +305,9 @@ PATHS: dict[str, Any] = {
             "summary": "The vehicle's signed revocation list (docs/protocol.md §12)",
             "description": "since=0 (default): the full list; since=N: the delta after N. "
             f"Holder entries last {MAX_TOKEN_LIFETIME} s. For the owner and for holders of an "
-            "active key, who carry lists to cars.",
-            "security": _BEARER,
+            "active key, who carry lists to cars; and for the car itself, with a vehicle proof "
+            "(PK-Device-Proof, device id = the VIN) instead of a bearer session.",
+            "security": [*_BEARER, {"deviceProof": []}],
             "parameters": [
                 *_VIN_PARAM,
                 {
@@ -328,9 +329,15 @@ PATHS: dict[str, Any] = {
                     "description": "nothing ever revoked (sequence 0), or nothing after since",
                     "headers": _SEQUENCE_HEADER,
                 },
-                "400": openapi.error("invalid_vin, invalid_since, since_ahead"),
+                "400": openapi.error(
+                    "invalid_vin, invalid_since, since_ahead, bad_device_proof (malformed)"
+                ),
                 "404": openapi.error("unknown_vehicle: no such vehicle among the caller's"),
                 **_READ,
+                "401": openapi.error(
+                    "unauthorized (no bearer session, or an expired one); for a car:"
+                    " bad_device_proof, stale_device_proof, replayed_device_proof"
+                ),
             },
         },
     },

@@ -14,16 +14,19 @@ from keycore import (
     ChallengeBook,
     Reason,
     RevocationState,
+    SoftwareSigner,
     TrustedClock,
     UnlockRequest,
     decide,
     prove,
 )
+from keycore.cose import point_bytes
+from keycore.request_proof import HEADER, sign_request
 from keycore.revocation import read_revocation_list
 from keyserver import auth
 from keyserver.app import METRICS, create_app
 from keyserver.config import build
-from keyserver.models import KeyStatus
+from keyserver.models import KeyStatus, Vehicle
 from tests.keyserver.keys_harness import (
     ACCEPT,
     DAY,
@@ -604,3 +607,32 @@ async def test_ownership_transfer_revokes_every_key_through_revoke_keys(
     assert all(api.check(t, revocations=car) is Reason.REVOKED for t in tokens.values())
     with pytest.raises(ValueError, match="belong"):
         await revoke_keys(api.app, OTHER_VIN, await api.store.keys_of_vehicle(VIN))
+
+
+async def test_the_car_itself_reads_its_list_with_a_vehicle_proof(api: Api, owner: Person) -> None:
+    car_key = SoftwareSigner.generate()
+    other_vin = "1HGCM82633A004352"
+    await api.store.add_vehicle(
+        Vehicle(other_vin, point_bytes(car_key.public_key), owner.account_id, api.clock.now)
+    )
+    path = f"/v1/vehicles/{other_vin}/revocations"
+
+    def proof(signer: SoftwareSigner, device_id: str = other_vin) -> dict[str, str]:
+        value = sign_request(
+            signer, device_id=device_id, method="GET", path=path, body=b"", timestamp=api.clock.now
+        )
+        return {HEADER: value}
+
+    response = await api.client.get(path, headers=proof(car_key))
+    assert (response.status, response.headers["PK-Revocation-Sequence"]) == (204, "0")
+    # another key, another car's id, or the same proof twice: refused
+    for headers in (proof(SoftwareSigner.generate()), proof(car_key, device_id=VIN)):
+        response = await api.client.get(path, headers=headers)
+        assert response.status == 401
+    once = proof(car_key)
+    assert (await api.client.get(path, headers=once)).status == 204
+    response = await api.client.get(path, headers=once)
+    assert (response.status, (await response.json())["error"]["code"]) == (
+        401,
+        "replayed_device_proof",
+    )
