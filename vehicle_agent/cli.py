@@ -1,15 +1,50 @@
-"""The `vehicle-agent` command."""
+"""The ``vehicle-agent`` command: ``provision`` a car and show its owner pairing code."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import sys
+import time
 from collections.abc import Sequence
 from importlib.metadata import version
+from pathlib import Path
+
+from vehicle_agent.config import load
+from vehicle_agent.errors import AgentError
+from vehicle_agent.provision import PairingCode, pairing_code, provision
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vehicle-agent", description="phonekey vehicle agent")
+    parser.add_argument("--version", action="version", version=version("phonekey"))
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, text in (
+        ("provision", "make the car's key, register it, show the owner pairing code"),
+        ("pairing-code", "show a new one-time owner pairing code"),
+    ):
+        command = commands.add_parser(name, help=text)
+        command.add_argument("--config", type=Path, help="TOML file; PHONEKEY_AGENT_* override")
+    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="vehicle-agent")
-    parser.add_argument("--version", action="version", version=version("phonekey"))
-    parser.parse_args(argv)
-    parser.print_help()
+    args = build_parser().parse_args(argv)
+    try:
+        config = load(args.config)
+        action = provision if args.command == "provision" else pairing_code
+        code = asyncio.run(action(config))
+    except AgentError as error:
+        print(f"vehicle-agent: {error}", file=sys.stderr)
+        return 1
+    _show(config.vin, code)
     return 0
+
+
+def _show(vin: str, code: PairingCode) -> None:
+    until = time.strftime("%H:%M:%S UTC", time.gmtime(code.expires_at))
+    print(f"vehicle {vin}: owner pairing code {code.shown()} (single use, until {until})")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

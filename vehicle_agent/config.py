@@ -1,0 +1,107 @@
+"""The agent's configuration: a TOML file, then ``PHONEKEY_AGENT_*`` environment variables.
+
+    vin = "5YJ3E1EA7KF000001"
+    keyserver_url = "http://127.0.0.1:8080"
+    root_key = "<base64url of the root's 64-byte P-256 x||y>"   # installed at the factory
+    state_path = "var/agent.db"
+    provisioning_secret = "…"                                   # only for `provision`
+
+The root key comes from the configuration, never from the server: a car that learned its root
+from the network would trust whoever answered first.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from keycore.cose import load_point
+from keycore.token import check_vin
+from vehicle_agent.errors import AgentError
+
+ENV_PREFIX = "PHONEKEY_AGENT_"
+
+
+class ConfigError(AgentError):
+    pass
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    vin: str
+    keyserver_url: str
+    root_key: ec.EllipticCurvePublicKey = field(repr=False)
+    state_path: Path = Path("var/agent.db")
+    provisioning_secret: str = field(default="", repr=False)
+    metrics_port: int = 0  # 0: no metrics endpoint
+
+
+_REQUIRED = ("vin", "keyserver_url", "root_key")
+_KNOWN = {*_REQUIRED, "state_path", "provisioning_secret", "metrics_port"}
+
+
+def load(path: Path | None, env: Mapping[str, str] | None = None) -> AgentConfig:
+    values: dict[str, Any] = {}
+    if path is not None:
+        try:
+            values.update(tomllib.loads(Path(path).read_text()))
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"config file {path}: {exc}") from None
+    environ = os.environ if env is None else env
+    for name, raw in environ.items():
+        if name.startswith(ENV_PREFIX):
+            values[name[len(ENV_PREFIX) :].lower()] = raw
+    return build(values)
+
+
+def build(values: Mapping[str, Any]) -> AgentConfig:
+    unknown = set(values) - _KNOWN
+    if unknown:
+        raise ConfigError(f"unknown setting {sorted(unknown)[0]!r}")
+    missing = [name for name in _REQUIRED if not values.get(name)]
+    if missing:
+        raise ConfigError(f"missing setting {missing[0]!r}")
+    vin = str(values["vin"])
+    try:
+        check_vin(vin)
+    except ValueError as exc:
+        raise ConfigError(f"setting 'vin': {exc}") from None
+    url = str(values["keyserver_url"]).rstrip("/")
+    if not url.startswith(("http://", "https://")):
+        raise ConfigError("setting 'keyserver_url': must start with http:// or https://")
+    try:
+        port = int(values.get("metrics_port", 0))
+    except (TypeError, ValueError):
+        raise ConfigError("setting 'metrics_port': not an integer") from None
+    if not 0 <= port <= 65535:
+        raise ConfigError("setting 'metrics_port': outside 0…65535")
+    return AgentConfig(
+        vin=vin,
+        keyserver_url=url,
+        root_key=_root_key(str(values["root_key"])),
+        state_path=Path(values.get("state_path", "var/agent.db")),
+        provisioning_secret=str(values.get("provisioning_secret", "")),
+        metrics_port=port,
+    )
+
+
+def _root_key(text: str) -> ec.EllipticCurvePublicKey:
+    try:
+        xy = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        if len(xy) != 64:
+            raise ValueError("not 64 bytes")
+        return load_point(xy)
+    except (ValueError, binascii.Error):
+        raise ConfigError(
+            "setting 'root_key': base64url of the root's 64-byte P-256 public key"
+        ) from None
