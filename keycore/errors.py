@@ -7,6 +7,7 @@
     ├── InvalidTrustUpdate        a root-signed trust-store update was refused
     ├── InvalidSignedTime         a signed time answer was refused
     ├── InvalidState              persisted local state (e.g. the trusted clock) could not be read
+    ├── InvalidFrame              a cloud↔car channel frame was refused (keycore.channel)
     └── IssueError                an issuer was asked to sign something the policy forbids
 
 Callers show users the opaque ``str(error)``; audit logs and metrics record ``error.reason``.
@@ -82,6 +83,10 @@ class InvalidSignedTime(KeycoreError):
 
 class InvalidState(KeycoreError):
     message = "unreadable local state"
+
+
+class InvalidFrame(KeycoreError):
+    message = "invalid channel frame"
 
 
 class IssueError(KeycoreError):

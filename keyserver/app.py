@@ -16,11 +16,13 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from keycore import ROLE_MAX_LIFETIME
+from keycore.channel import CLOSE_GOING_AWAY
 from keyserver import openapi
 from keyserver.auth import DeviceKeys
 from keyserver.config import Config
 from keyserver.errors import StoreUnavailable
 from keyserver.http import ApiError, error_middleware
+from keyserver.hub import ChannelHub
 from keyserver.keyring import KeyRingState, KeyRingStore
 from keyserver.observability import MeasuredStore, Metrics
 from keyserver.store import Store
@@ -32,6 +34,7 @@ KEYRING = web.AppKey("keyring", KeyRingState)
 INJECTED_STORE = web.AppKey("injected_store", Store)
 OPENAPI = web.AppKey("openapi", dict[str, Any])
 DEVICE_KEYS = web.AppKey("device_keys", DeviceKeys)
+HUB = web.AppKey("hub", ChannelHub)
 
 CBOR = "application/cbor"
 
@@ -46,10 +49,12 @@ def create_app(config: Config, *, store: Store | None = None) -> web.Application
     app[CONFIG] = config
     app[METRICS] = metrics
     app[DEVICE_KEYS] = DeviceKeys()
+    app[HUB] = ChannelHub()
     if store is not None:
         app[INJECTED_STORE] = store
     app.cleanup_ctx.append(_store_context)
     app.cleanup_ctx.append(_keyring_context)
+    app.on_shutdown.append(_close_channels)
     setup_routes(app)
     return app
 
@@ -95,13 +100,19 @@ async def _keyring_context(app: web.Application) -> AsyncIterator[None]:
     yield
 
 
+async def _close_channels(app: web.Application) -> None:
+    """Cars are told the server is going away (1001), so they reconnect elsewhere with jitter;
+    otherwise their open connections would hold the shutdown for its whole grace period."""
+    await app[HUB].close_all(CLOSE_GOING_AWAY, b"server shutting down")
+
+
 def _measured(app: web.Application, store: Store) -> Store:
     return cast(Store, MeasuredStore(store, app[METRICS]))
 
 
 def setup_routes(app: web.Application) -> None:
     # imported here: route modules use this module's AppKeys, so a top-level import is circular
-    from keyserver.routes import identity, keys, vehicles
+    from keyserver.routes import channel, commands, identity, keys, vehicles
 
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -111,9 +122,11 @@ def setup_routes(app: web.Application) -> None:
     identity.setup(app)
     vehicles.setup(app)
     keys.setup(app)
+    commands.setup(app)
+    channel.setup(app)
     app[OPENAPI] = openapi.document(
-        [PATHS, identity.PATHS, vehicles.PATHS, keys.PATHS],
-        [SCHEMAS, identity.SCHEMAS, vehicles.SCHEMAS, keys.SCHEMAS],
+        [PATHS, identity.PATHS, vehicles.PATHS, keys.PATHS, commands.PATHS, channel.PATHS],
+        [SCHEMAS, identity.SCHEMAS, vehicles.SCHEMAS, keys.SCHEMAS, commands.SCHEMAS],
         version=version("phonekey"),
     )
 

@@ -47,6 +47,8 @@ class Config:
     provisioning_secret: str = field(default="", repr=False)
     login_attempts_per_minute: int = 10
     proof_max_skew_s: int = 60
+    command_ttl_s: int = 60  # a remote command's life: from issue to the car's last moment to act
+    channel_heartbeat_s: float = 30.0  # WebSocket ping interval; a silent car is dropped after it
     max_body_bytes: int = 64 * 1024
     request_deadline_s: float = 5.0
     shutdown_grace_s: float = 10.0
@@ -73,6 +75,8 @@ _BOUNDS: dict[str, tuple[float, float]] = {
     "pairing_attempts": (1, 20),
     "login_attempts_per_minute": (1, 10_000),
     "proof_max_skew_s": (5, 600),
+    "command_ttl_s": (5, 300),
+    "channel_heartbeat_s": (1, 600),
     "max_body_bytes": (1024, 16 * 1024 * 1024),
     "request_deadline_s": (0.05, 120),
     "shutdown_grace_s": (0, 300),

@@ -2,8 +2,8 @@
 
 Every token the keyserver signs comes from ``issue_token`` (the active issuer key, counted by
 role). Every suspension and revocation goes through ``suspend_keys`` / ``revoke_keys``, which put
-holder entries into the vehicle's revocation ledger, and every list is cut by
-``revocation_list``.
+holder entries into the vehicle's revocation ledger and tell the channel hub (so a connected car
+gets the delta at once), and every list is cut by ``revocation_list``.
 
 Token times are whole seconds, so a holder entry's cutoff ("tokens issued before T") is taken
 from the clock *after* the key's status has changed, plus one second: a refresh that read the key
@@ -24,7 +24,7 @@ from keycore import ROLE_MAX_LIFETIME, RevokedHolder, RevokedToken, issue, sign_
 from keycore.cose import holder_id, load_point
 from keycore.roles import from_mask
 from keyserver import auth
-from keyserver.app import CONFIG, KEYRING, METRICS, STORE
+from keyserver.app import CONFIG, HUB, KEYRING, METRICS, STORE
 from keyserver.grants import load_schedule
 from keyserver.models import KeyRecord, KeyStatus, RevocationEntry, RevocationKind
 
@@ -165,6 +165,8 @@ async def _withdraw(
                 )
             )
     sequence = await store.append_revocations(vin, entries)
+    if entries:  # a connected car gets the delta now (docs/protocol.md §17)
+        app[HUB].revoked(vin)
     await store.prune_revocations(vin, before=cutoff - LEDGER_GRACE_S)
     return sequence
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from keycore import Role
+from keycore import Action, Role
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,3 +135,37 @@ class RefreshContext:
     device: Device | None
     key: KeyRecord | None
     nonce_fresh: bool | None  # None: no claim was made
+
+
+class CommandStatus(StrEnum):
+    QUEUED = "queued"  # stored and signed; not yet acknowledged by the car
+    DELIVERED = "delivered"  # the car said it has the command
+    EXECUTED = "executed"  # the car reports it moved
+    FAILED = "failed"  # the car reports it did not (or may not have: detail says which)
+    EXPIRED = "expired"  # refused by the car as expired; or past expires_at with no result
+
+
+#: Commands (and with them their idempotency keys) are kept this long after they expire.
+COMMAND_RETENTION_S = 86_400
+#: Audit events are kept this long after they arrive (an export job takes them further).
+AUDIT_RETENTION_S = 30 * 86_400
+
+
+@dataclass(frozen=True, slots=True)
+class CommandRecord:
+    """A remote command: who asked the car for what, its signed document, and its state.
+
+    ``(account_id, idempotency_key)`` is unique: the same key never makes a second command.
+    """
+
+    command_id: str
+    vin: str
+    account_id: str
+    idempotency_key: str
+    action: Action
+    issued_at: int
+    expires_at: int
+    status: CommandStatus
+    detail: str
+    updated_at: int
+    document: bytes  # keycore.sign_command: what the car verifies

@@ -12,7 +12,7 @@ from typing import Any, TextIO
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from keyserver.errors import StoreUnavailable
 from keyserver.http import Handler, JsonLogFormatter
@@ -26,6 +26,11 @@ class Metrics:
     tokens_issued: Counter
     store_seconds: Histogram
     store_errors: Counter
+    cars_connected: Gauge
+    channel_frames: Counter
+    channel_closes: Counter
+    commands: Counter
+    command_results: Counter
 
     @classmethod
     def create(cls) -> Metrics:
@@ -59,6 +64,33 @@ class Metrics:
                 "keyserver_store_errors",
                 "Store operations that failed",
                 ["operation"],
+                registry=registry,
+            ),
+            cars_connected=Gauge(
+                "keyserver_cars_connected", "Cars on the channel now", registry=registry
+            ),
+            channel_frames=Counter(
+                "keyserver_channel_frames",
+                "Channel frames, by direction (in: from cars) and type",
+                ["direction", "type"],
+                registry=registry,
+            ),
+            channel_closes=Counter(
+                "keyserver_channel_closes",
+                "Channel connections closed by the keyserver, by reason",
+                ["reason"],
+                registry=registry,
+            ),
+            commands=Counter(
+                "keyserver_commands",
+                "Remote command requests, by outcome (created, repeated)",
+                ["outcome"],
+                registry=registry,
+            ),
+            command_results=Counter(
+                "keyserver_command_results",
+                "Command results from cars: applied, or a repeat of one already recorded",
+                ["outcome"],
                 registry=registry,
             ),
         )

@@ -12,8 +12,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
+from keycore.channel import AuditEvent
 from keyserver.models import (
     Account,
+    CommandRecord,
+    CommandStatus,
     Device,
     Invitation,
     KeyRecord,
@@ -128,3 +131,39 @@ class Store(Protocol):
 
     async def prune_revocations(self, vin: str, *, before: int) -> int:
         """Drop entries whose ``until`` is earlier than ``before``; returns how many."""
+
+    # remote commands
+    async def put_command(self, command: CommandRecord) -> tuple[CommandRecord, bool]:
+        """Insert unless the account has a command under the same idempotency key: (the stored
+        command, True if it is this one). Two concurrent puts with one key store one command.
+        Commands are kept ``COMMAND_RETENTION_S`` after they expire; raise Conflict if the
+        command id exists."""
+
+    async def command(self, command_id: str) -> CommandRecord | None: ...
+
+    async def set_command_status(
+        self,
+        command_id: str,
+        status: CommandStatus,
+        *,
+        vin: str,
+        expected: Sequence[CommandStatus],
+        detail: str,
+        now: int,
+    ) -> bool:
+        """Compare and set: True if the command exists for ``vin`` with a status in
+        ``expected``, and now has ``status``, ``detail`` and ``updated_at`` = ``now``."""
+
+    async def pending_commands(self, vin: str, *, now: int) -> list[CommandRecord]:
+        """The vehicle's queued or delivered commands that have not expired at ``now``, oldest
+        first: what a car is sent when it connects."""
+
+    # audit events from cars
+    async def add_audit_batch(
+        self, vin: str, batch_id: str, events: Sequence[AuditEvent], *, now: int
+    ) -> int:
+        """Store each event once per (vehicle, seq), atomically; returns how many were new (a
+        batch sent twice stores nothing the second time). Kept ``AUDIT_RETENTION_S``."""
+
+    async def audit_events(self, vin: str) -> list[AuditEvent]:
+        """The vehicle's stored audit events in seq order."""

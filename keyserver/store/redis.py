@@ -13,6 +13,10 @@ Key layout, all under the store's prefix ``P``::
     P revseq:{vin}      string  last sequence number; never deleted, so it never goes back
     P revlog:{vin}      zset    "{sequence}:" + CBOR entry, scored by sequence
     P revuntil:{vin}    zset    sequence numbers scored by the entry's ``until``
+    P command:{id}      hash    CommandRecord (expires COMMAND_RETENTION_S after the command)
+    P cmdkey:{account}:{idempotency key}  string  command id (expires with the command)
+    P commands:{vin}    zset    command ids by expires_at
+    P audit:{vin}       hash    seq -> audit event (expires AUDIT_RETENTION_S after the last batch)
 
 Records are hashes with one field per dataclass field (absent when None), so Lua can compare and
 set a single field. Expiry only collects garbage: validity is always decided by comparing with
@@ -28,12 +32,8 @@ No hidden retries: one attempt per call, short socket and connect timeouts. Fail
 
 from __future__ import annotations
 
-import dataclasses
-import functools
-import typing
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
-from enum import Enum
 from typing import Any, Self, TypeVar
 
 import cbor2
@@ -50,11 +50,15 @@ from redis.exceptions import (
     ReadOnlyError,
     RedisError,
 )
-from redis.typing import EncodableT
 
+from keycore.channel import AuditEvent
 from keyserver.errors import Conflict, StoreUnavailable
 from keyserver.models import (
+    AUDIT_RETENTION_S,
+    COMMAND_RETENTION_S,
     Account,
+    CommandRecord,
+    CommandStatus,
     Device,
     Invitation,
     KeyRecord,
@@ -64,11 +68,31 @@ from keyserver.models import (
     PairingResult,
     RefreshContext,
     RevocationEntry,
-    RevocationKind,
     Session,
     Vehicle,
 )
 from keyserver.store import redis_lua as lua
+from keyserver.store.redis_records import (
+    fields_of as _fields,
+)
+from keyserver.store.redis_records import (
+    flat as _flat,
+)
+from keyserver.store.redis_records import (
+    from_values as _from_values,
+)
+from keyserver.store.redis_records import (
+    present as _present,
+)
+from keyserver.store.redis_records import (
+    record as _record,
+)
+from keyserver.store.redis_records import (
+    revocation_entry as _entry,
+)
+from keyserver.store.redis_records import (
+    text as _text,
+)
 from keyserver.store.shared_trips import SharedTrips
 
 # Seconds a record outlives its expiry, and its least lifetime on Redis's clock: garbage
@@ -124,70 +148,6 @@ def _unavailable(operation: str, exc: BaseException, *, write: bool) -> StoreUna
     return StoreUnavailable(f"redis {operation} failed ({cause}){outcome}", may_have_succeeded=sent)
 
 
-def _fields(record: object) -> dict[EncodableT, EncodableT]:
-    values: dict[EncodableT, EncodableT] = {}
-    for field in dataclasses.fields(record):  # type: ignore[arg-type]
-        value = getattr(record, field.name)
-        if value is not None:
-            values[field.name] = value.value if isinstance(value, Enum) else value
-    return values
-
-
-def _flat(record: object) -> list[EncodableT]:
-    return [item for pair in _fields(record).items() for item in pair]
-
-
-def _parser(kind: Any) -> Callable[[bytes], object]:
-    optional = [arg for arg in typing.get_args(kind) if arg is not type(None)]
-    kind = optional[0] if optional else kind
-    if kind is bytes:
-        return bytes
-    if kind is str:
-        return bytes.decode
-    if issubclass(kind, int):  # int and IntEnum
-        return lambda raw: kind(int(raw))
-    return lambda raw: kind(raw.decode())  # StrEnum
-
-
-@functools.cache
-def _schema(cls: Any) -> tuple[tuple[str, bytes, Callable[[bytes], object]], ...]:
-    hints = typing.get_type_hints(cls)
-    return tuple((f.name, f.name.encode(), _parser(hints[f.name])) for f in dataclasses.fields(cls))
-
-
-def _record(cls: type[_Record], raw: Mapping[Any, Any]) -> _Record | None:
-    if not raw:
-        return None
-    schema = _schema(typing.cast(Any, cls))
-    return cls(
-        **{name: None if (v := raw.get(k)) is None else parse(v) for name, k, parse in schema}
-    )
-
-
-def _from_values(cls: type[_Record], values: Sequence[Any]) -> _Record | None:
-    """A record from HMGET's values in field order; None if it has no first field (its id)."""
-    if not values or values[0] is None:
-        return None
-    schema = _schema(typing.cast(Any, cls))
-    return cls(
-        *[None if v is None else parse(v) for (_, _, parse), v in zip(schema, values, strict=True)]
-    )
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _present(value: str | None) -> str:
-    return "" if value is None else f"={value}"
-
-
-def _entry(member: bytes) -> RevocationEntry:
-    sequence, _, payload = member.partition(b":")
-    kind, subject, before, until = cbor2.loads(payload)
-    return RevocationEntry(RevocationKind(kind), subject, before, until, int(sequence))
-
-
 class RedisStore:
     """The keyserver's state in Redis; one client and one connection pool per instance."""
 
@@ -204,6 +164,9 @@ class RedisStore:
         )
         self._append_revocations = client.register_script(lua.APPEND_REVOCATIONS)
         self._prune_revocations = client.register_script(lua.PRUNE_REVOCATIONS)
+        self._put_command = client.register_script(lua.PUT_COMMAND)
+        self._set_command_status = client.register_script(lua.SET_COMMAND_STATUS)
+        self._add_audit_batch = client.register_script(lua.ADD_AUDIT_BATCH)
 
     @classmethod
     async def connect(
@@ -460,3 +423,72 @@ class RedisStore:
     async def prune_revocations(self, vin: str, *, before: int) -> int:
         with _failures("prune_revocations", write=True):
             return int(await self._prune_revocations(self._ledger(vin)[1:], [before]))
+
+    # remote commands and audit events
+
+    async def put_command(self, command: CommandRecord) -> tuple[CommandRecord, bool]:
+        keys = [
+            self._key("command", command.command_id),
+            self._key("cmdkey", command.account_id, command.idempotency_key),
+            self._key("commands", command.vin),
+        ]
+        expire_at = command.expires_at + COMMAND_RETENTION_S + EXPIRY_SLACK
+        prune_below = command.issued_at - COMMAND_RETENTION_S
+        args = [command.command_id, expire_at, command.expires_at, prune_below, *_flat(command)]
+        with _failures("put_command", write=True):
+            stored = await self._put_command(keys, args)
+        if stored is None:
+            raise Conflict(f"command {command.command_id} already exists")
+        if _text(stored) == command.command_id:
+            return command, True
+        existing = await self.command(_text(stored))
+        if existing is None:  # it expired a moment ago, with its idempotency key
+            raise StoreUnavailable("redis put_command: raced an expiry", may_have_succeeded=False)
+        return existing, False
+
+    async def command(self, command_id: str) -> CommandRecord | None:
+        return await self._hash(CommandRecord, self._key("command", command_id), "command")
+
+    async def set_command_status(
+        self,
+        command_id: str,
+        status: CommandStatus,
+        *,
+        vin: str,
+        expected: Sequence[CommandStatus],
+        detail: str,
+        now: int,
+    ) -> bool:
+        args = [vin, status.value, detail, now, *(CommandStatus(s).value for s in expected)]
+        with _failures("set_command_status", write=True):
+            changed = await self._set_command_status([self._key("command", command_id)], args)
+        return bool(changed)
+
+    async def pending_commands(self, vin: str, *, now: int) -> list[CommandRecord]:
+        with _failures("pending_commands", write=False):
+            ids = await self._client.zrangebyscore(self._key("commands", vin), f"({now}", "+inf")
+            pipe = self._client.pipeline(transaction=False)
+            for command_id in ids:
+                pipe.hgetall(self._key("command", _text(command_id)))
+            raws = await pipe.execute() if ids else []
+        pending = (CommandStatus.QUEUED, CommandStatus.DELIVERED)
+        found = [c for c in (_record(CommandRecord, raw) for raw in raws) if c is not None]
+        return sorted(
+            (c for c in found if c.vin == vin and c.status in pending and c.expires_at > now),
+            key=lambda c: (c.issued_at, c.command_id),
+        )
+
+    async def add_audit_batch(
+        self, vin: str, batch_id: str, events: Sequence[AuditEvent], *, now: int
+    ) -> int:
+        args: list[str | int] = [AUDIT_RETENTION_S + EXPIRY_SLACK]
+        for event in events:
+            args += [event.seq, event.event]
+        with _failures("add_audit_batch", write=True):
+            return int(await self._add_audit_batch([self._key("audit", vin)], args))
+
+    async def audit_events(self, vin: str) -> list[AuditEvent]:
+        with _failures("audit_events", write=False):
+            raw = await self._client.hgetall(self._key("audit", vin))
+        events = [AuditEvent(int(seq), _text(event)) for seq, event in raw.items()]
+        return sorted(events, key=lambda e: e.seq)

@@ -128,3 +128,40 @@ end
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', bound)
 return #sequences
 """
+# KEYS: command record, idempotency key, the vehicle's command index
+# ARGV: command id, expire at (Unix s), index score (expires_at), prune the index below this,
+#       field, value, ...
+# Returns the id stored under the idempotency key (this command's if it was inserted), or false
+# when the command id is taken.
+PUT_COMMAND = """
+local existing = redis.call('GET', KEYS[2])
+if existing then return existing end
+if redis.call('EXISTS', KEYS[1]) == 1 then return false end
+redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+redis.call('EXPIREAT', KEYS[1], ARGV[2])
+redis.call('SET', KEYS[2], ARGV[1], 'EXAT', ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', '(' .. ARGV[4])
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
+return ARGV[1]
+"""
+# KEYS: command record; ARGV: vin, new status, detail, updated_at, accepted statuses...
+SET_COMMAND_STATUS = """
+if redis.call('HGET', KEYS[1], 'vin') ~= ARGV[1] then return 0 end
+local current = redis.call('HGET', KEYS[1], 'status')
+for i = 5, #ARGV do
+  if ARGV[i] == current then
+    redis.call('HSET', KEYS[1], 'status', ARGV[2], 'detail', ARGV[3], 'updated_at', ARGV[4])
+    return 1
+  end
+end
+return 0
+"""
+# KEYS: the vehicle's audit hash (seq -> event); ARGV: ttl, seq, event, seq, event, ...
+ADD_AUDIT_BATCH = """
+local added = 0
+for i = 2, #ARGV, 2 do
+  added = added + redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1])
+end
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return added
+"""

@@ -18,9 +18,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from keycore import Role
+from keycore.channel import AuditEvent
 from keyserver.errors import Conflict, StoreUnavailable
 from keyserver.models import (
     Account,
+    CommandRecord,
+    CommandStatus,
     Device,
     Invitation,
     KeyRecord,
@@ -34,66 +37,17 @@ from keyserver.models import (
     Session,
     Vehicle,
 )
+from keyserver.store import sqlite_channel as channel
+from keyserver.store.sqlite_schema import SCHEMA, SCHEMA_VERSION, SWEEP_BATCH, SWEEPS
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
 
 T = TypeVar("T")
 
-SCHEMA_VERSION: Final = 1
-# Expired rows deleted per table per sweep: catching up after a long pause costs many small
-# sweeps, never one long stall of the only worker thread.
-SWEEP_BATCH: Final = 256
+__all__ = ["SCHEMA_VERSION", "SQLiteStore"]
+
 _UNIQUE_VIOLATIONS: Final = frozenset({"SQLITE_CONSTRAINT_UNIQUE", "SQLITE_CONSTRAINT_PRIMARYKEY"})
-
-# No foreign keys: records may name accounts, devices and vehicles that the service layer checks.
-_SCHEMA: Final = (
-    """CREATE TABLE IF NOT EXISTS accounts (account_id TEXT PRIMARY KEY,
-    email TEXT NOT NULL UNIQUE, password_hash TEXT NOT NULL, created_at INTEGER NOT NULL) STRICT""",
-    """CREATE TABLE IF NOT EXISTS sessions (token_hash BLOB PRIMARY KEY,
-    account_id TEXT NOT NULL, expires_at INTEGER NOT NULL) STRICT""",
-    "CREATE INDEX IF NOT EXISTS sessions_expiry ON sessions (expires_at)",
-    """CREATE TABLE IF NOT EXISTS devices (device_id TEXT PRIMARY KEY, account_id TEXT NOT NULL,
-    public_key BLOB NOT NULL, name TEXT NOT NULL, created_at INTEGER NOT NULL) STRICT""",
-    "CREATE INDEX IF NOT EXISTS devices_of_account ON devices (account_id, created_at)",
-    """CREATE TABLE IF NOT EXISTS nonces (scope TEXT NOT NULL, nonce BLOB NOT NULL,
-    expires_at INTEGER NOT NULL, PRIMARY KEY (scope, nonce)) STRICT""",
-    "CREATE INDEX IF NOT EXISTS nonces_expiry ON nonces (expires_at)",
-    """CREATE TABLE IF NOT EXISTS rate_windows (name TEXT NOT NULL, window_start INTEGER NOT NULL,
-    window_end INTEGER NOT NULL, hits INTEGER NOT NULL, PRIMARY KEY (name, window_start)) STRICT""",
-    "CREATE INDEX IF NOT EXISTS rate_windows_end ON rate_windows (window_end)",
-    """CREATE TABLE IF NOT EXISTS vehicles (vin TEXT PRIMARY KEY, public_key BLOB NOT NULL,
-    owner_id TEXT, created_at INTEGER NOT NULL) STRICT""",
-    """CREATE TABLE IF NOT EXISTS pairings (vin TEXT PRIMARY KEY, code_hash BLOB NOT NULL,
-    expires_at INTEGER NOT NULL, attempts_left INTEGER NOT NULL) STRICT""",
-    """CREATE TABLE IF NOT EXISTS vehicle_keys (key_id TEXT PRIMARY KEY, vin TEXT NOT NULL,
-    account_id TEXT NOT NULL, device_id TEXT NOT NULL, role INTEGER NOT NULL,
-    entitlements INTEGER NOT NULL, not_before INTEGER NOT NULL, not_after INTEGER NOT NULL,
-    schedule BLOB, status TEXT NOT NULL, created_at INTEGER NOT NULL) STRICT""",
-    "CREATE INDEX IF NOT EXISTS vehicle_keys_of_vehicle ON vehicle_keys (vin, created_at)",
-    """CREATE TABLE IF NOT EXISTS invitations (invitation_id TEXT PRIMARY KEY,
-    vin TEXT NOT NULL, inviter_id TEXT NOT NULL, role INTEGER NOT NULL,
-    entitlements INTEGER NOT NULL, not_before INTEGER NOT NULL, not_after INTEGER NOT NULL,
-    schedule BLOB, expires_at INTEGER NOT NULL) STRICT""",
-    "CREATE INDEX IF NOT EXISTS invitations_expiry ON invitations (expires_at)",
-    """CREATE TABLE IF NOT EXISTS revocation_heads (vin TEXT PRIMARY KEY,
-    sequence INTEGER NOT NULL) STRICT""",
-    """CREATE TABLE IF NOT EXISTS revocations (vin TEXT NOT NULL, sequence INTEGER NOT NULL,
-    kind TEXT NOT NULL, subject BLOB NOT NULL, issued_before INTEGER NOT NULL,
-    prune_after INTEGER NOT NULL, PRIMARY KEY (vin, sequence)) STRICT""",
-)
-
-# Rows that are dead at ``now``, a batch at a time (parameters: now, batch).
-_SWEEPS: Final = (
-    "DELETE FROM nonces WHERE rowid IN (SELECT rowid FROM nonces WHERE expires_at <= ? LIMIT ?)",
-    "DELETE FROM sessions WHERE rowid IN "
-    "(SELECT rowid FROM sessions WHERE expires_at <= ? LIMIT ?)",
-    "DELETE FROM rate_windows WHERE rowid IN "
-    "(SELECT rowid FROM rate_windows WHERE window_end <= ? LIMIT ?)",
-    "DELETE FROM invitations WHERE rowid IN "
-    "(SELECT rowid FROM invitations WHERE expires_at <= ? LIMIT ?)",
-)
-
 
 _SELECT_ACCOUNT: Final = "SELECT account_id, email, password_hash, created_at FROM accounts"
 _SELECT_LIVE_SESSION: Final = (
@@ -128,7 +82,7 @@ def _invitation(row: Any) -> Invitation:
 
 
 def _sweep(conn: sqlite3.Connection, now: int) -> None:
-    for statement in _SWEEPS:
+    for statement in SWEEPS:
         conn.execute(statement, (now, SWEEP_BATCH))
 
 
@@ -182,7 +136,7 @@ def _connect(path: Path, busy_timeout: float) -> sqlite3.Connection:
                 may_have_succeeded=False,
             )
         if version < SCHEMA_VERSION:
-            for statement in _SCHEMA:
+            for statement in SCHEMA:
                 conn.execute(statement)
             conn.execute(f"PRAGMA user_version={SCHEMA_VERSION:d}")
         conn.execute("COMMIT")
@@ -540,3 +494,45 @@ class SQLiteStore:
         return await self._change(
             "DELETE FROM revocations WHERE vin = ? AND prune_after < ?", (vin, before)
         )
+
+    # remote commands and audit events: the transactions are in keyserver.store.sqlite_channel
+
+    async def put_command(self, command: CommandRecord) -> tuple[CommandRecord, bool]:
+        return await self._run(
+            lambda conn: channel.put_command(conn, command),
+            write=True,
+            conflict=f"command {command.command_id} already exists",
+        )
+
+    async def command(self, command_id: str) -> CommandRecord | None:
+        return await self._run(lambda conn: channel.command(conn, command_id), write=False)
+
+    async def set_command_status(
+        self,
+        command_id: str,
+        status: CommandStatus,
+        *,
+        vin: str,
+        expected: Sequence[CommandStatus],
+        detail: str,
+        now: int,
+    ) -> bool:
+        return await self._run(
+            lambda conn: channel.set_command_status(
+                conn, command_id, status, vin=vin, expected=expected, detail=detail, now=now
+            ),
+            write=True,
+        )
+
+    async def pending_commands(self, vin: str, *, now: int) -> list[CommandRecord]:
+        return await self._run(lambda c: channel.pending_commands(c, vin, now=now), write=False)
+
+    async def add_audit_batch(
+        self, vin: str, batch_id: str, events: Sequence[AuditEvent], *, now: int
+    ) -> int:
+        return await self._run(
+            lambda conn: channel.add_audit_batch(conn, vin, batch_id, events, now=now), write=True
+        )
+
+    async def audit_events(self, vin: str) -> list[AuditEvent]:
+        return await self._run(lambda conn: channel.audit_events(conn, vin), write=False)

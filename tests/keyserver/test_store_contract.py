@@ -6,10 +6,13 @@ import asyncio
 
 import pytest
 
-from keycore import Role
+from keycore import Action, Role
+from keycore.channel import AuditEvent
 from keyserver.errors import Conflict
 from keyserver.models import (
     Account,
+    CommandRecord,
+    CommandStatus,
     Device,
     Invitation,
     KeyRecord,
@@ -27,6 +30,7 @@ from keyserver.store import Store
 
 NOW = 1_800_000_000
 VIN = "5YJ3E1EA7KF000001"
+OTHER_VIN = "1HGCM82633A004352"
 
 
 def account(n: int = 1, email: str | None = None) -> Account:
@@ -327,3 +331,130 @@ async def test_concurrent_appends_get_distinct_sequences(store: Store) -> None:
     sequence, entries = await store.revocations(VIN)
     assert sequence == 10
     assert [e.sequence for e in entries] == list(range(1, 11))
+
+
+def command(
+    n: int = 1,
+    *,
+    key: str | None = None,
+    account_id: str = "acc1",
+    vin: str = VIN,
+    issued_at: int = NOW,
+    lifetime: int = 60,
+) -> CommandRecord:
+    return CommandRecord(
+        command_id=f"command-{n:04d}",
+        vin=vin,
+        account_id=account_id,
+        idempotency_key=key or f"idem-{n}",
+        action=Action.UNLOCK if n % 2 else Action.CLIMATE,
+        issued_at=issued_at,
+        expires_at=issued_at + lifetime,
+        status=CommandStatus.QUEUED,
+        detail="",
+        updated_at=issued_at,
+        document=bytes([n % 256]) * 40 + b"\x00",
+    )
+
+
+async def test_commands_are_unique_per_account_and_idempotency_key(store: Store) -> None:
+    first = command(1, key="same-key")
+    assert await store.put_command(first) == (first, True)
+    assert await store.command(first.command_id) == first
+    assert await store.command("command-9999") is None
+    # the same key gives back the stored command, whatever the new one says
+    again = command(2, key="same-key")
+    assert await store.put_command(again) == (first, False)
+    assert await store.command(again.command_id) is None
+    # another account may use the same key
+    other = command(3, key="same-key", account_id="acc2")
+    assert await store.put_command(other) == (other, True)
+    with pytest.raises(Conflict):  # a command id is never reused
+        await store.put_command(command(1, key="fresh-key"))
+
+
+async def test_concurrent_puts_with_one_key_store_one_command(store: Store) -> None:
+    results = await asyncio.gather(*(store.put_command(command(n, key="k")) for n in range(1, 9)))
+    winners = [stored for stored, created in results if created]
+    assert len(winners) == 1
+    assert all(stored == winners[0] for stored, _ in results)
+
+
+async def test_command_status_is_compare_and_set(store: Store) -> None:
+    await store.put_command(command(1))
+    cid = command(1).command_id
+    queued = [CommandStatus.QUEUED]
+    assert await store.set_command_status(
+        cid, CommandStatus.DELIVERED, vin=VIN, expected=queued, detail="", now=NOW + 1
+    )
+    assert not await store.set_command_status(  # no longer queued
+        cid, CommandStatus.DELIVERED, vin=VIN, expected=queued, detail="", now=NOW + 2
+    )
+    assert not await store.set_command_status(  # another vehicle's command is not this one's
+        cid, CommandStatus.EXECUTED, vin=OTHER_VIN, expected=[CommandStatus.DELIVERED],
+        detail="", now=NOW + 2,
+    )  # fmt: skip
+    assert not await store.set_command_status(
+        "command-9999", CommandStatus.EXECUTED, vin=VIN, expected=list(CommandStatus),
+        detail="", now=NOW + 2,
+    )  # fmt: skip
+    assert await store.set_command_status(
+        cid, CommandStatus.FAILED, vin=VIN,
+        expected=[CommandStatus.QUEUED, CommandStatus.DELIVERED], detail="refused", now=NOW + 3,
+    )  # fmt: skip
+    stored = await store.command(cid)
+    assert stored is not None
+    assert (stored.status, stored.detail, stored.updated_at) == (
+        CommandStatus.FAILED,
+        "refused",
+        NOW + 3,
+    )
+    assert stored.document == command(1).document
+
+
+async def test_pending_commands_are_queued_or_delivered_and_unexpired(store: Store) -> None:
+    early = command(1, issued_at=NOW, lifetime=30)
+    later = command(2, issued_at=NOW + 10, lifetime=60)
+    done = command(3, issued_at=NOW + 5)
+    elsewhere = command(4, vin=OTHER_VIN)
+    for c in (later, early, done, elsewhere):
+        await store.put_command(c)
+    await store.set_command_status(
+        done.command_id, CommandStatus.EXECUTED, vin=VIN,
+        expected=[CommandStatus.QUEUED], detail="", now=NOW + 6,
+    )  # fmt: skip
+    await store.set_command_status(
+        later.command_id, CommandStatus.DELIVERED, vin=VIN,
+        expected=[CommandStatus.QUEUED], detail="", now=NOW + 11,
+    )  # fmt: skip
+    pending = await store.pending_commands(VIN, now=NOW + 20)
+    assert [c.command_id for c in pending] == [early.command_id, later.command_id]
+    assert pending[1].status is CommandStatus.DELIVERED
+    # at its expires_at a command is no longer pending
+    assert [c.command_id for c in await store.pending_commands(VIN, now=NOW + 30)] == [
+        later.command_id
+    ]
+    assert await store.pending_commands(VIN, now=NOW + 70) == []
+    assert await store.pending_commands("1FTFW1ET5DFC10312", now=NOW) == []
+
+
+async def test_audit_batches_store_each_event_once(store: Store) -> None:
+    first = [AuditEvent(1, '{"kind":"decision"}'), AuditEvent(2, '{"kind":"command"}')]
+    assert await store.add_audit_batch(VIN, "1-2", first, now=NOW) == 2
+    assert await store.add_audit_batch(VIN, "1-2", first, now=NOW + 1) == 0  # the same batch
+    # a later batch that overlaps (its ack was lost, new events came) adds only the new ones
+    overlap = [first[1], AuditEvent(3, '{"kind":"revocations"}')]
+    assert await store.add_audit_batch(VIN, "2-3", overlap, now=NOW + 2) == 1
+    assert await store.add_audit_batch(OTHER_VIN, "1-1", first[:1], now=NOW) == 1
+    assert await store.audit_events(VIN) == [*first, overlap[1]]
+    assert await store.audit_events(OTHER_VIN) == first[:1]
+    assert await store.audit_events("1FTFW1ET5DFC10312") == []
+
+
+async def test_concurrent_audit_batches_store_each_event_once(store: Store) -> None:
+    events = [AuditEvent(n, f'{{"n":{n}}}') for n in range(1, 11)]
+    added = await asyncio.gather(
+        *(store.add_audit_batch(VIN, "1-10", events, now=NOW) for _ in range(6))
+    )
+    assert sum(added) == 10
+    assert await store.audit_events(VIN) == events

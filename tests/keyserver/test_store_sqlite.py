@@ -102,8 +102,27 @@ async def test_a_path_that_cannot_be_opened_is_unavailable(tmp_path: Path) -> No
 async def test_a_newer_schema_is_refused(db_path: Path) -> None:
     with closing(sqlite3.connect(db_path)) as conn:
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
-    with pytest.raises(StoreUnavailable, match="schema version 2 is newer"):
+    with pytest.raises(StoreUnavailable, match=f"schema version {SCHEMA_VERSION + 1} is newer"):
         await SQLiteStore.open(db_path)
+
+
+async def test_a_version_1_database_gains_the_channel_tables(db_path: Path) -> None:
+    first = await SQLiteStore.open(db_path)
+    await first.create_account(ACCOUNT)
+    await first.close()
+    with closing(sqlite3.connect(db_path)) as conn:  # as version 1 left it
+        conn.execute("DROP TABLE commands")
+        conn.execute("DROP TABLE audit_events")
+        conn.execute("PRAGMA user_version = 1")
+    second = await SQLiteStore.open(db_path)
+    try:
+        assert await second.account("acc1") == ACCOUNT
+        assert await second.audit_events(VIN) == []
+        assert await second.pending_commands(VIN, now=NOW) == []
+    finally:
+        await second.close()
+    with closing(sqlite3.connect(db_path)) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
 
 
 async def test_a_closed_store_refuses_calls(db_path: Path) -> None:

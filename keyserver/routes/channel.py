@@ -1,0 +1,295 @@
+"""The cloud↔car channel, keyserver side: ``GET /v1/vehicles/{vin}/channel``, a WebSocket.
+
+The car opens it with a vehicle proof on the upgrade request (device id = the VIN, empty body) and
+holds it open. Frames are keycore.channel's (docs/protocol.md §17). The server says Hello; the car
+answers Sync with the sequences it holds and gets what it lacks (trust update, revocation delta)
+and its pending commands; then revocations and commands are pushed as they happen (the hub), time
+requests are answered with signed time, and the car's results and audit batches are stored and
+acknowledged. A malformed or unexpected frame closes the connection with a policy code; a store
+failure closes it with "try again later"; neither ever reaches the car as anything else.
+
+Each connection has one writer and a bounded outbox: a car that does not read is disconnected
+(it reconnects and resyncs) rather than letting its backlog grow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from keycore import sign_time
+from keycore.channel import (
+    CLOSE_INTERNAL,
+    CLOSE_POLICY,
+    CLOSE_SUPERSEDED,
+    CLOSE_TRY_LATER,
+    CLOSE_UNSUPPORTED,
+    MAX_AGENT_FRAME_BYTES,
+    AgentFrame,
+    Audit,
+    AuditAck,
+    CommandPush,
+    Hello,
+    Received,
+    Results,
+    ResultsAck,
+    Revocations,
+    ServerFrame,
+    Sync,
+    TimeAnswer,
+    TimeRequest,
+    Trust,
+    decode_from_agent,
+    encode,
+)
+from keycore.errors import InvalidFrame
+from keycore.trust import MAX_SEQUENCE
+from keyserver import auth, fields, openapi
+from keyserver.app import CONFIG, HUB, KEYRING, METRICS, STORE
+from keyserver.errors import StoreUnavailable
+from keyserver.http import ApiError
+from keyserver.issuance import revocation_list
+from keyserver.models import CommandStatus
+
+PATH = "/v1/vehicles/{vin}/channel"
+MAX_OUTBOX = 256  # frames waiting for one car; more and the car is disconnected
+log = logging.getLogger("keyserver.channel")
+
+_RESULT_STATUS = {
+    "executed": CommandStatus.EXECUTED,
+    "failed": CommandStatus.FAILED,
+    "expired": CommandStatus.EXPIRED,
+}
+_UNFINISHED = (CommandStatus.QUEUED, CommandStatus.DELIVERED)
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_get(PATH, channel)
+
+
+async def channel(request: web.Request) -> web.StreamResponse:
+    """Authenticate the car, upgrade, and serve its connection until either side closes."""
+    app = request.app
+    config, store = app[CONFIG], app[STORE]
+    vin = fields.path_vin(request)
+    if request.body_exists:
+        raise ApiError(400, "unexpected_body", "this request takes no body")
+    await auth.require_vehicle_proof(request, store, vin, b"", max_skew=config.proof_max_skew_s)
+    ws = web.WebSocketResponse(
+        max_msg_size=MAX_AGENT_FRAME_BYTES, heartbeat=config.channel_heartbeat_s, compress=False
+    )
+    if not ws.can_prepare(request).ok:
+        raise ApiError(
+            426, "upgrade_required", "this endpoint is a WebSocket",
+            headers={"Upgrade": "websocket"},
+        )  # fmt: skip
+    await ws.prepare(request)
+    await CarSession(app, vin, ws).run()
+    return ws
+
+
+class CarSession:
+    """One car's connection: reads its frames in order, writes through one bounded outbox."""
+
+    def __init__(self, app: web.Application, vin: str, ws: web.WebSocketResponse) -> None:
+        self.app = app
+        self._vin = vin
+        self.ws = ws
+        self.revocation_sequence = 0  # what the car holds, as far as this connection knows
+        self._metrics = app[METRICS]
+        # None stands for "the revocations the car lacks", computed when it is its turn
+        self._outbox: asyncio.Queue[bytes | None] = asyncio.Queue(MAX_OUTBOX)
+        self._synced = False
+        self._revocations_queued = False
+        self._sent_commands: set[str] = set()
+        self._closing: asyncio.Task[None] | None = None
+
+    @property
+    def vin(self) -> str:
+        return self._vin
+
+    async def run(self) -> None:
+        hub = self.app[HUB]
+        replaced = hub.attach(self)
+        if replaced is not None:
+            await replaced.close(CLOSE_SUPERSEDED, b"superseded by a newer connection")
+        self._metrics.cars_connected.inc()
+        writer = asyncio.create_task(self._write())
+        try:
+            sequence, _ = await self.app[STORE].revocations(self._vin, since=MAX_SEQUENCE)
+            ring = self.app[KEYRING]
+            self._send(Hello(auth.now(), sequence, ring.trust_sequence))
+            await self._read()
+        except StoreUnavailable as error:
+            log.warning("channel store unavailable", extra={"fields": {"error": str(error)}})
+            await self.close(CLOSE_TRY_LATER, b"store unavailable; reconnect later")
+        except Exception:  # a bug: the connection ends, the process and the other cars do not
+            log.exception("channel failed", extra={"fields": {"vin": self._vin}})
+            await self.close(CLOSE_INTERNAL, b"internal error")
+        finally:
+            hub.detach(self)
+            self._metrics.cars_connected.dec()
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await writer
+
+    async def close(self, code: int, message: bytes) -> None:
+        if not self.ws.closed:
+            self._metrics.channel_closes.labels(str(code)).inc()
+        await self.ws.close(code=code, message=message)
+
+    # what the hub pushes
+
+    def push_revocations(self) -> None:
+        if self._synced and not self._revocations_queued:
+            self._revocations_queued = True
+            self._send(None)
+
+    def push_command(self, command_id: str, document: bytes) -> None:
+        if self._synced and command_id not in self._sent_commands:
+            self._sent_commands.add(command_id)
+            self._send(CommandPush(command_id, document))
+
+    # reading
+
+    async def _read(self) -> None:
+        hub = self.app[HUB]
+        async for message in self.ws:
+            if message.type is WSMsgType.ERROR:  # e.g. over the size limit: aiohttp closes
+                self._metrics.channel_closes.labels("error").inc()
+                return
+            if message.type is not WSMsgType.BINARY:
+                await self.close(CLOSE_UNSUPPORTED, b"binary frames only")
+                return
+            try:
+                frame = decode_from_agent(message.data)
+            except InvalidFrame as error:
+                log.info(
+                    "channel frame refused",
+                    extra={"fields": {"vin": self._vin, "reason": error.reason.value}},
+                )
+                await self.close(CLOSE_POLICY, f"frame refused: {error.reason.value}".encode())
+                return
+            await self._handle(frame)
+            self._metrics.channel_frames.labels("in", type(frame).__name__.lower()).inc()
+            hub.frame_handled()
+
+    async def _handle(self, frame: AgentFrame) -> None:
+        store, vin = self.app[STORE], self._vin
+        match frame:
+            case Sync():
+                self.revocation_sequence = frame.revocation_sequence
+                ring = self.app[KEYRING]
+                if frame.trust_sequence < ring.trust_sequence and ring.trust_update:
+                    self._send(Trust(ring.trust_update))
+                self._synced = True  # before reading what is pending: nothing falls in between
+                self.push_revocations()
+                for command in await store.pending_commands(vin, now=auth.now()):
+                    self.push_command(command.command_id, command.document)
+            case TimeRequest():
+                signer = self.app[KEYRING].ring.active.signer
+                answer = sign_time(signer, nonce=frame.nonce, now=auth.now())
+                self._send(TimeAnswer(frame.nonce, answer))
+            case Received():
+                await store.set_command_status(
+                    frame.command_id, CommandStatus.DELIVERED, vin=vin,
+                    expected=(CommandStatus.QUEUED,), detail="", now=auth.now(),
+                )  # fmt: skip
+            case Results():
+                for result in frame.results:
+                    applied = await store.set_command_status(
+                        result.command_id, _RESULT_STATUS[result.status], vin=vin,
+                        expected=_UNFINISHED, detail=result.detail, now=auth.now(),
+                    )  # fmt: skip
+                    outcome = "applied" if applied else "repeated"
+                    self._metrics.command_results.labels(outcome).inc()
+                self._send(ResultsAck(frame.batch_id))
+            case Audit():
+                await store.add_audit_batch(vin, frame.batch_id, frame.events, now=auth.now())
+                self._send(AuditAck(frame.batch_id))
+
+    # writing
+
+    def _send(self, frame: ServerFrame | None) -> None:
+        try:
+            self._outbox.put_nowait(None if frame is None else encode(frame))
+        except asyncio.QueueFull:
+            if self._closing is None:
+                log.warning("channel outbox full", extra={"fields": {"vin": self._vin}})
+                self._closing = asyncio.create_task(
+                    self.close(CLOSE_TRY_LATER, b"too far behind; reconnect")
+                )
+            return
+        if frame is not None:
+            self._metrics.channel_frames.labels("out", type(frame).__name__.lower()).inc()
+
+    async def _write(self) -> None:
+        try:
+            while True:
+                data = await self._outbox.get()
+                if data is None:
+                    self._revocations_queued = False
+                    data = await self._revocations()
+                    if data is None:
+                        continue
+                await self.ws.send_bytes(data)
+        except StoreUnavailable:
+            await self.close(CLOSE_TRY_LATER, b"store unavailable; reconnect later")
+        except (ConnectionError, RuntimeError):  # the socket went away: the reader sees it too
+            return
+        except Exception:
+            log.exception("channel writer failed", extra={"fields": {"vin": self._vin}})
+            await self.close(CLOSE_INTERNAL, b"internal error")
+
+    async def _revocations(self) -> bytes | None:
+        """The list the car lacks (a delta from what it holds), or None if it lacks nothing."""
+        try:
+            sequence, document = await revocation_list(
+                self.app, self._vin, since=self.revocation_sequence, now=auth.now()
+            )
+        except ValueError:  # the car claims more than the ledger has: nothing to give it
+            return None
+        if document is None:
+            return None
+        self.revocation_sequence = sequence
+        self._metrics.channel_frames.labels("out", "revocations").inc()
+        return encode(Revocations(document))
+
+
+# OpenAPI fragment: the upgrade request (the frames are in docs/protocol.md §17)
+
+_VIN = {"type": "string", "pattern": "^[A-HJ-NPR-Z0-9]{17}$"}
+_PROOF = "device_proof_required, bad_device_proof, stale_device_proof, replayed_device_proof"
+
+PATHS: dict[str, Any] = {
+    PATH: {
+        "get": {
+            "summary": "The car's channel: a WebSocket the car holds open (docs/protocol.md §17)",
+            "description": "The car signs the upgrade request with its own key (PK-Device-Proof, "
+            "device id = the VIN, empty body). Binary CBOR frames follow: revocations, "
+            "trust updates, signed time and remote commands to the car; command results and "
+            "audit batches from it.",
+            "security": [{"deviceProof": []}],
+            "parameters": [{"name": "vin", "in": "path", "required": True, "schema": _VIN}],
+            "responses": {
+                "101": {"description": "switching to the WebSocket protocol"},
+                "400": openapi.error(
+                    "invalid_vin, bad_device_proof (malformed header), unexpected_body"
+                ),
+                "401": openapi.error(f"{_PROOF}: not signed by this vehicle's key, or stale"),
+                "426": {
+                    **openapi.error("upgrade_required: not a WebSocket upgrade request"),
+                    "headers": {"Upgrade": {"schema": {"const": "websocket"}}},
+                },
+                "503": {
+                    **openapi.error("store_unavailable; retry later"),
+                    "headers": {"Retry-After": {"schema": {"type": "string"}}},
+                },
+            },
+        }
+    }
+}

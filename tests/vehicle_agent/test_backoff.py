@@ -1,0 +1,76 @@
+"""Reconnection backoff: full jitter within bounds, Retry-After honoured (plus jitter), attempts
+bounded per cycle. The sleep is injected: these tests record the waits instead of waiting."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from keycore import SoftwareSigner
+from tests.keyserver.keys_harness import VIN, Api
+from tests.vehicle_agent.channel_harness import HANG_GUARD_S, provision
+from vehicle_agent.actuator import SimulatedActuator
+from vehicle_agent.backoff import ReconnectPolicy
+from vehicle_agent.channel import CloudLink, LinkState
+from vehicle_agent.vehicle import Vehicle
+
+
+def test_the_wait_after_a_drop_is_full_jitter_in_a_growing_bounded_window() -> None:
+    policy = ReconnectPolicy(first_jitter_s=1.0, max_wait_s=30.0)
+    for drops, window in [(0, 1.0), (1, 2.0), (3, 8.0), (5, 30.0), (500, 30.0)]:
+        waits = [policy.after_drop(drops) for _ in range(200)]
+        assert all(0 <= w <= window for w in waits)
+        assert max(waits) > window / 2  # spread over the window, not bunched at its start
+    assert all(0 <= policy.rest() <= 30.0 for _ in range(100))
+
+
+async def test_the_car_honours_retry_after_and_bounds_its_attempts(
+    api: Api,
+    vehicle_key: SoftwareSigner,
+    tmp_path: Path,
+    aiohttp_server: Any,
+) -> None:
+    refusals = 0
+
+    async def busy(request: web.Request) -> web.Response:
+        nonlocal refusals
+        refusals += 1
+        return web.json_response(
+            {"error": {"code": "overloaded", "message": "later"}},
+            status=503,
+            headers={"Retry-After": "7"},
+        )
+
+    app = web.Application()
+    app.router.add_get(f"/v1/vehicles/{VIN}/channel", busy)
+    server = await aiohttp_server(app)
+    url = str(server.make_url("")).rstrip("/")
+
+    waits: list[float] = []
+    enough = asyncio.Event()
+
+    async def recorded(seconds: float) -> None:
+        waits.append(seconds)
+        if len(waits) >= 3:  # two waits between the three attempts, then the rest
+            enough.set()
+            await asyncio.Event().wait()  # the loop stops here for good
+
+    policy = ReconnectPolicy(attempts=3, multiplier_s=0.5, max_wait_s=4.0)
+    state = provision(api, tmp_path / "agent.db", vehicle_key=vehicle_key, url=url)
+    vehicle = Vehicle.load(state, SimulatedActuator(), boot_id="test-boot")
+    link = CloudLink(vehicle, policy=policy, sleep=recorded)
+    link.start()
+    try:
+        async with asyncio.timeout(HANG_GUARD_S):
+            await enough.wait()
+        assert refusals == 3  # the cycle's attempts, no more
+        between, rest = waits[:2], waits[2]
+        assert all(7 <= w <= 7 + 4.0 for w in between)  # Retry-After plus jitter
+        assert 0 <= rest <= 4.0  # then a jittered rest before the next cycle
+        assert link.state is LinkState.OFFLINE
+        assert link.stats.last_error == "upgrade refused: 503"
+    finally:
+        await link.stop()

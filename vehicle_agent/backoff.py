@@ -1,0 +1,76 @@
+"""How the car reconnects to the keyserver: full-jitter exponential backoff, bounded everywhere.
+
+One tenacity ``AsyncRetrying`` per connect (``connect_retrying``): ``wait_random_exponential``
+between attempts, a bounded number of attempts, and the server's Retry-After honoured — as that
+many seconds *plus* the jittered wait, so cars told the same thing do not come back together.
+After a connection drops, the first attempt also waits: ``uniform(0, first_jitter × 2^drops)``
+(``after_drop``), so a restarted keyserver sees its cars spread out, and a flapping one sees them
+further apart each time. The sleep is injected, so tests never wait.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
+from tenacity.wait import wait_base, wait_random_exponential
+
+from vehicle_agent.errors import LinkError
+
+
+@dataclass(frozen=True)
+class ReconnectPolicy:
+    """Every wait is full jitter and every bound is finite."""
+
+    first_jitter_s: float = 1.0  # after a drop: uniform(0, this × 2^drops), capped at max_wait_s
+    stable_after_s: float = 60.0  # a connection this old resets the drop count
+    multiplier_s: float = 1.0  # wait_random_exponential(multiplier, max) between attempts
+    max_wait_s: float = 60.0
+    attempts: int = 8  # per AsyncRetrying; then a rest of uniform(0, max_wait_s), and again
+    attempt_timeout_s: float = 10.0  # one TCP connect + upgrade
+    max_retry_after_s: float = 600.0
+    heartbeat_s: float = 30.0  # WebSocket ping; a silent server is dropped after it
+    flush_interval_s: float = 5.0  # audit outbox upload, at the latest
+
+    def after_drop(self, drops: int) -> float:
+        """The wait before reconnecting after the ``drops``-th short-lived connection in a row."""
+        window = min(self.first_jitter_s * 2 ** min(drops, 32), self.max_wait_s)
+        return random.uniform(0, window)  # noqa: S311 — jitter, not a secret
+
+    def rest(self) -> float:
+        """The wait after a whole cycle of attempts failed, before the next cycle."""
+        return random.uniform(0, self.max_wait_s)  # noqa: S311
+
+
+class wait_retry_after(wait_base):  # named like tenacity's own strategies
+    """``fallback``'s wait; after a refusal with Retry-After, that many seconds plus it."""
+
+    def __init__(self, fallback: wait_base, *, cap: float) -> None:
+        self.fallback = fallback
+        self.cap = cap
+
+    def __call__(self, retry_state: RetryCallState) -> float:
+        wait = float(self.fallback(retry_state))
+        outcome = retry_state.outcome
+        error = outcome.exception() if outcome is not None and outcome.failed else None
+        if isinstance(error, LinkError) and error.retry_after is not None:
+            return min(error.retry_after + wait, self.cap)
+        return wait
+
+
+def connect_retrying(
+    policy: ReconnectPolicy, sleep: Callable[[float], Awaitable[None]]
+) -> AsyncRetrying:
+    """A fresh retrier for one connect: retries ``LinkError`` only, re-raises the last one."""
+    return AsyncRetrying(
+        stop=stop_after_attempt(policy.attempts),
+        wait=wait_retry_after(
+            wait_random_exponential(multiplier=policy.multiplier_s, max=policy.max_wait_s),
+            cap=policy.max_retry_after_s,
+        ),
+        retry=retry_if_exception_type(LinkError),
+        sleep=sleep,
+        reraise=True,
+    )
