@@ -1,4 +1,4 @@
-"""The ``vehicle-agent`` command: ``provision`` a car and show its owner pairing code."""
+"""The ``vehicle-agent`` command: ``provision`` a car, show its pairing code, ``run`` the daemon."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 from vehicle_agent.config import load
+from vehicle_agent.daemon import run_agent
 from vehicle_agent.errors import AgentError
 from vehicle_agent.provision import PairingCode, pairing_code, provision
 
@@ -22,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, text in (
         ("provision", "make the car's key, register it, show the owner pairing code"),
         ("pairing-code", "show a new one-time owner pairing code"),
+        ("run", "run the agent: offline decisions, cloud link, metrics"),
     ):
         command = commands.add_parser(name, help=text)
         command.add_argument("--config", type=Path, help="TOML file; PHONEKEY_AGENT_* override")
@@ -32,6 +34,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         config = load(args.config)
+        if args.command == "run":
+            asyncio.run(run_agent(config))
+            return 0
         action = provision if args.command == "provision" else pairing_code
         code = asyncio.run(action(config))
     except AgentError as error:

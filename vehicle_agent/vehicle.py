@@ -40,6 +40,7 @@ class Vehicle:
     actuator: Actuator
     mono: Callable[[], float] = time.monotonic
     challenges: ChallengeBook = field(default_factory=ChallengeBook)
+    on_decision: Callable[[UnlockDecision], None] | None = None  # metrics hook
     _time_nonces: set[bytes] = field(default_factory=set)
 
     @classmethod
@@ -96,6 +97,8 @@ class Vehicle:
                 self.clock = raised
                 self.state.save_clock(raised, mono=mono)
         self.state.add_audit(_audit(decision, path="ble"))
+        if self.on_decision is not None:
+            self.on_decision(decision)
         return decision
 
     async def unlock(self, request: UnlockRequest) -> UnlockDecision:
