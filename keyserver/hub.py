@@ -18,6 +18,8 @@ import asyncio
 from collections.abc import Callable
 from typing import Protocol
 
+from keycore.waiting import PredicateWaiters
+
 
 class CarConnection(Protocol):
     """What the hub needs of one connected car (keyserver.routes.channel.CarSession)."""
@@ -39,7 +41,7 @@ class ChannelHub:
 
     def __init__(self) -> None:
         self._cars: dict[str, CarConnection] = {}
-        self._waiters: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
+        self._waiters = PredicateWaiters()
         self.frames_handled = 0  # frames from cars, for tests and metrics to wait on
 
     def __len__(self) -> int:
@@ -95,23 +97,7 @@ class ChannelHub:
 
     async def wait_for(self, predicate: Callable[[], bool]) -> None:
         """Return once ``predicate()`` holds; it is checked after every change here."""
-        if predicate():
-            return
-        waiter = asyncio.get_running_loop().create_future()
-        self._waiters.append((predicate, waiter))
-        await waiter
+        await self._waiters.wait_for(predicate)
 
     def _notify(self) -> None:
-        waiting, self._waiters = self._waiters, []
-        for predicate, waiter in waiting:
-            if waiter.done():
-                continue
-            try:
-                holds = predicate()
-            except Exception as error:  # the waiter's bug, raised in the waiter
-                waiter.set_exception(error)
-                continue
-            if holds:
-                waiter.set_result(None)
-            else:
-                self._waiters.append((predicate, waiter))
+        self._waiters.notify()

@@ -64,6 +64,7 @@ from keycore.channel import (
 from keycore.command import InvalidCommand, read_command
 from keycore.errors import InvalidFrame
 from keycore.request_proof import HEADER, sign_request
+from keycore.waiting import PredicateWaiters
 from vehicle_agent.actuator import ActuatorError
 from vehicle_agent.backoff import ReconnectPolicy, connect_retrying
 from vehicle_agent.errors import LinkError
@@ -124,7 +125,7 @@ class CloudLink:
         self._results_batch: tuple[str, list[str], list[str]] | None = None
         self._audit_batch: tuple[str, int] | None = None
         self._flush = asyncio.Event()
-        self._waiters: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
+        self._waiters = PredicateWaiters()
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -168,11 +169,7 @@ class CloudLink:
 
     async def wait_until(self, predicate: Callable[[], bool]) -> None:
         """Return once ``predicate()`` holds; it is checked after every frame and state change."""
-        if predicate():
-            return
-        waiter = asyncio.get_running_loop().create_future()
-        self._waiters.append((predicate, waiter))
-        await waiter
+        await self._waiters.wait_for(predicate)
 
     def flush(self) -> None:
         """Upload the audit outbox and unreported results now, not at the next interval."""
@@ -443,19 +440,7 @@ class CloudLink:
             self._notify()
 
     def _notify(self) -> None:
-        waiting, self._waiters = self._waiters, []
-        for predicate, waiter in waiting:
-            if waiter.done():
-                continue
-            try:
-                holds = predicate()
-            except Exception as error:  # the waiter's bug, raised in the waiter
-                waiter.set_exception(error)
-                continue
-            if holds:
-                waiter.set_result(None)
-            else:
-                self._waiters.append((predicate, waiter))
+        self._waiters.notify()
 
 
 def _retry_after(error: aiohttp.WSServerHandshakeError) -> float | None:
