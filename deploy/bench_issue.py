@@ -29,7 +29,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -37,12 +36,12 @@ from typing import Any
 
 import aiohttp
 
+from deploy.api import ApiCallError, call
 from deploy.bench import percentile
 from deploy.loadgen import REQUEST_TIMEOUT_S, WARMUP_MAX_S
 from deploy.processes import LOOPBACK, AppServer, RedisServer
 from keycore import SoftwareSigner
 from keycore.cose import point_bytes
-from keycore.request_proof import HEADER, sign_request
 from keyserver.auth import device_id_for
 from keyserver.fields import b64
 
@@ -198,64 +197,37 @@ async def _set_up(base_url: str, provisioning_secret: str) -> Phone:
     """Account, login, device, car, pairing and an owner key, all over HTTP."""
     timeout = aiohttp.ClientTimeout(total=SETUP_TIMEOUT_S)
     async with aiohttp.ClientSession(base_url=base_url, timeout=timeout) as http:
-        email, password = "bench@example.org", secrets.token_urlsafe(18)
-        credentials = {"email": email, "password": password}
-        await _call(http, "/v1/accounts", credentials)
-        bearer = str((await _call(http, "/v1/sessions", credentials))["token"])
-        device = SoftwareSigner.generate()
-        xy = point_bytes(device.public_key)
-        device_id = device_id_for(xy)
-        phone = (device, device_id)
-        enrolment = {"name": "bench phone", "public_key": b64(xy), "password": password}
-        await _call(http, "/v1/devices", enrolment, bearer=bearer, signer=phone)
-        car = SoftwareSigner.generate()
-        await _call(
-            http,
-            "/v1/vehicles",
-            {"vin": VIN, "public_key": b64(point_bytes(car.public_key))},
-            authorization=f"Provisioning {provisioning_secret}",
-        )
-        shown = await _call(http, f"/v1/vehicles/{VIN}/pairing-code", None, signer=(car, VIN))
-        pairing = {"code": shown["code"]}  # what the owner reads off the car's screen
-        await _call(http, f"/v1/vehicles/{VIN}/owner", pairing, bearer=bearer, signer=phone)
-        key = await _call(
-            http, f"/v1/vehicles/{VIN}/keys", {"device_id": device_id}, bearer=bearer, signer=phone
-        )
-        return Phone(bearer, device_id, device, str(key["key_id"]))
+        try:
+            return await _set_up_steps(http, provisioning_secret)
+        except ApiCallError as error:
+            raise BenchError(f"set-up step {error}") from None
 
 
-async def _call(
-    http: aiohttp.ClientSession,
-    path: str,
-    body: dict[str, Any] | None,
-    *,
-    bearer: str | None = None,
-    signer: tuple[SoftwareSigner, str] | None = None,
-    authorization: str | None = None,
-) -> dict[str, Any]:
-    """One set-up POST; anything but a 2xx stops the benchmark."""
-    raw = b"" if body is None else json.dumps(body).encode()
-    headers = {"Content-Type": "application/json"} if raw else {}
-    if bearer is not None:
-        authorization = f"Bearer {bearer}"
-    if authorization is not None:
-        headers["Authorization"] = authorization
-    if signer is not None:
-        key, device_id = signer
-        headers[HEADER] = sign_request(
-            key,
-            device_id=device_id,
-            method="POST",
-            path=path,
-            body=raw,
-            timestamp=int(time.time()),
-        )
-    async with http.post(path, data=raw or None, headers=headers) as response:
-        answer = await response.read()
-        if not 200 <= response.status < 300:
-            raise BenchError(f"set-up step POST {path}: {response.status} {answer[:200]!r}")
-    result: dict[str, Any] = json.loads(answer)
-    return result
+async def _set_up_steps(http: aiohttp.ClientSession, provisioning_secret: str) -> Phone:
+    email, password = "bench@example.org", secrets.token_urlsafe(18)
+    credentials = {"email": email, "password": password}
+    await call(http, "/v1/accounts", credentials)
+    bearer = str((await call(http, "/v1/sessions", credentials))["token"])
+    device = SoftwareSigner.generate()
+    xy = point_bytes(device.public_key)
+    device_id = device_id_for(xy)
+    phone = (device, device_id)
+    enrolment = {"name": "bench phone", "public_key": b64(xy), "password": password}
+    await call(http, "/v1/devices", enrolment, bearer=bearer, signer=phone)
+    car = SoftwareSigner.generate()
+    await call(
+        http,
+        "/v1/vehicles",
+        {"vin": VIN, "public_key": b64(point_bytes(car.public_key))},
+        authorization=f"Provisioning {provisioning_secret}",
+    )
+    shown = await call(http, f"/v1/vehicles/{VIN}/pairing-code", None, signer=(car, VIN))
+    pairing = {"code": shown["code"]}  # what the owner reads off the car's screen
+    await call(http, f"/v1/vehicles/{VIN}/owner", pairing, bearer=bearer, signer=phone)
+    key = await call(
+        http, f"/v1/vehicles/{VIN}/keys", {"device_id": device_id}, bearer=bearer, signer=phone
+    )
+    return Phone(bearer, device_id, device, str(key["key_id"]))
 
 
 def _write_credentials(work: Path, phone: Phone) -> Path:

@@ -1,4 +1,4 @@
-"""The ``phonekey`` command: the demo and the benchmarks (later: stack, drills, fleet)."""
+"""The ``phonekey`` command: demo, benchmarks, fleet simulator (later: stack, drills)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from deploy import bench, bench_ble, bench_issue, demo
+from deploy import bench, bench_ble, bench_issue, demo, fleet_cli
 from deploy.processes import ProcessError
 
 MAX_BENCH_SECONDS = 600.0
@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     ble = which.add_parser("ble", help="an unlock over the simulated BLE link against the decision")
     ble.add_argument("--json", action="store_true", help="print the JSON report only")
     ble.add_argument("--iterations", type=_positive, default=500)
+    fleet_cli.add_parser(commands)
     return parser
 
 
@@ -58,6 +59,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "demo":
         return demo.run()
+    if args.command == "fleet":
+        return fleet_cli.run(args)
     if args.bench == "issue":
         return _bench_issue(args)
     if args.bench == "ble":

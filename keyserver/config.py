@@ -46,6 +46,8 @@ class Config:
     # shared with the factory that provisions cars; empty disables POST /v1/vehicles
     provisioning_secret: str = field(default="", repr=False)
     login_attempts_per_minute: int = 10
+    # pairings tried per account per minute, across all cars; a fleet operator pairs many cars
+    pairing_attempts_per_minute: int = 10
     proof_max_skew_s: int = 60
     command_ttl_s: int = 60  # a remote command's life: from issue to the car's last moment to act
     channel_heartbeat_s: float = 30.0  # WebSocket ping interval; a silent car is dropped after it
@@ -74,6 +76,7 @@ _BOUNDS: dict[str, tuple[float, float]] = {
     "pairing_ttl_s": (30, DAY),
     "pairing_attempts": (1, 20),
     "login_attempts_per_minute": (1, 10_000),
+    "pairing_attempts_per_minute": (1, 100_000),
     "proof_max_skew_s": (5, 600),
     "command_ttl_s": (5, 300),
     "channel_heartbeat_s": (1, 600),

@@ -93,6 +93,12 @@ class LinkStats:
     commands_executed: int = 0
     commands_refused: int = 0
     commands_replayed: int = 0
+    # monotonic time the car last had a live channel (or was started): the sync lag's origin
+    offline_since: float = field(default_factory=time.monotonic)
+
+    def sync_lag(self, mono: float) -> float:
+        """Seconds the car may have missed pushes for: 0 while online, else since it went off."""
+        return 0.0 if self.state is LinkState.ONLINE else max(0.0, mono - self.offline_since)
 
 
 class CloudLink:
@@ -107,6 +113,7 @@ class CloudLink:
         http: aiohttp.ClientSession | None = None,
         wall: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        on_state: Callable[[LinkState], None] | None = None,
     ) -> None:
         self.vehicle = vehicle
         self.policy = policy or ReconnectPolicy()
@@ -127,6 +134,7 @@ class CloudLink:
         self._flush = asyncio.Event()
         self._waiters = PredicateWaiters()
         self._task: asyncio.Task[None] | None = None
+        self._on_state = on_state  # e.g. the fleet simulator's reconnect timeline
 
     @property
     def state(self) -> LinkState:
@@ -436,7 +444,11 @@ class CloudLink:
 
     def _set_state(self, state: LinkState) -> None:
         if self.stats.state is not state:
+            if self.stats.state is LinkState.ONLINE:
+                self.stats.offline_since = time.monotonic()
             self.stats.state = state
+            if self._on_state is not None:
+                self._on_state(state)
             self._notify()
 
     def _notify(self) -> None:

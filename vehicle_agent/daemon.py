@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -59,6 +60,11 @@ class AgentCollector(Collector):
             "phonekey_agent_trust_sequence",
             "Sequence of the trust-store update the car holds",
             value=self.vehicle.trust.sequence,
+        )
+        yield GaugeMetricFamily(
+            "phonekey_agent_sync_lag_seconds",
+            "Seconds the car may have missed keyserver pushes: 0 while its channel is up",
+            value=self.link.stats.sync_lag(time.monotonic()),
         )
         yield GaugeMetricFamily(
             "phonekey_agent_outbox_depth",

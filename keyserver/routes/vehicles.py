@@ -15,7 +15,7 @@ salt would not help: 10^8 codes are enumerated in seconds from a stolen store wh
 so the hash only keeps codes out of plain sight and, through the VIN, makes the same code on two
 cars hash differently. What protects the code is the attempt limit (with the default 5 tries, one
 chance in 20 million per code shown), its short life, single use, and a per-account limit on
-pairing tries (``PAIRING_TRIES_PER_MINUTE``).
+pairing tries (setting ``pairing_attempts_per_minute``).
 
 Owner pairing. ``POST /v1/vehicles/{vin}/owner {code}`` needs a bearer session and the proof of
 one of the caller's enrolled devices. The code's format is checked before anything is counted;
@@ -54,7 +54,6 @@ from keyserver.issuance import revoke_keys
 from keyserver.models import Pairing, PairingResult, Vehicle
 
 CODE_DIGITS = 8
-PAIRING_TRIES_PER_MINUTE = 10  # per account, across all cars
 _CODE = re.compile(rf"[0-9]{{{CODE_DIGITS}}}")
 _CODE_CONTEXT = b"phonekey/pairing-code/v1\x00"
 _VIN_PATTERN = "^[A-HJ-NPR-Z0-9]{17}$"
@@ -137,11 +136,10 @@ _PAIRING_REFUSALS = {
 
 async def pair_owner(request: web.Request) -> web.Response:
     """Become the car's first owner with the code it shows (session and device proof)."""
-    store = request.app[STORE]
+    config, store = request.app[CONFIG], request.app[STORE]
     caller, vin, code = await _signed_field(request, "code", _pairing_code)
-    await auth.rate_limit(
-        store, f"pairing:{caller.account_id}", limit=PAIRING_TRIES_PER_MINUTE, window=60
-    )
+    limit = config.pairing_attempts_per_minute  # per account, across all cars
+    await auth.rate_limit(store, f"pairing:{caller.account_id}", limit=limit, window=60)
     result = await store.try_pairing(vin, pairing_hash(vin, code), now=auth.now())
     if result is not PairingResult.PAIRED:
         status, error, message = _PAIRING_REFUSALS[result]

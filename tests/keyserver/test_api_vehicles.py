@@ -26,7 +26,6 @@ from keyserver import auth
 from keyserver.app import STORE, create_app
 from keyserver.config import Config, ConfigError, build
 from keyserver.models import Account, Device, KeyRecord, KeyStatus, Session, Vehicle
-from keyserver.routes.vehicles import PAIRING_TRIES_PER_MINUTE
 from keyserver.store import Store
 from tests.conftest import NOW, OTHER_VIN, VIN
 
@@ -424,7 +423,7 @@ async def test_pairing_tries_are_rate_limited_per_account(
     api = await api_with(pairing_attempts=20)
     alice, code = await pending(api, car)
     mallory = await api.phone("mallory")
-    for _ in range(PAIRING_TRIES_PER_MINUTE):
+    for _ in range(Config().pairing_attempts_per_minute):
         assert await refused(await api.pair(mallory, VIN, wrong(code))) == (403, "wrong_code")
     response = await api.pair(mallory, VIN, code)
     assert await refused(response) == (429, "rate_limited")
@@ -435,7 +434,7 @@ async def test_pairing_tries_are_rate_limited_per_account(
     # each account has its own count
     await api.provision(OTHER_VIN, other := SoftwareSigner.generate())
     code = await api.code(OTHER_VIN, other)
-    for _ in range(PAIRING_TRIES_PER_MINUTE):
+    for _ in range(Config().pairing_attempts_per_minute):
         await api.pair(mallory, OTHER_VIN, wrong(code))
     assert (await api.pair(alice, OTHER_VIN, code)).status == 200
 

@@ -66,8 +66,13 @@ async def test_the_daemon_comes_online_decides_and_reports(
         assert "phonekey_agent_cloud_link_state 2.0" in text
         assert 'phonekey_agent_decisions_total{action="unlock",code="granted"} 1.0' in text
         assert "phonekey_agent_outbox_depth" in text
+        assert "phonekey_agent_sync_lag_seconds 0.0" in text  # online: nothing missed
     finally:
         await daemon.stop()
+    stats = daemon.link.stats
+    assert stats.state is LinkState.OFFLINE
+    assert stats.sync_lag(stats.offline_since + 42.5) == 42.5  # counted from the drop
+    assert stats.sync_lag(stats.offline_since - 1) == 0.0  # never negative
 
 
 async def test_run_agent_stops_on_its_event(server: TestServer, tmp_path: Path) -> None:
