@@ -42,10 +42,14 @@ class AgentConfig:
     state_path: Path = Path("var/agent.db")
     provisioning_secret: str = field(default="", repr=False)
     metrics_port: int = 0  # 0: no metrics endpoint
+    ble: bool = True  # serve phones over Bluetooth LE (the `ble` extra and a BLE stack)
+    ble_name: str = ""  # advertised name; default "phonekey-" + the VIN's last 6 characters
 
 
 _REQUIRED = ("vin", "keyserver_url", "root_key")
-_KNOWN = {*_REQUIRED, "state_path", "provisioning_secret", "metrics_port"}
+_KNOWN = {*_REQUIRED, "state_path", "provisioning_secret", "metrics_port", "ble", "ble_name"}
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+MAX_BLE_NAME = 20  # fits a BLE advertisement with the service UUID
 
 
 def load(path: Path | None, env: Mapping[str, str] | None = None) -> AgentConfig:
@@ -85,6 +89,14 @@ def build(values: Mapping[str, Any]) -> AgentConfig:
         raise ConfigError("setting 'metrics_port': not an integer") from None
     if not 0 <= port <= 65535:
         raise ConfigError("setting 'metrics_port': outside 0…65535")
+    ble = values.get("ble", True)
+    if isinstance(ble, str) and ble.lower() in (*_TRUE, *_FALSE):
+        ble = ble.lower() in _TRUE
+    if not isinstance(ble, bool):
+        raise ConfigError("setting 'ble': true or false")
+    ble_name = str(values.get("ble_name", "")) or f"phonekey-{vin[-6:]}"
+    if len(ble_name) > MAX_BLE_NAME or not ble_name.isprintable():
+        raise ConfigError(f"setting 'ble_name': at most {MAX_BLE_NAME} printable characters")
     return AgentConfig(
         vin=vin,
         keyserver_url=url,
@@ -92,6 +104,8 @@ def build(values: Mapping[str, Any]) -> AgentConfig:
         state_path=Path(values.get("state_path", "var/agent.db")),
         provisioning_secret=str(values.get("provisioning_secret", "")),
         metrics_port=port,
+        ble=ble,
+        ble_name=ble_name,
     )
 
 

@@ -1,4 +1,5 @@
-"""``vehicle-agent run``: the daemon — the car's decisions, its cloud link, and its metrics.
+"""``vehicle-agent run``: the daemon — the car's decisions, its cloud link, its BLE peripheral
+(when the machine has a BLE stack and the ``ble`` extra), and its metrics.
 
 Unlocks never wait for the network: the cloud link runs beside the decisions and only feeds the
 car newer signed documents and commands. Stops on SIGTERM/SIGINT (or a stop event in tests),
@@ -19,8 +20,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, g
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from ble_fallback.bless_link import BlessPeripheral
 from keycore import UnlockDecision
 from vehicle_agent.actuator import Actuator, SimulatedActuator
+from vehicle_agent.ble import VehicleBleEndpoint, start_peripheral
 from vehicle_agent.channel import CloudLink, LinkState
 from vehicle_agent.config import AgentConfig
 from vehicle_agent.state import AgentState
@@ -110,6 +113,8 @@ class AgentDaemon:
             self.state.close()
             raise
         self.link = CloudLink(self.vehicle)
+        self.ble = VehicleBleEndpoint(self.vehicle)
+        self.peripheral: BlessPeripheral | None = None
         self.registry = metrics_registry(self.vehicle, self.link)
         self._runner: web.AppRunner | None = None
 
@@ -117,8 +122,13 @@ class AgentDaemon:
         if self.config.metrics_port:
             self._runner = await _serve_metrics(self.registry, self.config.metrics_port)
         self.link.start()
+        if self.config.ble:  # None without a BLE stack: the car runs on, cloud path only
+            self.peripheral = await start_peripheral(self.ble, name=self.config.ble_name)
 
     async def stop(self) -> None:
+        if self.peripheral is not None:
+            await self.peripheral.stop()
+        await self.ble.settled()  # a granted unlock finishes moving before the state closes
         await self.link.stop()
         if self._runner is not None:
             await self._runner.cleanup()

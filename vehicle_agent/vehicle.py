@@ -96,44 +96,34 @@ class Vehicle:
             if raised.now(mono) > self.clock.now(mono):
                 self.clock = raised
                 self.state.save_clock(raised, mono=mono)
-        self.state.add_audit(_audit(decision, path="ble"))
-        if self.on_decision is not None:
-            self.on_decision(decision)
+        self.record(decision, path="ble")
         return decision
 
     async def unlock(self, request: UnlockRequest) -> UnlockDecision:
         """Decide and, if allowed, move the car."""
         decision = self.decide(request)
-        if decision.allowed and decision.action in ACTUATED:
-            try:
-                await self.actuator.perform(decision.action)
-            except ActuatorError as error:
-                self.state.add_audit(
-                    {"kind": "actuator_error", "action": _name(decision), "error": str(error)}
-                )
+        await self.actuate(decision)
         return decision
 
     def apply_revocations(self, document: bytes) -> bool:
         """Apply a signed list if it verifies and is newer; False if it is not newer."""
         try:
-            self.revocations = self.revocations.apply(document, trust=self.trust, now=self.now())
+            revocations = self.revocations.apply(document, trust=self.trust, now=self.now())
         except InvalidRevocationList as error:
             if error.reason is Reason.STALE:
                 return False
             raise
-        self.state.save_revocations(self.revocations)
-        self.state.add_audit({"kind": "revocations", "sequence": self.revocations.sequence})
+        self.adopt_revocations(revocations)
         return True
 
     def apply_trust_update(self, document: bytes) -> bool:
         try:
-            self.trust = self.trust.apply(document)
+            trust = self.trust.apply(document)
         except InvalidTrustUpdate as error:
             if error.reason is Reason.STALE:
                 return False
             raise
-        self.state.save_trust(self.trust)
-        self.state.add_audit({"kind": "trust_update", "sequence": self.trust.sequence})
+        self.adopt_trust(trust)
         return True
 
     def time_nonce(self) -> bytes:
@@ -150,6 +140,46 @@ class Vehicle:
         mono = self.mono()
         self.clock = self.clock.accept_signed_time(answer, nonce=nonce, mono=mono, trust=self.trust)
         self.state.save_clock(self.clock, mono=mono)
+
+    # What another decider over this car's state (the BLE peripheral, vehicle_agent/ble.py)
+    # reports back: keycore has already verified and ordered it; these persist and audit it.
+
+    def record(self, decision: UnlockDecision, *, path: str) -> None:
+        """Audit a decision taken over this car's state, and count it."""
+        self.state.add_audit(_audit(decision, path=path))
+        if self.on_decision is not None:
+            self.on_decision(decision)
+
+    async def actuate(self, decision: UnlockDecision) -> None:
+        """Move the car if ``decision`` allows an actuation; a failure is audited."""
+        if decision.allowed and decision.action in ACTUATED:
+            try:
+                await self.actuator.perform(decision.action)
+            except ActuatorError as error:
+                self.state.add_audit(
+                    {"kind": "actuator_error", "action": _name(decision), "error": str(error)}
+                )
+
+    def adopt_revocations(self, revocations: RevocationState) -> None:
+        """Enforce and persist a revocation state keycore produced from a verified list."""
+        self.revocations = revocations
+        self.state.save_revocations(revocations)
+        self.state.add_audit({"kind": "revocations", "sequence": revocations.sequence})
+
+    def adopt_trust(self, trust: TrustStore) -> None:
+        """Use and persist a trust store keycore produced from a verified update."""
+        self.trust = trust
+        self.state.save_trust(trust)
+        self.state.add_audit({"kind": "trust_update", "sequence": trust.sequence})
+
+    def adopt_clock(self, clock: TrustedClock) -> None:
+        """Keep a clock keycore raised; persisted only when it moved forward or left reset
+        (every grant raises it to the token's iat, usually a no-op not worth an fsync)."""
+        mono = self.mono()
+        if clock.now(mono) <= self.clock.now(mono) and clock.reset == self.clock.reset:
+            return
+        self.clock = clock
+        self.state.save_clock(clock, mono=mono)
 
 
 def _name(decision: UnlockDecision) -> str:

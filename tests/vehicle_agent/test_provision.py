@@ -97,6 +97,9 @@ async def test_a_wrong_secret_is_reported(server: TestServer, tmp_path: Path) ->
         ({"keyserver_url": "ftp://x"}, "setting 'keyserver_url'"),
         ({"root_key": "AAAA"}, "setting 'root_key'"),
         ({"colour": "red"}, "unknown setting 'colour'"),
+        ({"ble": "maybe"}, "setting 'ble'"),
+        ({"ble_name": "a-name-far-too-long-to-advertise"}, "setting 'ble_name'"),
+        ({"ble_name": "tab\there"}, "setting 'ble_name'"),
     ],
 )
 def test_bad_configuration(values: dict[str, str], message: str) -> None:
@@ -108,6 +111,21 @@ def test_bad_configuration(values: dict[str, str], message: str) -> None:
     base.update(values)
     with pytest.raises(ConfigError, match=message):
         build(base)
+
+
+@pytest.mark.parametrize(
+    ("values", "ble", "name"),
+    [
+        ({}, True, f"phonekey-{VIN[-6:]}"),
+        ({"ble": "off", "ble_name": "garage"}, False, "garage"),
+        ({"ble": False}, False, f"phonekey-{VIN[-6:]}"),  # TOML's own boolean
+        ({"ble": "TRUE"}, True, f"phonekey-{VIN[-6:]}"),
+    ],
+)
+def test_ble_settings(values: dict[str, object], ble: bool, name: str) -> None:
+    key = b64(point_bytes(SoftwareSigner.generate().public_key))
+    config = build({"vin": VIN, "keyserver_url": "http://127.0.0.1:1", "root_key": key, **values})
+    assert (config.ble, config.ble_name) == (ble, name)
 
 
 def test_cli_reports_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

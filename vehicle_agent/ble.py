@@ -1,0 +1,172 @@
+"""The car's BLE peripheral role: ``ble_fallback``'s endpoint deciding against the durable car.
+
+``VehicleBleEndpoint`` serves phone connections with ``ble_fallback.car.CarEndpoint`` over the
+agent's ``Vehicle``: every unlock is decided by keycore against the car's own trust store,
+revocation state, trusted clock and challenge book; each decision is audited in the outbox
+(path "ble") and granted actions move the car's actuator. Courier documents a phone brings
+(revocation lists, trust updates, signed time to the car's nonce) are verified and ordered by
+keycore inside the session, and what it accepts is persisted through the Vehicle before the car
+answers "applied". ``start_peripheral`` puts it on the air with bless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from ble_fallback.bless_link import BlessPeripheral, ServerFactory
+from ble_fallback.car import CarEndpoint
+from ble_fallback.errors import LinkError
+from ble_fallback.link import Link, LinkPolicy
+from ble_fallback.protocol import CarEvent, CarState, CourierHandled, RequestHandled
+from keycore import ChallengeBook, RevocationState, TrustedClock, TrustStore
+from vehicle_agent.vehicle import Vehicle
+
+log = logging.getLogger(__name__)
+
+#: The CarEndpoint measures time with the event loop's clock and the Vehicle with its own
+#: ``mono``: they must be one clock (time.monotonic is the loop's on a standard event loop).
+_CLOCK_SKEW = 1.0
+
+
+class DurableCarState(CarState):
+    """The ``CarState`` a BLE session decides with, as a view of the ``Vehicle``'s objects.
+
+    Reads give the Vehicle's current trust store, revocation state, clock and challenge book;
+    the session's replacements (made only by keycore from verified, newer documents) go back
+    through the Vehicle, which persists them — before the car's Result says "applied".
+    """
+
+    def __init__(self, vehicle: Vehicle) -> None:  # the dataclass __init__ would write through
+        self.vin = vehicle.vin
+        self._vehicle = vehicle
+
+    @property
+    def trust(self) -> TrustStore:
+        return self._vehicle.trust
+
+    @trust.setter
+    def trust(self, value: TrustStore) -> None:
+        if value is not self._vehicle.trust:
+            self._vehicle.adopt_trust(value)
+
+    @property
+    def revocations(self) -> RevocationState:
+        return self._vehicle.revocations
+
+    @revocations.setter
+    def revocations(self, value: RevocationState) -> None:
+        if value is not self._vehicle.revocations:
+            self._vehicle.adopt_revocations(value)
+
+    @property
+    def clock(self) -> TrustedClock:
+        return self._vehicle.clock
+
+    @clock.setter
+    def clock(self, value: TrustedClock) -> None:
+        self._vehicle.adopt_clock(value)
+
+    @property
+    def challenges(self) -> ChallengeBook:
+        return self._vehicle.challenges
+
+    @challenges.setter
+    def challenges(self, value: ChallengeBook) -> None:
+        self._vehicle.challenges = value
+
+
+class VehicleBleEndpoint:
+    """Serves BLE phone connections for the agent's car; pass ``serve`` to a link source."""
+
+    def __init__(
+        self,
+        vehicle: Vehicle,
+        *,
+        max_connections: int = 2,
+        retry_after: float = 1.0,
+        random_bytes: Callable[[int], bytes] = secrets.token_bytes,
+    ) -> None:
+        self.vehicle = vehicle
+        self.car = DurableCarState(vehicle)
+        self.endpoint = CarEndpoint(
+            self.car,
+            max_connections=max_connections,
+            retry_after=retry_after,
+            on_event=self._on_event,
+            random_bytes=random_bytes,
+        )
+        # One actuation at a time, in the order granted: an unlock then a lock stays that way.
+        self._actuating: asyncio.Task[None] | None = None
+
+    async def serve(self, link: Link) -> None:
+        """Serve one phone until it leaves; never raises for what the phone or radio does."""
+        skew = abs(self.vehicle.mono() - asyncio.get_running_loop().time())
+        if skew > _CLOCK_SKEW:  # a wiring bug: challenges and the clock would be misjudged
+            raise RuntimeError("the Vehicle's mono clock is not the event loop's clock")
+        await self.endpoint.serve(link)
+
+    async def settled(self) -> None:
+        """Wait until every granted action so far has been performed (or failed, audited)."""
+        while (task := self._actuating) is not None:
+            await task
+            if task is self._actuating:
+                self._actuating = None
+
+    def _on_event(self, event: CarEvent) -> None:
+        vehicle = self.vehicle
+        if isinstance(event, RequestHandled):
+            if event.decision is None:  # refused ``late``, before anything was decided
+                vehicle.state.add_audit(
+                    {
+                        "kind": "decision",
+                        "path": "ble",
+                        "action": event.action.name.lower(),
+                        "code": event.code,
+                    }
+                )
+                return
+            vehicle.record(event.decision, path="ble")
+            if event.allowed:
+                task = asyncio.get_running_loop().create_task(
+                    _after(self._actuating, vehicle.actuate(event.decision))
+                )
+                task.add_done_callback(_log_failure)
+                self._actuating = task
+        elif isinstance(event, CourierHandled):
+            document = event.kind.name.lower()
+            vehicle.state.add_audit(
+                {"kind": "courier", "path": "ble", "document": document, "code": event.code}
+            )
+
+
+async def _after(previous: asyncio.Task[None] | None, actuation: Coroutine[Any, Any, None]) -> None:
+    if previous is not None:
+        await asyncio.wait([previous])  # its failure is its own: this action still runs
+    await actuation
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and (error := task.exception()) is not None:
+        log.error("event=ble_actuation_failed error=%s", type(error).__name__)
+
+
+async def start_peripheral(
+    ble: VehicleBleEndpoint,
+    *,
+    name: str,
+    policy: LinkPolicy | None = None,
+    server_factory: ServerFactory | None = None,
+) -> BlessPeripheral | None:
+    """Advertise the car over bless; None (logged) when this machine has no BLE stack, so the
+    agent runs on without the BLE fallback rather than not at all."""
+    peripheral = BlessPeripheral(ble.serve, name=name, policy=policy, server_factory=server_factory)
+    try:
+        await peripheral.start()
+    except LinkError as error:
+        log.warning("event=ble_peripheral_unavailable reason=%s", error.detail)
+        return None
+    return peripheral
