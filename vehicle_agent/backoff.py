@@ -12,12 +12,25 @@ from __future__ import annotations
 
 import random
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 from tenacity.wait import wait_base, wait_random_exponential
 
+from keycore.breaker import BreakerConfig
 from vehicle_agent.errors import LinkError
+
+CLOUD_LINK_BREAKER = BreakerConfig(
+    window_size=5,
+    minimum_calls=3,
+    failure_rate_threshold=50.0,
+    slow_call_rate_threshold=100.0,
+    slow_call_duration_s=10.0,  # a connect is slow only at the attempt timeout
+    wait_in_open_s=10.0,
+    open_jitter=0.5,  # cars that lost the cloud together probe it apart
+    permitted_calls_in_half_open=1,
+    max_wait_in_half_open_s=0.0,
+)
 
 
 @dataclass(frozen=True)
@@ -33,6 +46,9 @@ class ReconnectPolicy:
     max_retry_after_s: float = 600.0
     heartbeat_s: float = 30.0  # WebSocket ping; a silent server is dropped after it
     flush_interval_s: float = 5.0  # audit outbox upload, at the latest
+    # the cloud-link breaker: after 3 failed connects of the last 5, no socket is opened for
+    # 5–15 s (then one probe), so a dead cloud costs the car a timer, not a stream of connects
+    breaker: BreakerConfig = field(default_factory=lambda: CLOUD_LINK_BREAKER)
 
     def after_drop(self, drops: int) -> float:
         """The wait before reconnecting after the ``drops``-th short-lived connection in a row."""

@@ -13,8 +13,10 @@ are marked sent on acknowledgement. A kill -9 at any point loses no outcome and 
 movement.
 
 Reconnection follows ``vehicle_agent.backoff``: tenacity full-jitter backoff, bounded, honouring
-Retry-After; a timeout on each attempt. The link never blocks an unlock: ``Vehicle.unlock``
-decides from local state and shares no lock or await with this module.
+Retry-After; a timeout on each attempt; and a cloud-link circuit breaker (keycore.breaker) that
+stops opening sockets to a cloud that keeps failing, probing it once per wait. The link never
+blocks an unlock: ``Vehicle.unlock`` decides from local state and shares no lock or await with
+this module.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from typing import Any
 import aiohttp
 
 from keycore import InvalidRevocationList, InvalidSignedTime, InvalidTrustUpdate, Reason
+from keycore.breaker import CircuitBreaker
 from keycore.channel import (
     CLOSE_INTERNAL,
     CLOSE_POLICY,
@@ -114,6 +117,7 @@ class CloudLink:
         wall: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         on_state: Callable[[LinkState], None] | None = None,
+        breaker: CircuitBreaker | None = None,
     ) -> None:
         self.vehicle = vehicle
         self.policy = policy or ReconnectPolicy()
@@ -135,6 +139,7 @@ class CloudLink:
         self._waiters = PredicateWaiters()
         self._task: asyncio.Task[None] | None = None
         self._on_state = on_state  # e.g. the fleet simulator's reconnect timeline
+        self.breaker = breaker or CircuitBreaker("cloud-link", self.policy.breaker)
 
     @property
     def state(self) -> LinkState:
@@ -197,6 +202,23 @@ class CloudLink:
         return None
 
     async def _open(self, http: aiohttp.ClientSession) -> aiohttp.ClientWebSocketResponse:
+        permit = self.breaker.try_acquire()
+        if permit is None:  # the cloud failed recently: no socket until the breaker's wait ends
+            self.stats.last_error = "cloud-link breaker open"
+            raise LinkError(self.stats.last_error, retry_after=self.breaker.retry_after_s())
+        started = time.monotonic()
+        try:
+            ws = await self._upgrade(http)
+        except LinkError as error:
+            permit.failure(error, time.monotonic() - started)
+            raise
+        except BaseException:  # cancelled: neither success nor failure
+            permit.release()
+            raise
+        permit.success(time.monotonic() - started)
+        return ws
+
+    async def _upgrade(self, http: aiohttp.ClientSession) -> aiohttp.ClientWebSocketResponse:
         self.stats.attempts += 1
         self._set_state(LinkState.CONNECTING)
         identity = self.vehicle.identity

@@ -22,6 +22,7 @@ from prometheus_client.registry import Collector
 
 from ble_fallback.bless_link import BlessPeripheral
 from keycore import UnlockDecision
+from keycore.breaker_metrics import BreakerCollector
 from vehicle_agent.actuator import Actuator, SimulatedActuator
 from vehicle_agent.ble import VehicleBleEndpoint, start_peripheral
 from vehicle_agent.channel import CloudLink, LinkState
@@ -96,6 +97,7 @@ def metrics_registry(vehicle: Vehicle, link: CloudLink) -> CollectorRegistry:
 
     vehicle.on_decision = count
     registry.register(AgentCollector(vehicle, link))
+    registry.register(BreakerCollector([link.breaker]))  # resilience4j names: cloud-link
     return registry
 
 

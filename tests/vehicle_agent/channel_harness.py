@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ from keyserver.hub import ChannelHub
 from keyserver.models import Vehicle as VehicleRecord
 from tests.keyserver.keys_harness import VIN, Api, Person, Phone, token_bytes
 from vehicle_agent.actuator import SimulatedActuator
-from vehicle_agent.backoff import ReconnectPolicy
+from vehicle_agent.backoff import CLOUD_LINK_BREAKER, ReconnectPolicy
 from vehicle_agent.channel import CloudLink
 from vehicle_agent.state import AgentState, Identity
 from vehicle_agent.vehicle import Vehicle
@@ -33,7 +33,12 @@ COMMANDS = "/v1/vehicles/{vin}/commands"
 COMMAND = "/v1/commands/{command_id}"
 #: fast reconnection for tests: the real waits, scaled down
 FAST = ReconnectPolicy(
-    first_jitter_s=0.02, multiplier_s=0.02, max_wait_s=0.1, attempt_timeout_s=5, flush_interval_s=1
+    first_jitter_s=0.02,
+    multiplier_s=0.02,
+    max_wait_s=0.1,
+    attempt_timeout_s=5,
+    flush_interval_s=1,
+    breaker=replace(CLOUD_LINK_BREAKER, wait_in_open_s=0.05),
 )
 
 

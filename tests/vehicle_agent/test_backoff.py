@@ -10,10 +10,11 @@ from typing import Any
 from aiohttp import web
 
 from keycore import SoftwareSigner
+from keycore.breaker import BreakerState, CircuitBreaker
 from tests.keyserver.keys_harness import VIN, Api
 from tests.vehicle_agent.channel_harness import HANG_GUARD_S, provision
 from vehicle_agent.actuator import SimulatedActuator
-from vehicle_agent.backoff import ReconnectPolicy
+from vehicle_agent.backoff import CLOUD_LINK_BREAKER, ReconnectPolicy
 from vehicle_agent.channel import CloudLink, LinkState
 from vehicle_agent.vehicle import Vehicle
 
@@ -72,5 +73,49 @@ async def test_the_car_honours_retry_after_and_bounds_its_attempts(
         assert 0 <= rest <= 4.0  # then a jittered rest before the next cycle
         assert link.state is LinkState.OFFLINE
         assert link.stats.last_error == "upgrade refused: 503"
+    finally:
+        await link.stop()
+
+
+async def test_a_dead_cloud_trips_the_link_breaker_and_costs_no_more_sockets(
+    api: Api, vehicle_key: SoftwareSigner, tmp_path: Path, aiohttp_server: Any
+) -> None:
+    upgrades = 0
+
+    async def dead(request: web.Request) -> web.Response:
+        nonlocal upgrades
+        upgrades += 1
+        return web.json_response({"error": {"code": "down", "message": "down"}}, status=502)
+
+    app = web.Application()
+    app.router.add_get(f"/v1/vehicles/{VIN}/channel", dead)
+    server = await aiohttp_server(app)
+    url = str(server.make_url("")).rstrip("/")
+    clock = [1000.0]
+    breaker = CircuitBreaker("cloud-link", CLOUD_LINK_BREAKER, clock=lambda: clock[0])
+    waits: list[float] = []
+    enough = asyncio.Event()
+
+    async def recorded(seconds: float) -> None:  # time does not pass: the breaker stays open
+        waits.append(seconds)
+        if len(waits) >= 30:
+            enough.set()
+            await asyncio.Event().wait()
+
+    state = provision(api, tmp_path / "agent.db", vehicle_key=vehicle_key, url=url)
+    vehicle = Vehicle.load(state, SimulatedActuator(), boot_id="test-boot")
+    link = CloudLink(vehicle, sleep=recorded, breaker=breaker)
+    link.start()
+    try:
+        async with asyncio.timeout(HANG_GUARD_S):
+            await enough.wait()
+        assert upgrades == link.stats.attempts == CLOUD_LINK_BREAKER.minimum_calls
+        assert breaker.state is BreakerState.OPEN
+        assert link.stats.last_error == "cloud-link breaker open"
+        # refused attempts wait out the breaker (5–15 s) plus jitter, never a tight loop
+        assert sum(w >= 5.0 for w in waits) >= 10
+        clock[0] += 16  # then the wait passes: one probe goes through, and only one
+        assert breaker.try_acquire() is not None
+        assert breaker.try_acquire() is None
     finally:
         await link.stop()

@@ -67,6 +67,8 @@ async def test_the_daemon_comes_online_decides_and_reports(
         assert 'phonekey_agent_decisions_total{action="unlock",code="granted"} 1.0' in text
         assert "phonekey_agent_outbox_depth" in text
         assert "phonekey_agent_sync_lag_seconds 0.0" in text  # online: nothing missed
+        closed = 'resilience4j_circuitbreaker_state{name="cloud-link",state="closed"} 1.0'
+        assert closed in text
     finally:
         await daemon.stop()
     stats = daemon.link.stats
