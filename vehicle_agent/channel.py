@@ -74,6 +74,8 @@ from vehicle_agent.errors import LinkError
 from vehicle_agent.vehicle import Vehicle
 
 log = logging.getLogger("vehicle_agent.channel")
+#: a remote command issued before the car's last in-person (BLE) action is refused with this
+SUPERSEDED = "superseded: a phone acted on the car in person after this command was sent"
 
 
 class LinkState(StrEnum):
@@ -381,6 +383,15 @@ class CloudLink:
             self._audit_command(frame.command_id, "refused", reason)
             return
         action = command.action.name.lower()
+        if command.issued_at <= state.local_action_at() and not self._repeat_outcome(
+            command.command_id
+        ):  # the user acted in person after it was sent: it must not run now
+            self._volatile[command.command_id] = CommandResult(
+                command.command_id, "failed", SUPERSEDED
+            )
+            self.stats.commands_refused += 1
+            self._audit_command(command.command_id, "refused", SUPERSEDED)
+            return
         if not state.begin_command(command.command_id, action, at=now):
             self.stats.commands_replayed += 1
             self._repeat_outcome(command.command_id)

@@ -133,6 +133,14 @@ class AgentState:
 
     # remote commands, at most once
 
+    def local_action_at(self) -> float:
+        """Trusted time of the last movement a phone asked for in person (0: never)."""
+        raw = self._get("local_action_at")
+        return float(raw.decode()) if raw else 0.0
+
+    def set_local_action_at(self, at: float) -> None:
+        self._put_many({"local_action_at": repr(float(at)).encode()})
+
     def begin_command(self, command_id: str, action: str, *, at: float) -> bool:
         """Record the intent to execute; False (and nothing changes) if the id was ever seen."""
         try:

@@ -151,8 +151,14 @@ class Vehicle:
             self.on_decision(decision)
 
     async def actuate(self, decision: UnlockDecision) -> None:
-        """Move the car if ``decision`` allows an actuation; a failure is audited."""
+        """Move the car if ``decision`` allows an actuation; a failure is audited.
+
+        The time is kept durably first: a remote command issued before it is superseded (the
+        phone may have fallen back to BLE after the cloud queued that command; it must not run
+        after the user acted in person).
+        """
         if decision.allowed and decision.action in ACTUATED:
+            self.state.set_local_action_at(self.now())
             try:
                 await self.actuator.perform(decision.action)
             except ActuatorError as error:

@@ -32,7 +32,9 @@ from keyserver.models import CommandStatus
 from tests.keyserver.keys_harness import REVOKE, VIN, Api, Person
 from tests.vehicle_agent.channel_harness import (
     BOOT_ID,
+    FAST,
     HANG_GUARD_S,
+    Car,
     GatedActuator,
     applied_results,
     base_url,
@@ -45,7 +47,9 @@ from tests.vehicle_agent.channel_harness import (
     provision,
     start_car,
 )
-from vehicle_agent.channel import CloudLink, LinkState
+from vehicle_agent.actuator import SimulatedActuator
+from vehicle_agent.channel import SUPERSEDED, CloudLink, LinkState
+from vehicle_agent.vehicle import Vehicle
 
 
 async def stopped(*links: CloudLink) -> None:
@@ -171,6 +175,31 @@ async def test_a_command_queued_while_the_car_is_away_runs_when_it_connects(
         await hub_until(api, lambda: applied_results(api) >= 1)
         assert (await command_state(api, owner, reply.body["command_id"]))["status"] == "executed"
         assert car.actuator.performed == [Action.CLIMATE]
+    finally:
+        await stopped(car.link)
+
+
+async def test_a_queued_command_is_superseded_by_an_action_in_person(
+    api: Api, owner: Person, vehicle_key: SoftwareSigner, tmp_path: Path
+) -> None:
+    # the cloud queued an unlock for a car it could not reach; the phone then fell back to BLE
+    # and the owner unlocked and locked in person: the queued unlock must never run afterwards
+    reply = await command(api, owner, "unlock", "remote-unlock-01")
+    assert reply.body["status"] == "queued"
+    token = (await api.owner_key(owner))["token"]
+    state = provision(api, tmp_path / "agent.db", vehicle_key=vehicle_key, url=base_url(api))
+    actuator = SimulatedActuator()
+    vehicle = Vehicle.load(state, actuator, boot_id=BOOT_ID)
+    car = Car(vehicle, CloudLink(vehicle, policy=FAST), actuator, state)
+    for action in (Action.UNLOCK, Action.LOCK):
+        assert (await vehicle.unlock(car.request(owner.phone, token, action))).allowed
+    car.link.start()
+    try:
+        await hub_until(api, lambda: applied_results(api) >= 1)
+        shown = await command_state(api, owner, reply.body["command_id"])
+        assert (shown["status"], shown["detail"]) == ("failed", SUPERSEDED)
+        assert actuator.performed == [Action.UNLOCK, Action.LOCK]  # the car stays locked
+        assert car.link.stats.commands_executed == 0
     finally:
         await stopped(car.link)
 
