@@ -19,6 +19,12 @@ The fallback policy (``PhoneClient.command``), by what the cloud path came to:
 On the BLE path a ``CarBusy`` is retried after its ``retry_after`` and a failure before the
 request was sent is retried, both within ``busy_retries``; an error with ``may_have_succeeded``
 is never retried (vehicle-command's MayHaveSucceeded rule).
+
+Against overload (G6): every request carries its deadline (``PK-Deadline-Ms``); an adaptive
+throttle (SRE, K = 2) refuses cloud requests locally while the cloud answers 429/503 — a local
+refusal is a "refused before acting", like a 429 — and after a Retry-After the cloud is not asked
+again until it has passed. Re-reading a command after a failed read spends from a retry budget.
+A 429 ``deadline_exceeded`` to a write means the cloud may have acted.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ from ble_fallback.phone import unlock_over_ble
 from ble_fallback.wallet import KeyWallet, WalletCorrupt, WalletEntry, read_token
 from keycore import cose
 from keycore.breaker import CallNotPermitted, CircuitBreaker
+from keycore.overload import DEADLINE_HEADER, AdaptiveThrottle, RetryBudget
 from keycore.request_proof import HEADER, sign_request
 from keycore.roles import Action
 from keycore.token import check_vin
@@ -73,6 +80,7 @@ class ClientPolicy:
     refresh_ahead_s: int = 3 * DAY  # renew tokens this long before they expire
     busy_retries: int = 2  # further BLE connections after a busy car or a safe failure
     max_busy_wait_s: float = 5.0  # a car asking for a longer wait is not waited for
+    max_retry_after_s: float = 60.0  # the cloud's Retry-After is honoured up to this
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +142,8 @@ class PhoneClient:
         reach_car: ReachCar,
         breaker: CircuitBreaker | None = None,
         policy: ClientPolicy | None = None,
+        throttle: AdaptiveThrottle | None = None,
+        retry_budget: RetryBudget | None = None,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
@@ -146,6 +156,9 @@ class PhoneClient:
         self._reach_car = reach_car
         self.breaker = breaker
         self.policy = policy or ClientPolicy()
+        self.throttle = throttle or AdaptiveThrottle()
+        self.retry_budget = retry_budget or RetryBudget()
+        self._quiet_until = 0.0  # loop time before which the cloud asked not to be asked
         self._clock = clock
         self._sleep = sleep
 
@@ -180,9 +193,12 @@ class PhoneClient:
             return RefreshOutcome(entry.vin, False, f"kept the old token: {why}", entry.expires)
 
         path = f"/v1/keys/{entry.key_id}/token"
+        # the current token goes along: with its store down, the keyserver can still re-sign a
+        # valid, unrevoked token from its key ring (a degraded refresh)
+        body = json.dumps({"token": _b64url(entry.token)}).encode()
         try:
             reply = await self._send(
-                "POST", path, b"", now=now, budget_s=self.policy.cloud_timeout_s
+                "POST", path, body, now=now, budget_s=self.policy.cloud_timeout_s
             )
         except _CloudFailure as failure:
             return kept(failure.why)
@@ -234,6 +250,15 @@ class PhoneClient:
             return _Fallback(f"cloud unreachable ({failure.why})")
         if reply.status == 401:
             return _Fallback("the cloud refused the session (sign in again)")
+        if reply.status == 202 and isinstance(reply.body, dict):
+            status, command_id = reply.body.get("status"), reply.body.get("command_id")
+            if status == "not_sent":  # the store write certainly failed: nothing will run
+                return _Fallback("the cloud could not record the command (degraded)")
+            if status == "may_be_queued":
+                return _in_doubt(
+                    "the cloud may have queued the command (degraded)",
+                    status="queued", command_id=command_id if isinstance(command_id, str) else None,
+                )  # fmt: skip
         view = _command_view(reply.body)
         if reply.status not in (200, 202):
             code = _error_code(reply.body)
@@ -255,6 +280,7 @@ class PhoneClient:
         """Read the command's state until it is final or the deadline passes."""
         loop = asyncio.get_running_loop()
         command_id = str(view["command_id"])
+        failed = False
         while view["status"] not in _FINAL:
             remaining = deadline - loop.time()
             if remaining <= 0:
@@ -265,8 +291,14 @@ class PhoneClient:
                 )  # fmt: skip
             await self._sleep(min(self.policy.poll_interval_s, remaining))
             budget = max(0.0, min(self.policy.cloud_timeout_s, deadline - loop.time()))
+            if failed and not self.retry_budget.try_spend():
+                continue  # a read after a failed one is a retry: only within the budget
+            if not failed:
+                self.retry_budget.on_request()
+            failed = True
             with contextlib.suppress(_CloudFailure):  # a lost read changes nothing: read again
                 reply = await self._send("GET", f"/v1/commands/{command_id}", None, budget_s=budget)
+                failed = False
                 read = _command_view(reply.body) if reply.status == 200 else None
                 view = view if read is None else read
         return _final(action, view)
@@ -326,7 +358,13 @@ class PhoneClient:
     ) -> _Reply:
         """One request, signed when ``now`` is given. Raises _CloudFailure when the cloud did not
         answer usefully (the breaker counts those); any other answer is returned."""
-        headers = {"Authorization": f"Bearer {self._session_token}"}
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._quiet_until or not self.throttle.allow():
+            raise _CloudFailure("refused locally: the cloud is shedding load", in_doubt=False)
+        headers = {
+            "Authorization": f"Bearer {self._session_token}",
+            DEADLINE_HEADER: str(int(budget_s * 1000)),  # the cloud stops when we stop waiting
+        }
         if now is not None:
             headers[HEADER] = sign_request(self._device, device_id=self.device_id, method=method,
                                            path=path, body=body or b"", timestamp=now)  # fmt: skip
@@ -339,9 +377,11 @@ class PhoneClient:
                     method, self.base_url + path, data=body or None, headers=headers, timeout=limit
                 ) as response:
                     reply = _Reply(response.status, response.headers, await _read_json(response))
+                self._note_overload(reply, loop.time())
                 if reply.status >= 500 or reply.status == 429:
                     code = _error_code(reply.body)
                     in_doubt = reply.status in (502, 504) or code == "outcome_unknown"
+                    in_doubt |= code == "deadline_exceeded" and method != "GET"
                     raise _CloudFailure(f"answered HTTP {reply.status}", in_doubt=in_doubt)
         except CallNotPermitted:
             raise _CloudFailure("circuit breaker open", in_doubt=False) from None
@@ -357,6 +397,13 @@ class PhoneClient:
         except aiohttp.ClientError:
             raise _CloudFailure("dropped the connection", in_doubt=True) from None
         return reply
+
+    def _note_overload(self, reply: _Reply, now: float) -> None:
+        overloaded = reply.status in (429, 503)
+        self.throttle.record(not overloaded)
+        wait = reply.headers.get("Retry-After", "") if overloaded else ""
+        if wait.isascii() and wait.isdigit():  # delta-seconds only; an HTTP date is ignored
+            self._quiet_until = now + min(int(wait), self.policy.max_retry_after_s)
 
     def _guard(self) -> contextlib.AbstractAsyncContextManager[None]:
         return contextlib.nullcontext() if self.breaker is None else self.breaker.guard()
@@ -451,3 +498,7 @@ def _token_of(answer: object) -> bytes:
         return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
     except (binascii.Error, ValueError):
         raise ValueError("the token is not base64url") from None
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")

@@ -33,7 +33,10 @@ def add_parser(commands: Any) -> None:
     fleet.add_argument("--vehicles", type=_vehicles, required=True, help="how many cars")
     fleet.add_argument("--keyserver", help="base URL of a running keyserver (default: own)")
     fleet.add_argument(
-        "--root-key", type=_root_key, help="with --keyserver: its root key (base64url x||y)"
+        "--root-key",
+        type=_root_key,
+        help="with --keyserver: its root key (base64url x||y; write --root-key=KEY, as a key may"
+        " begin with '-')",
     )
     fleet.add_argument(
         "--first-jitter", type=_jitter, default=None, help="reconnect jitter after a drop, seconds"

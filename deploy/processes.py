@@ -1,5 +1,6 @@
-"""Real server processes started by the code that needs them: redis-server (and, later, Sentinel),
-and our own aiohttp applications (the keyserver, the benchmark's reference servers).
+"""Real server processes started by the code that needs them: redis-server (primary or replica;
+Sentinel is in ``deploy.redis_ha``), and our own aiohttp applications (the keyserver, the
+benchmark's reference servers).
 
 Tests and the staging stack start their own ``redis-server`` on free loopback ports and stop it
 after, so drills can kill, pause and resume it. Readiness is awaited by reading the server's own
@@ -50,11 +51,17 @@ def redis_server_binary() -> str:
 
 
 class RedisServer:
-    """One ``redis-server`` on a free loopback port, with nothing persisted to disk."""
+    """One ``redis-server`` on a free loopback port, with nothing persisted to disk; with
+    ``replica_of`` (a port on loopback) it starts as that server's replica."""
 
-    def __init__(self, workdir: Path, *, extra_args: Sequence[str] = ()) -> None:
+    ready_marker = READY_MARKER  # what the server prints once it listens
+
+    def __init__(
+        self, workdir: Path, *, extra_args: Sequence[str] = (), replica_of: int | None = None
+    ) -> None:
         self.workdir = Path(workdir)
         self.extra_args = tuple(extra_args)
+        self.replica_of = replica_of
         self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = self.workdir / "redis.log"
@@ -70,27 +77,18 @@ class RedisServer:
             raise ProcessError("redis-server is not running")
         return self.process.pid
 
-    def start(self, *, timeout: float = 15.0, attempts: int = 3) -> Self:
+    def start(self, *, timeout: float = 15.0, attempts: int = 3, port: int | None = None) -> Self:
+        """Start on a free port, or on ``port`` (a restart where clients expect it)."""
         binary = redis_server_binary()
         self.workdir.mkdir(parents=True, exist_ok=True)
         for _ in range(attempts):  # a port found free may be taken before the server binds it
-            self.port = free_port()
-            args = [
-                binary,
-                "--port", str(self.port),
-                "--bind", LOOPBACK,
-                "--save", "",
-                "--appendonly", "no",
-                "--dir", str(self.workdir),
-                "--logfile", "",
-                "--daemonize", "no",
-                *self.extra_args,
-            ]  # fmt: skip
+            self.port = port or free_port()
+            args = self._command(binary)
             process = subprocess.Popen(  # noqa: S603 — fixed binary, our own arguments
                 args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=self.workdir
             )
             assert process.stdout is not None
-            seen, ready = _wait_for_line(process, process.stdout, READY_MARKER, timeout)
+            seen, ready = _wait_for_line(process, process.stdout, self.ready_marker, timeout)
             if ready:
                 self.process = process
                 self._drain = _drain_to_file(process.stdout, self.log_path, seen)
@@ -99,6 +97,21 @@ class RedisServer:
             process.wait()
             process.stdout.close()
         raise ProcessError(f"redis-server did not become ready ({attempts} attempts)")
+
+    def _command(self, binary: str) -> list[str]:
+        replica = ["--replicaof", LOOPBACK, str(self.replica_of)] if self.replica_of else []
+        return [
+            binary,
+            "--port", str(self.port),
+            "--bind", LOOPBACK,
+            "--save", "",
+            "--appendonly", "no",
+            "--dir", str(self.workdir),
+            "--logfile", "",
+            "--daemonize", "no",
+            *replica,
+            *self.extra_args,
+        ]  # fmt: skip
 
     def kill(self) -> None:
         """SIGKILL, as a crash would."""

@@ -16,16 +16,19 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from keycore import ROLE_MAX_LIFETIME
+from keycore.breaker_metrics import BreakerCollector
 from keycore.channel import CLOSE_GOING_AWAY
-from keyserver import openapi
+from keyserver import admission, openapi
 from keyserver.auth import DeviceKeys
 from keyserver.config import Config
+from keyserver.degraded import STORE_UNAVAILABLE, degraded_json
 from keyserver.errors import StoreUnavailable
 from keyserver.http import ApiError, error_middleware
 from keyserver.hub import ChannelHub
 from keyserver.keyring import KeyRingState, KeyRingStore
 from keyserver.observability import MeasuredStore, Metrics
 from keyserver.store import Store
+from keyserver.store.guarded import GuardedStore, store_breaker
 
 CONFIG = web.AppKey("config", Config)
 METRICS = web.AppKey("metrics", Metrics)
@@ -35,6 +38,7 @@ INJECTED_STORE = web.AppKey("injected_store", Store)
 OPENAPI = web.AppKey("openapi", dict[str, Any])
 DEVICE_KEYS = web.AppKey("device_keys", DeviceKeys)
 HUB = web.AppKey("hub", ChannelHub)
+STORE_GUARD = web.AppKey("store_guard", GuardedStore)  # set when the store is Redis
 
 CBOR = "application/cbor"
 
@@ -54,8 +58,12 @@ def create_app(config: Config, *, store: Store | None = None) -> web.Application
         app[INJECTED_STORE] = store
     app.cleanup_ctx.append(_store_context)
     app.cleanup_ctx.append(_keyring_context)
+    from keyserver.outage import outage_context  # it uses this module's AppKeys
+
+    app.cleanup_ctx.append(outage_context)  # wraps the store: keep it after _store_context
     app.on_shutdown.append(_close_channels)
     setup_routes(app)
+    admission.setup(app, config, metrics.registry, app[OPENAPI])  # innermost: inside the errors
     return app
 
 
@@ -68,6 +76,19 @@ async def open_store(config: Config) -> Store:
             prefix=config.redis_prefix,
             socket_timeout=config.redis_timeout_s,
             connect_timeout=config.redis_timeout_s,
+            wait_replicas=config.redis_wait_replicas,
+        )
+    if config.redis_sentinels:
+        from keyserver.config import sentinel_addresses
+        from keyserver.store.redis import RedisStore
+
+        return await RedisStore.connect_sentinel(
+            sentinel_addresses(config.redis_sentinels),
+            config.redis_service,
+            prefix=config.redis_prefix,
+            socket_timeout=config.redis_timeout_s,
+            connect_timeout=config.redis_timeout_s,
+            wait_replicas=config.redis_wait_replicas,
         )
     from keyserver.store.sqlite import SQLiteStore
 
@@ -107,7 +128,21 @@ async def _close_channels(app: web.Application) -> None:
 
 
 def _measured(app: web.Application, store: Store) -> Store:
-    return cast(Store, MeasuredStore(store, app[METRICS]))
+    return cast(Store, MeasuredStore(_guarded(app, store), app[METRICS]))
+
+
+def _guarded(app: web.Application, store: Store) -> Store:
+    """Redis behind its circuit breaker and the one retry layer (inside the metrics, so they see
+    every call); SQLite as it is (``keyserver.store.guarded`` says why)."""
+    from keyserver.store.redis import RedisStore
+
+    if not isinstance(store, RedisStore):
+        return store
+    name = "redis-primary" if app[CONFIG].redis_sentinels else "redis"
+    guarded = GuardedStore(store, store_breaker(name), deadline=admission.current_deadline.get)
+    app[STORE_GUARD] = guarded
+    app[METRICS].registry.register(BreakerCollector([guarded.breaker]))
+    return cast(Store, guarded)
 
 
 def setup_routes(app: web.Application) -> None:
@@ -141,13 +176,20 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Readiness for load balancers: 200 when the store answers, else 503 so traffic moves on.
+    """Readiness: 200 whenever this instance can answer, with the store's state in the body.
 
-    The one 503 the keyserver gives: it is addressed to the orchestrator, never to a phone."""
+    With the store down an instance still gives useful, degraded answers (G2); a shared store's
+    outage must not take every instance out of rotation at once and turn those answers into
+    the load balancer's 503s. The store's health is for metrics and alerts (breaker state).
+    """
     try:
         await request.app[STORE].ping()
     except StoreUnavailable:
-        return web.json_response({"status": "unready", "store": "unavailable"}, status=503)
+        return degraded_json(
+            {"status": "ready", "store": "unavailable"},
+            reason=STORE_UNAVAILABLE,
+            detail="the state store is unavailable: answers are degraded",
+        )
     return web.json_response({"status": "ready", "store": "ok"})
 
 
@@ -178,7 +220,7 @@ SCHEMAS: dict[str, Any] = {
         "type": "object",
         "required": ["status", "store"],
         "properties": {
-            "status": {"enum": ["ready", "unready"]},
+            "status": {"enum": ["ready"]},
             "store": {"enum": ["ok", "unavailable"]},
         },
     },
@@ -193,11 +235,8 @@ PATHS: dict[str, Any] = {
     },
     "/readyz": {
         "get": {
-            "summary": "Readiness (for load balancers; 503 when the store does not answer)",
-            "responses": {
-                "200": openapi.json_response("ready", "Readiness"),
-                "503": openapi.json_response("not ready", "Readiness"),
-            },
+            "summary": "Readiness: 200 while the instance answers; says if the store is down",
+            "responses": {"200": openapi.json_response("ready (maybe degraded)", "Readiness")},
         }
     },
     "/metrics": {

@@ -137,9 +137,9 @@ async def require_key_holder(
 ) -> KeyHolder:
     """Session, body, device proof (signature, freshness, the nonce's single use) and the key
     ``key_id``: the checks and refusals of ``require_session``, ``read_body`` and
-    ``require_device_proof``, in that order. One store round trip when the request has no body
-    and the device's key is known here; otherwise the nonce is spent in a second one, after the
-    proof has been checked with the stored key."""
+    ``require_device_proof``, in that order. One store round trip when the device's key is known
+    here; otherwise the nonce is spent in a second one, after the proof has been checked with the
+    stored key."""
     token_hash = _bearer(request)
     proof: RequestProof | None
     try:
@@ -147,16 +147,23 @@ async def require_key_holder(
     except ApiError as malformed:
         proof, bad_header = None, malformed
     current = now()
-    # With no body to read first and the device's key known, the proof is checked now, so its
-    # nonce can be spent in the same store operation; the store confirms the key.
+    # The body (bounded) is read first, its refusal kept for its turn after the session's, so
+    # that with the device's key known the proof is checked now and its nonce spent in the same
+    # store operation; the store confirms the key.
+    body, bad_body = b"", None
+    if request.body_exists:
+        try:
+            body = await read_body(request, max_body_bytes)
+        except ApiError as refused:
+            bad_body = refused
     early: tuple[bytes, ApiError | None] | None = None
     claim = None
-    if proof is not None and not request.body_exists:
+    if proof is not None and bad_body is None:
         known = device_keys.get(proof.device_id)
         if known is not None:
             early = (
                 known,
-                _proof_error(request, proof, known, b"", now=current, max_skew=max_skew),
+                _proof_error(request, proof, known, body, now=current, max_skew=max_skew),
             )
             if early[1] is None:
                 scope, expiry = _device_scope(proof.device_id), _nonce_expiry(proof, max_skew)
@@ -171,7 +178,8 @@ async def require_key_holder(
     session = context.session
     if session is None:
         raise _unknown_session()
-    body = await read_body(request, max_body_bytes) if request.body_exists else b""
+    if bad_body is not None:
+        raise bad_body
     if proof is None:
         assert bad_header is not None
         raise bad_header

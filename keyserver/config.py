@@ -38,6 +38,10 @@ class Config:
     redis_url: str | None = None  # set to use Redis; unset means the embedded SQLite store
     redis_prefix: str = "pk:"
     redis_timeout_s: float = 0.5
+    # "host:port,host:port": find the Redis master through these Sentinels (not with redis_url)
+    redis_sentinels: str = ""
+    redis_service: str = "phonekey"  # the master's name in the Sentinels' configuration
+    redis_wait_replicas: int = 0  # acknowledge a write once this many replicas have it (WAIT)
     session_ttl_s: int = 12 * 3600
     refresh_ahead_s: int = 3 * DAY
     token_lifetime_s: dict[str, int] = field(default_factory=_default_lifetimes)
@@ -52,7 +56,14 @@ class Config:
     command_ttl_s: int = 60  # a remote command's life: from issue to the car's last moment to act
     channel_heartbeat_s: float = 30.0  # WebSocket ping interval; a silent car is dropped after it
     max_body_bytes: int = 64 * 1024
-    request_deadline_s: float = 5.0
+    request_deadline_s: float = 5.0  # also the cap on a caller's PK-Deadline-Ms
+    # admission control (keyserver.admission): requests inside handlers, open WebSockets aside
+    max_in_flight: int = 256  # critical work is refused (429) from here
+    shed_sheddable_at: int = 128  # sheddable work is refused (429) from here
+    # degraded answers while the store is down (keyserver.degraded, keyserver.lastknown)
+    degraded_token_lifetime_s: int = DAY  # a token signed without the store lives at most this
+    last_known_entries: int = 100_000  # records kept per process to answer reads from
+    last_known_max_age_s: int = DAY  # older last known data is not served
     shutdown_grace_s: float = 10.0
     log_level: str = "info"
 
@@ -64,6 +75,10 @@ class Config:
     def sqlite_path(self) -> Path:
         return self.data_dir / "keyserver.db"
 
+    @property
+    def journal_path(self) -> Path:
+        return self.data_dir / "journal.db"
+
     def lifetime(self, role: Role) -> int:
         return self.token_lifetime_s[role.name.lower()]
 
@@ -71,6 +86,7 @@ class Config:
 _BOUNDS: dict[str, tuple[float, float]] = {
     "port": (0, 65535),
     "redis_timeout_s": (0.01, 30),
+    "redis_wait_replicas": (0, 10),
     "session_ttl_s": (60, 30 * DAY),
     "refresh_ahead_s": (60, 30 * DAY),
     "pairing_ttl_s": (30, DAY),
@@ -82,6 +98,11 @@ _BOUNDS: dict[str, tuple[float, float]] = {
     "channel_heartbeat_s": (1, 600),
     "max_body_bytes": (1024, 16 * 1024 * 1024),
     "request_deadline_s": (0.05, 120),
+    "max_in_flight": (1, 100_000),
+    "shed_sheddable_at": (1, 100_000),
+    "degraded_token_lifetime_s": (60, 7 * DAY),
+    "last_known_entries": (0, 10_000_000),
+    "last_known_max_age_s": (0, 7 * DAY),
     "shutdown_grace_s": (0, 300),
 }
 _LOG_LEVELS = {"debug", "info", "warning", "error"}
@@ -155,6 +176,17 @@ def _lifetimes(raw: Any) -> dict[str, int]:
     return lifetimes
 
 
+def sentinel_addresses(value: str) -> list[tuple[str, int]]:
+    """``redis_sentinels`` ("host:port,host:port") as addresses; raises ConfigError."""
+    addresses = []
+    for item in value.split(","):
+        host, _, port = item.strip().rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) <= 65535:
+            raise ConfigError(f"setting 'redis_sentinels': {item.strip()!r} is not host:port")
+        addresses.append((host, int(port)))
+    return addresses
+
+
 def _validate(config: Config) -> None:
     for name, (lo, hi) in _BOUNDS.items():
         value = getattr(config, name)
@@ -171,10 +203,18 @@ def _validate(config: Config) -> None:
         ("redis://", "rediss://", "unix://")
     ):
         raise ConfigError("setting 'redis_url': must start with redis://, rediss:// or unix://")
+    if config.redis_sentinels:
+        if config.redis_url is not None:
+            raise ConfigError("settings 'redis_url' and 'redis_sentinels': set one, not both")
+        sentinel_addresses(config.redis_sentinels)
+        if not config.redis_service.strip() or not config.redis_service.isprintable():
+            raise ConfigError("setting 'redis_service': a Sentinel master name is needed")
     if config.provisioning_secret and len(config.provisioning_secret) < MIN_SECRET_CHARS:
         raise ConfigError(
             f"setting 'provisioning_secret': empty (provisioning disabled) or at least"
             f" {MIN_SECRET_CHARS} characters"
         )
+    if config.shed_sheddable_at > config.max_in_flight:
+        raise ConfigError("setting 'shed_sheddable_at': must not exceed 'max_in_flight'")
     if config.log_level not in _LOG_LEVELS:
         raise ConfigError(f"setting 'log_level': one of {', '.join(sorted(_LOG_LEVELS))}")

@@ -2,6 +2,9 @@
 
 Every error leaves as ``{"error": {"code": ..., "message": ...}}`` with a 4xx, or a 500 with code
 ``internal`` that says nothing more. Handlers raise ``ApiError``; nothing else reaches a client.
+A store failure no route turned into a degraded answer becomes 429 ``temporarily_unavailable``
+(never a 503), and an answer built from last known data gets the degraded marker
+(keyserver.degraded).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any
 
 from aiohttp import web
 
+from keyserver import degraded
 from keyserver.errors import StoreUnavailable
 
 REQUEST_ID_HEADER = "X-Request-Id"
@@ -66,6 +70,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     if not _REQUEST_ID.fullmatch(rid):
         rid = secrets.token_hex(8)
     token = request_id_var.set(rid)
+    mark = degraded.begin_request()
     started = time.perf_counter()
     try:
         try:
@@ -73,12 +78,21 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         except ApiError as error:
             response = error_response(error.status, error.code, error.message, error.headers)
         except StoreUnavailable as error:
-            # Until the resilience layer (issue 6) answers such requests in a degraded way.
-            log.warning("store unavailable", extra={"fields": {"error": str(error)}})
-            code = "outcome_unknown" if error.may_have_succeeded else "store_unavailable"
-            response = error_response(
-                503, code, "state store unavailable; retry later", {"Retry-After": "1"}
+            # Never a 503 (G2): a route with a degraded path has answered already; reaching here
+            # means it has none for this request (keyserver.degraded.ROUTES says which).
+            log.warning(
+                "store unavailable",
+                extra={
+                    "fields": {"error": str(error), "may_have_succeeded": error.may_have_succeeded}
+                },
             )
+            detail = (
+                "the state store is unavailable and this request needs it; try again later"
+                if not error.may_have_succeeded
+                else "the state store is unavailable; this change may have been applied: check"
+                " before repeating it"
+            )
+            response = degraded.try_later(detail, may_have_succeeded=error.may_have_succeeded)
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
@@ -87,6 +101,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         except Exception:  # the one place a bug becomes a 500, logged with its request id
             log.exception("unhandled error", extra={"fields": {"path": request.path}})
             response = error_response(500, "internal", "internal error")
+        if mark.stale_age_s is not None and not response.prepared:
+            # answered (or refused) from last known data: say so, with its age
+            response = degraded.mark_response(response, stale_age_s=mark.stale_age_s)
         response.headers[REQUEST_ID_HEADER] = rid
         log.info(
             "request",
@@ -109,8 +126,17 @@ async def read_json(request: web.Request, max_bytes: int) -> dict[str, Any]:
     return parse_json_object(await read_body(request, max_bytes))
 
 
+_BODY = web.RequestKey("phonekey_body", bytes)  # the body as read: a second reader gets it too
+
+
 async def read_body(request: web.Request, max_bytes: int) -> bytes:
-    """The raw JSON request body, read once and bounded: a device proof signs these bytes."""
+    """The raw JSON request body, read once and bounded: a device proof signs these bytes.
+
+    Kept on the request, so a degraded path that takes over after the store failed (token
+    refresh) reads the same bytes."""
+    if _BODY in request:
+        kept: bytes = request[_BODY]
+        return kept
     if request.content_length is not None and request.content_length > max_bytes:
         raise ApiError(413, "body_too_large", f"request body over {max_bytes} bytes")
     if request.content_type != "application/json":
@@ -123,7 +149,8 @@ async def read_body(request: web.Request, max_bytes: int) -> bytes:
         size += len(chunk)
         if size > max_bytes:
             raise ApiError(413, "body_too_large", f"request body over {max_bytes} bytes")
-    return b"".join(chunks)
+    request[_BODY] = body = b"".join(chunks)
+    return body
 
 
 def parse_json_object(body: bytes) -> dict[str, Any]:

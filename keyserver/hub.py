@@ -33,6 +33,13 @@ class CarConnection(Protocol):
     def push_command(self, command_id: str, document: bytes) -> None:
         """Send the car a signed command (soon, not now)."""
 
+    def held_revocations(self) -> tuple[int, int] | None:
+        """(the last ledger sequence the car holds, the sequence it holds, which is higher after
+        a list signed during a store outage), or None before the car has synced."""
+
+    def push_revocation_list(self, sequence: int, document: bytes) -> None:
+        """Send the car a list signed during a store outage; it now holds ``sequence``."""
+
     async def close(self, code: int, message: bytes) -> None: ...
 
 
@@ -71,6 +78,11 @@ class ChannelHub:
     def command(self, vin: str, command_id: str, document: bytes) -> bool:
         """A new command for the vehicle; True if the car is connected here (it is sent now)."""
         return self.deliver_command(vin, command_id, document)
+
+    def car(self, vin: str) -> CarConnection | None:
+        """The car's connection to this process (for the lists signed during a store outage,
+        which only this process can push: keyserver.outage)."""
+        return self._cars.get(vin)
 
     def deliver_revoked(self, vin: str) -> None:
         car = self._cars.get(vin)

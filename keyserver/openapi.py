@@ -7,11 +7,28 @@ the app serves is documented and that schemathesis finds no 5xx and no schema vi
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from aiohttp import web
 
+from keyserver import degraded
+
+DEGRADED_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["reason", "stale_age_s", "detail"],
+    "additionalProperties": False,
+    "description": "set on a degraded answer (also the PK-Degraded header): the answer is last "
+    "known data (stale_age_s old), a token signed without the state store, a write accepted "
+    "into the local journal, or a command not sent",
+    "properties": {
+        "reason": {"enum": [degraded.STORE_UNAVAILABLE, degraded.CAR_UNREACHABLE]},
+        "stale_age_s": {"type": ["integer", "null"], "minimum": 0},
+        "detail": {"type": "string"},
+    },
+}
+_DEGRADED_REF = {"$ref": "#/components/schemas/Degraded"}
 ERROR_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["error"],
@@ -22,9 +39,36 @@ ERROR_SCHEMA: dict[str, Any] = {
             "required": ["code", "message"],
             "additionalProperties": False,
             "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
-        }
+        },
+        "degraded": _DEGRADED_REF,
     },
 }
+PENDING_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["status", "operation_id", "accepted_at", "degraded"],
+    "additionalProperties": False,
+    "description": "a write accepted into the keyserver's durable journal while the state "
+    "store is down; it is applied, in order, once the store is back",
+    "properties": {
+        "status": {"const": "accepted_pending"},
+        "operation_id": {"type": "string", "pattern": "^[A-Za-z0-9_-]{8,64}$"},
+        "accepted_at": {"type": "integer", "minimum": 0},
+        "degraded": _DEGRADED_REF,
+    },
+}
+_DEGRADED_HEADERS = {
+    degraded.DEGRADED_HEADER: {
+        "description": "present on a degraded answer: why (store_unavailable, car_unreachable)",
+        "schema": {"type": "string"},
+    },
+    degraded.STALE_AGE_HEADER: {
+        "description": "with last known data: its age in seconds",
+        "schema": {"type": "string", "pattern": "^[0-9]+$"},
+    },
+}
+_TRY_LATER = "temporarily_unavailable: the state store is down and this request needs it (or "
+_TRY_LATER += "the caller is not known from before the outage); retry after Retry-After; "
+_TRY_LATER += "outcome_unknown: a write may have been applied, check before repeating it"
 
 
 def error(description: str) -> dict[str, Any]:
@@ -65,10 +109,16 @@ def document(
     merged_paths: dict[str, Any] = {}
     for fragment in paths:
         for path, item in fragment.items():
-            merged_paths.setdefault(path, {}).update(item)
-    merged_schemas: dict[str, Any] = {"Error": ERROR_SCHEMA}
+            # copied: the degraded declarations below must not change the modules' fragments
+            merged_paths.setdefault(path, {}).update(copy.deepcopy(item))
+    merged_schemas: dict[str, Any] = {
+        "Error": ERROR_SCHEMA,
+        "Degraded": DEGRADED_SCHEMA,
+        "PendingChange": PENDING_SCHEMA,
+    }
     for fragment in schemas:
-        merged_schemas.update(fragment)
+        merged_schemas.update(copy.deepcopy(fragment))
+    _declare_degraded(merged_paths, merged_schemas)
     return {
         "openapi": "3.1.0",
         "info": {
@@ -91,6 +141,58 @@ def document(
             },
         },
     }
+
+
+def _declare_degraded(paths: dict[str, Any], schemas: dict[str, Any]) -> None:
+    """Each operation's degraded answers, from keyserver.degraded.ROUTES: the marker header on
+    its answers, the optional ``degraded`` field on its JSON bodies, 429 temporarily_unavailable
+    where the store is used, and 202 accepted_pending for journaled writes."""
+    for path, item in paths.items():
+        for method, operation in item.items():
+            behaviour = degraded.ROUTES.get((method, path))
+            if behaviour in (None, degraded.Behaviour.NO_STORE, degraded.Behaviour.READINESS):
+                continue
+            responses = operation["responses"]
+            if behaviour is degraded.Behaviour.JOURNALED:
+                responses["202"] = {
+                    "description": "accepted into the journal while the state store is down",
+                    "content": {
+                        "application/json": {
+                            "schema": {"$ref": "#/components/schemas/PendingChange"}
+                        }
+                    },
+                }
+            for status, response in responses.items():
+                if status.startswith("2") or status == "429":
+                    response["headers"] = {**_DEGRADED_HEADERS, **response.get("headers", {})}
+                for media in response.get("content", {}).values():
+                    _allow_marker(media.get("schema", {}), schemas)
+            if "429" in responses:
+                described = responses["429"]
+                described["description"] += f"; {_TRY_LATER}"
+                retry = described["headers"].setdefault(
+                    "Retry-After", {"schema": {"type": "string"}}
+                )
+                retry.setdefault("schema", {"type": "string"})
+            else:
+                responses["429"] = {
+                    **error(_TRY_LATER),
+                    "headers": {
+                        **_DEGRADED_HEADERS,
+                        "Retry-After": {
+                            "required": True,
+                            "schema": {"type": "string", "pattern": "^[0-9]+$"},
+                        },
+                    },
+                }
+
+
+def _allow_marker(schema: dict[str, Any], schemas: dict[str, Any]) -> None:
+    """Let a JSON answer's object schema carry the optional ``degraded`` field."""
+    ref = schema.get("$ref", "")
+    target = schemas.get(ref.rsplit("/", 1)[-1]) if ref.startswith("#/components/") else schema
+    if isinstance(target, dict) and isinstance(target.get("properties"), dict):
+        target["properties"].setdefault("degraded", _DEGRADED_REF)
 
 
 def served_routes(app: web.Application) -> set[tuple[str, str]]:

@@ -6,6 +6,10 @@ many seconds *plus* the jittered wait, so cars told the same thing do not come b
 After a connection drops, the first attempt also waits: ``uniform(0, first_jitter × 2^drops)``
 (``after_drop``), so a restarted keyserver sees its cars spread out, and a flapping one sees them
 further apart each time. The sleep is injected, so tests never wait.
+
+``ConnectThrottle`` is the SRE book's adaptive client throttling on connects: while the keyserver
+refuses upgrades for overload (429, 503), the car refuses a growing share of its own attempts
+locally, before they cost the server anything.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, sto
 from tenacity.wait import wait_base, wait_random_exponential
 
 from keycore.breaker import BreakerConfig
+from keycore.overload import AdaptiveThrottle
 from vehicle_agent.errors import LinkError
 
 CLOUD_LINK_BREAKER = BreakerConfig(
@@ -90,3 +95,36 @@ def connect_retrying(
         sleep=sleep,
         reraise=True,
     )
+
+
+OVERLOAD_STATUSES = frozenset({429, 503})  # refusals that say "too much", not "not you"
+
+
+class ConnectThrottle:
+    """Adaptive throttling of the car's connects (K = 2, a two-minute window).
+
+    ``admit()`` raises ``LinkError`` for an attempt refused locally — the retrier backs off from
+    it like from a refused upgrade. Only the server's answers are recorded: a connect that
+    fails without an answer is the circuit breaker's business, not an overload signal.
+    """
+
+    def __init__(self, throttle: AdaptiveThrottle | None = None) -> None:
+        self.throttle = throttle or AdaptiveThrottle()
+        self.rejected = 0
+
+    def allow(self) -> bool:
+        if self.throttle.allow():
+            return True
+        self.rejected += 1
+        return False
+
+    def admit(self) -> None:
+        if not self.allow():
+            raise LinkError("connect throttled locally: the keyserver is refusing for overload")
+
+    def record(self, accepted: bool) -> None:
+        self.throttle.record(accepted)
+
+    def record_status(self, status: int) -> None:
+        """The server answered the upgrade with ``status`` (101 when it was accepted)."""
+        self.throttle.record(status not in OVERLOAD_STATUSES)

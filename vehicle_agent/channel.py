@@ -69,7 +69,7 @@ from keycore.errors import InvalidFrame
 from keycore.request_proof import HEADER, sign_request
 from keycore.waiting import PredicateWaiters
 from vehicle_agent.actuator import ActuatorError
-from vehicle_agent.backoff import ReconnectPolicy, connect_retrying
+from vehicle_agent.backoff import ConnectThrottle, ReconnectPolicy, connect_retrying
 from vehicle_agent.errors import LinkError
 from vehicle_agent.vehicle import Vehicle
 
@@ -120,6 +120,7 @@ class CloudLink:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         on_state: Callable[[LinkState], None] | None = None,
         breaker: CircuitBreaker | None = None,
+        throttle: ConnectThrottle | None = None,
     ) -> None:
         self.vehicle = vehicle
         self.policy = policy or ReconnectPolicy()
@@ -142,6 +143,7 @@ class CloudLink:
         self._task: asyncio.Task[None] | None = None
         self._on_state = on_state  # e.g. the fleet simulator's reconnect timeline
         self.breaker = breaker or CircuitBreaker("cloud-link", self.policy.breaker)
+        self.throttle = throttle or ConnectThrottle()  # SRE adaptive throttling on refusals
 
     @property
     def state(self) -> LinkState:
@@ -204,6 +206,7 @@ class CloudLink:
         return None
 
     async def _open(self, http: aiohttp.ClientSession) -> aiohttp.ClientWebSocketResponse:
+        self.throttle.admit()  # an overloaded keyserver is not asked again at full rate
         permit = self.breaker.try_acquire()
         if permit is None:  # the cloud failed recently: no socket until the breaker's wait ends
             self.stats.last_error = "cloud-link breaker open"
@@ -218,6 +221,7 @@ class CloudLink:
             permit.release()
             raise
         permit.success(time.monotonic() - started)
+        self.throttle.record(True)
         return ws
 
     async def _upgrade(self, http: aiohttp.ClientSession) -> aiohttp.ClientWebSocketResponse:
@@ -241,6 +245,7 @@ class CloudLink:
                     heartbeat=self.policy.heartbeat_s,
                 )
         except aiohttp.WSServerHandshakeError as error:
+            self.throttle.record_status(error.status)
             self.stats.last_error = f"upgrade refused: {error.status}"
             raise LinkError(self.stats.last_error, retry_after=_retry_after(error)) from None
         except (aiohttp.ClientError, OSError, TimeoutError) as error:

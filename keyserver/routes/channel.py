@@ -100,6 +100,9 @@ class CarSession:
         self._vin = vin
         self.ws = ws
         self.revocation_sequence = 0  # what the car holds, as far as this connection knows
+        # the last sequence the car holds from the ledger itself: below revocation_sequence once
+        # the car got a list signed during a store outage (keyserver.journal explains)
+        self.ledger_sequence = 0
         self._metrics = app[METRICS]
         # None stands for "the revocations the car lacks", computed when it is its turn
         self._outbox: asyncio.Queue[bytes | None] = asyncio.Queue(MAX_OUTBOX)
@@ -154,6 +157,14 @@ class CarSession:
             self._sent_commands.add(command_id)
             self._send(CommandPush(command_id, document))
 
+    def held_revocations(self) -> tuple[int, int] | None:
+        return (self.ledger_sequence, self.revocation_sequence) if self._synced else None
+
+    def push_revocation_list(self, sequence: int, document: bytes) -> None:
+        if self._synced and sequence > self.revocation_sequence:
+            self.revocation_sequence = sequence  # the lists the car lacks are cut from here on
+            self._send(Revocations(document))
+
     # reading
 
     async def _read(self) -> None:
@@ -183,12 +194,17 @@ class CarSession:
         match frame:
             case Sync():
                 self.revocation_sequence = frame.revocation_sequence
+                self.ledger_sequence = frame.revocation_sequence
                 ring = self.app[KEYRING]
                 if frame.trust_sequence < ring.trust_sequence and ring.trust_update:
                     self._send(Trust(ring.trust_update))
                 self._synced = True  # before reading what is pending: nothing falls in between
                 self.push_revocations()
-                for command in await store.pending_commands(vin, now=auth.now()):
+                try:
+                    pending = await store.pending_commands(vin, now=auth.now())
+                except StoreUnavailable:  # stay connected: revocations still reach the car
+                    pending = []
+                for command in pending:
                     self.push_command(command.command_id, command.document)
             case TimeRequest():
                 signer = self.app[KEYRING].ring.active.signer
@@ -246,16 +262,19 @@ class CarSession:
             await self.close(CLOSE_INTERNAL, b"internal error")
 
     async def _revocations(self) -> bytes | None:
-        """The list the car lacks (a delta from what it holds), or None if it lacks nothing."""
+        """The list the car lacks (a delta from what it holds), or None if it lacks nothing.
+
+        After a list signed during an outage the delta starts at the car's last ledger sequence
+        and is sent once the ledger has passed what the car holds (keyserver.journal)."""
         try:
             sequence, document = await revocation_list(
-                self.app, self._vin, since=self.revocation_sequence, now=auth.now()
+                self.app, self._vin, since=self.ledger_sequence, now=auth.now()
             )
-        except ValueError:  # the car claims more than the ledger has: nothing to give it
+        except ValueError:  # the car holds more than the ledger has: nothing to give it yet
             return None
-        if document is None:
+        if document is None or sequence <= self.revocation_sequence:
             return None
-        self.revocation_sequence = sequence
+        self.revocation_sequence = self.ledger_sequence = sequence
         self._metrics.channel_frames.labels("out", "revocations").inc()
         return encode(Revocations(document))
 
@@ -284,10 +303,6 @@ PATHS: dict[str, Any] = {
                 "426": {
                     **openapi.error("upgrade_required: not a WebSocket upgrade request"),
                     "headers": {"Upgrade": {"schema": {"const": "websocket"}}},
-                },
-                "503": {
-                    **openapi.error("store_unavailable; retry later"),
-                    "headers": {"Retry-After": {"schema": {"type": "string"}}},
                 },
             },
         }

@@ -34,9 +34,11 @@ from keycore.command import RemoteCommand, sign_command
 from keycore.roles import allows, from_mask
 from keyserver import auth, fields, openapi
 from keyserver.app import CONFIG, HUB, KEYRING, METRICS, STORE
+from keyserver.errors import StoreUnavailable
 from keyserver.grants import OPEN_END, load_schedule
 from keyserver.http import ApiError, parse_json_object, read_body
 from keyserver.models import CommandRecord, CommandStatus, KeyRecord, KeyStatus
+from keyserver.routes import commands_degraded
 
 COMMAND_ID_BYTES = 16
 #: What a phone may ask of a car remotely: every actuation (managing keys is not a command).
@@ -81,14 +83,23 @@ async def create_command(request: web.Request) -> web.Response:
     document = sign_command(
         app[KEYRING].ring.active.signer, RemoteCommand(command_id, vin, action, now, expires_at)
     )
-    stored, created = await store.put_command(
-        CommandRecord(
-            command_id=command_id, vin=vin, account_id=caller.account_id,
-            idempotency_key=idempotency_key, action=action, issued_at=now,
-            expires_at=expires_at, status=CommandStatus.QUEUED, detail="", updated_at=now,
-            document=document,
-        )
-    )  # fmt: skip
+    own = [k for k in mine if k.device_id == device.device_id] or entitled or mine
+    try:
+        stored, created = await store.put_command(
+            CommandRecord(
+                command_id=command_id, vin=vin, account_id=caller.account_id,
+                idempotency_key=idempotency_key, action=action, issued_at=now,
+                expires_at=expires_at, status=CommandStatus.QUEUED, detail="", updated_at=now,
+                document=document,
+            )
+        )  # fmt: skip
+    except StoreUnavailable as error:  # never a 503: tell the phone to use Bluetooth
+        app[METRICS].commands.labels("not_sent").inc()
+        return commands_degraded.not_sent(
+            command_id=command_id, vin=vin, action=action, issued_at=now,
+            expires_at=expires_at, key=own[0] if own else None,
+            may_have_succeeded=error.may_have_succeeded,
+        )  # fmt: skip
     if not created and (stored.vin != vin or stored.action is not action):
         raise ApiError(409, "idempotency_key_reused", "this idempotency key named another command")
     app[METRICS].commands.labels("created" if created else "repeated").inc()
@@ -96,9 +107,8 @@ async def create_command(request: web.Request) -> web.Response:
     connected = (
         hub.command(vin, stored.command_id, stored.document) if created else hub.connected(vin)
     )
-    own = [k for k in mine if k.device_id == device.device_id] or entitled or mine
     view = _view(stored, now=now, connected=connected, key=own[0] if own else None)
-    return web.json_response(view, status=202 if created else 200)
+    return commands_degraded.command_answer(view, status=202 if created else 200)
 
 
 async def show_command(request: web.Request) -> web.Response:
@@ -122,7 +132,7 @@ async def show_command(request: web.Request) -> web.Response:
         ]
         key = live[0] if live else None
     view = _view(command, now=auth.now(), connected=app[HUB].connected(command.vin), key=key)
-    return web.json_response(view)
+    return commands_degraded.command_answer(view, status=200)
 
 
 def _action(body: Mapping[str, Any]) -> Action:
@@ -181,14 +191,9 @@ _VIN = {"type": "string", "pattern": "^[A-HJ-NPR-Z0-9]{17}$"}
 _TIME = {"type": "integer", "minimum": 0, "description": "Unix seconds"}
 _PROOF = "device_proof_required, bad_device_proof, stale_device_proof, replayed_device_proof"
 _BAD_BODY = "invalid_json, invalid_body, unknown_field, missing_field, invalid_field"
-_STORE = {
-    "503": {
-        **openapi.error("store_unavailable or outcome_unknown; retry later"),
-        "headers": {"Retry-After": {"schema": {"type": "string"}}},
-    }
-}
 
 SCHEMAS: dict[str, Any] = {
+    **commands_degraded.SCHEMAS,
     "CommandRequest": openapi.strict_object(
         {
             "action": {"enum": list(ACTIONS)},
@@ -239,9 +244,21 @@ PATHS: dict[str, Any] = {
             "parameters": [{"name": "vin", "in": "path", "required": True, "schema": _VIN}],
             "requestBody": openapi.json_body("CommandRequest"),
             "responses": {
-                "202": openapi.json_response(
-                    "queued (with a hint when the car is not connected)", "Command"
-                ),
+                "202": {
+                    "description": "queued (with a hint and the car_unreachable marker when the "
+                    "car is not connected); or, with the state store down, not_sent / "
+                    "may_be_queued with a Bluetooth hint",
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "oneOf": [
+                                    {"$ref": "#/components/schemas/Command"},
+                                    {"$ref": "#/components/schemas/CommandNotSent"},
+                                ]
+                            }
+                        }
+                    },
+                },
                 "200": openapi.json_response(
                     "this idempotency key's command, as it stands", "Command"
                 ),
@@ -252,7 +269,6 @@ PATHS: dict[str, Any] = {
                 "409": openapi.error("idempotency_key_reused: the key named another command"),
                 "413": openapi.error("body_too_large"),
                 "415": openapi.error("unsupported_media_type: the body must be application/json"),
-                **_STORE,
             },
         }
     },
@@ -267,7 +283,6 @@ PATHS: dict[str, Any] = {
                 "200": openapi.json_response("the command", "Command"),
                 "401": openapi.error("unauthorized: no bearer session, or an expired one"),
                 "404": openapi.error("unknown_command: no such command among the caller's"),
-                **_STORE,
             },
         }
     },

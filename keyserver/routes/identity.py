@@ -287,7 +287,6 @@ _BODY_ERRORS = {
     "415": openapi.error("unsupported_media_type: the body must be application/json"),
 }
 _SESSION_ERROR = {"401": openapi.error("unauthorized: no bearer session, or an expired one")}
-_STORE_ERROR = {"503": openapi.error("store_unavailable or outcome_unknown; retry later")}
 _BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
 
 PATHS: dict[str, Any] = {
@@ -300,7 +299,6 @@ PATHS: dict[str, Any] = {
                 "400": openapi.error(f"weak_password, {_BAD_BODY}"),
                 **_BODY_ERRORS,
                 "409": openapi.error("email_taken"),
-                **_STORE_ERROR,
             },
         }
     },
@@ -311,7 +309,6 @@ PATHS: dict[str, Any] = {
             "responses": {
                 "200": openapi.json_response("the account", "Account"),
                 **_SESSION_ERROR,
-                **_STORE_ERROR,
             },
         }
     },
@@ -334,7 +331,6 @@ PATHS: dict[str, Any] = {
                         }
                     },
                 },
-                **_STORE_ERROR,
             },
         }
     },
@@ -345,7 +341,6 @@ PATHS: dict[str, Any] = {
             "responses": {
                 "204": {"description": "the session has ended"},
                 **_SESSION_ERROR,
-                **_STORE_ERROR,
             },
         }
     },
@@ -365,7 +360,6 @@ PATHS: dict[str, Any] = {
                 ),
                 "409": openapi.error("device_exists: this key is already enrolled"),
                 "429": openapi.error("rate_limited: too many enrolment attempts"),
-                **_STORE_ERROR,
             },
         },
         "get": {
@@ -374,7 +368,6 @@ PATHS: dict[str, Any] = {
             "responses": {
                 "200": openapi.json_response("the devices", "DeviceList"),
                 **_SESSION_ERROR,
-                **_STORE_ERROR,
             },
         },
     },

@@ -35,8 +35,9 @@ from aiohttp import web
 from keycore import ROLE_ENTITLEMENTS, Role
 from keycore.request_proof import HEADER
 from keycore.roles import to_mask
-from keyserver import auth, fields
+from keyserver import auth, fields, outage
 from keyserver.app import CBOR, CONFIG, DEVICE_KEYS, STORE
+from keyserver.errors import StoreUnavailable
 from keyserver.grants import OPEN_END, key_view, parse_grant
 from keyserver.http import ApiError, parse_json_object, read_body
 from keyserver.issuance import (
@@ -50,7 +51,7 @@ from keyserver.issuance import (
     suspend_keys,
 )
 from keyserver.models import Device, Invitation, KeyRecord, KeyStatus, Vehicle
-from keyserver.routes import keys_openapi
+from keyserver.routes import keys_degraded, keys_openapi
 
 PATHS = keys_openapi.PATHS
 SCHEMAS = keys_openapi.SCHEMAS
@@ -104,7 +105,7 @@ async def issue_owner_key(request: web.Request) -> web.Response:
     )
     issued = await _create_key(request, key, device, keys)
     assert issued is not None  # an owner key's window starts now and has no end
-    return web.json_response(_token_view(key, issued), status=201)
+    return web.json_response(keys_degraded.token_view(key, issued), status=201)
 
 
 async def invite(request: web.Request) -> web.Response:
@@ -183,7 +184,7 @@ async def accept(request: web.Request) -> web.Response:
             "refresh_after": first_refresh(key, now=now, lifetime=lifetime),
         }
     else:
-        view = _token_view(key, issued)
+        view = keys_degraded.token_view(key, issued)
     return web.json_response(view, status=201)
 
 
@@ -202,7 +203,10 @@ async def suspend(request: web.Request) -> web.Response:
     key = await _key_for(request, caller, holder_may=False)
     if key.status is KeyStatus.REVOKED:
         raise ApiError(409, "key_revoked", "the key is revoked for good")
-    sequence = await suspend_keys(request.app, key.vin, [key])
+    try:
+        sequence = await suspend_keys(request.app, key.vin, [key])
+    except StoreUnavailable:  # must not be lost: journaled, and connected cars are told now
+        return await _journaled(request, key.vin, [key], KeyStatus.SUSPENDED)
     return await _key_change(request, key.key_id, sequence)
 
 
@@ -228,7 +232,10 @@ async def revoke(request: web.Request) -> web.Response:
     """Revoke a key for good: the owner any key, a holder its own."""
     caller, _, _ = await _signed(request, takes_body=False)
     key = await _key_for(request, caller, holder_may=True)
-    sequence = await revoke_keys(request.app, key.vin, [key])
+    try:
+        sequence = await revoke_keys(request.app, key.vin, [key])
+    except StoreUnavailable:
+        return await _journaled(request, key.vin, [key], KeyStatus.REVOKED)
     return await _key_change(request, key.key_id, sequence)
 
 
@@ -248,7 +255,10 @@ async def revoke_holder(request: web.Request) -> web.Response:
         chosen = [k for k in keys if k.account_id == account_id]
     if not chosen:
         raise ApiError(404, "unknown_key", "no keys of this holder on this vehicle")
-    sequence = await revoke_keys(request.app, vehicle.vin, chosen)
+    try:
+        sequence = await revoke_keys(request.app, vehicle.vin, chosen)
+    except StoreUnavailable:
+        return await _journaled(request, vehicle.vin, chosen, KeyStatus.REVOKED)
     return web.json_response(
         {"revoked": [k.key_id for k in chosen], "revocation_sequence": sequence}
     )
@@ -261,15 +271,19 @@ async def refresh(request: web.Request) -> web.Response:
     app = request.app
     config = app[CONFIG]
     key_id = request.match_info["key_id"]
-    holder = await auth.require_key_holder(
-        request,
-        app[STORE],
-        app[DEVICE_KEYS],
-        key_id=key_id if _ID.fullmatch(key_id) else None,
-        max_body_bytes=config.max_body_bytes,
-        max_skew=config.proof_max_skew_s,
-    )
-    _known_fields(parse_json_object(holder.body) if holder.body else {}, ())
+    try:
+        holder = await auth.require_key_holder(
+            request,
+            app[STORE],
+            app[DEVICE_KEYS],
+            key_id=key_id if _ID.fullmatch(key_id) else None,
+            max_body_bytes=config.max_body_bytes,
+            max_skew=config.proof_max_skew_s,
+        )
+    except StoreUnavailable:  # a fresh token from the key ring, on the token presented
+        return await keys_degraded.refresh_without_store(request, key_id)
+    # the current token, which the phone sends for the degraded path, is not needed here
+    keys_degraded.token_field(parse_json_object(holder.body) if holder.body else {})
     caller, device, key = holder.caller, holder.device, holder.key
     if key is None or key.account_id != caller.account_id:
         raise ApiError(404, "unknown_key", "no such key among the caller's")
@@ -282,7 +296,7 @@ async def refresh(request: web.Request) -> web.Response:
     issued = issue_token(app, key, device.public_key, now=auth.now())
     if issued is None:
         raise ApiError(403, "key_not_valid_now", "the key's validity window excludes now")
-    return web.json_response(_token_view(key, issued))
+    return web.json_response(keys_degraded.token_view(key, issued))
 
 
 async def revocations(request: web.Request) -> web.Response:
@@ -416,15 +430,11 @@ async def _key_change(request: web.Request, key_id: str, sequence: int) -> web.R
     return web.json_response({"key": key_view(key), "revocation_sequence": sequence})
 
 
-def _token_view(key: KeyRecord, issued: IssuedToken) -> dict[str, Any]:
-    return {
-        "key_id": key.key_id,
-        "role": key.role.name.lower(),
-        "token": fields.b64(issued.token),
-        "token_not_before": issued.not_before,
-        "token_expires_at": issued.expires,
-        "refresh_after": issued.refresh_after,
-    }
+async def _journaled(
+    request: web.Request, vin: str, keys: list[KeyRecord], status: KeyStatus
+) -> web.Response:
+    """The store failed during a revocation or suspension: 202 accepted_pending (outage)."""
+    return outage.pending_answer(await outage.accept_withdrawal(request.app, vin, keys, status))
 
 
 def _known_fields(body: Mapping[str, Any], names: tuple[str, ...]) -> None:

@@ -126,6 +126,14 @@ SCHEMAS: dict[str, Any] = {
         {"revoked": {"type": "array", "items": _ID}, "revocation_sequence": _SEQUENCE}
     ),
     "EmptyRequest": {"type": "object", "additionalProperties": False, "maxProperties": 0},
+    "RefreshRequest": {
+        "type": "object",
+        "additionalProperties": False,
+        "description": "token: the phone's current token for this key. Ignored while the state "
+        "store answers; while it is down, a fresh token (lifetime at most "
+        "degraded_token_lifetime_s) is signed on its strength (keyserver.routes.keys_degraded)",
+        "properties": {"token": {**_TOKEN, "maxLength": 2048}},
+    },
 }
 
 _SIGNED: list[dict[str, list[str]]] = [{"bearer": [], "deviceProof": []}]
@@ -140,18 +148,11 @@ _SEQUENCE_HEADER = {
 }
 _PROOF = "device_proof_required, bad_device_proof, stale_device_proof, replayed_device_proof"
 _BAD_BODY = "invalid_json, invalid_body, unknown_field, missing_field, invalid_field"
-_STORE = {
-    "503": {
-        **openapi.error("store_unavailable or outcome_unknown; retry later"),
-        "headers": _RETRY_AFTER,
-    }
-}
-_READ = {"401": openapi.error("unauthorized: no bearer session, or an expired one"), **_STORE}
+_READ = {"401": openapi.error("unauthorized: no bearer session, or an expired one")}
 _COMMON = {
     "401": openapi.error(f"unauthorized (no bearer session, or an expired one), {_PROOF}"),
     "413": openapi.error("body_too_large"),
     "415": openapi.error("unsupported_media_type: the body must be application/json"),
-    **_STORE,
 }
 _TOO_SOON = "too_soon: the device's keys were withdrawn this second (see Retry-After)"
 
@@ -275,12 +276,16 @@ PATHS: dict[str, Any] = {
             "summary": "Refresh: a fresh token for the key's own device (refresh-ahead)",
             "security": _SIGNED,
             "parameters": _KEY_PARAM,
-            "requestBody": _NO_BODY,
+            "requestBody": {
+                "required": False,
+                "content": {"application/json": {"schema": _ref("RefreshRequest")}},
+            },
             "responses": {
                 "200": openapi.json_response("the token", "KeyToken"),
                 "400": openapi.error(f"bad_device_proof (malformed), {_BAD_BODY}"),
                 "403": openapi.error(
-                    "wrong_device, key_suspended, key_revoked, key_not_valid_now, unknown_device"
+                    "wrong_device, key_suspended, key_revoked, key_not_valid_now, unknown_device;"
+                    " invalid_token (store down: the token presented is not ours)"
                 ),
                 "404": openapi.error("unknown_key: no such key among the caller's"),
                 **_COMMON,

@@ -224,7 +224,6 @@ _BODY_ERRORS = {
     "413": openapi.error("body_too_large: the body is over the configured limit"),
     "415": openapi.error("unsupported_media_type: the body must be application/json"),
 }
-_STORE_ERROR = {"503": _with_retry_after("store_unavailable or outcome_unknown; retry later")}
 _PROOF_ERRORS = "device_proof_required, bad_device_proof, stale_device_proof, replayed_device_proof"
 
 SCHEMAS: dict[str, Any] = {
@@ -265,7 +264,6 @@ PATHS: dict[str, Any] = {
                 "403": openapi.error("provisioning_disabled: no provisioning_secret is set"),
                 "409": openapi.error("vehicle_exists"),
                 **_BODY_ERRORS,
-                **_STORE_ERROR,
             },
         }
     },
@@ -279,7 +277,6 @@ PATHS: dict[str, Any] = {
                 "400": openapi.error("invalid_vin"),
                 "401": openapi.error("unauthorized: no bearer session, or an expired one"),
                 "404": openapi.error("unknown_vehicle: no such vehicle among the caller's"),
-                **_STORE_ERROR,
             },
         }
     },
@@ -298,7 +295,6 @@ PATHS: dict[str, Any] = {
                 "400": openapi.error("invalid_vin, bad_device_proof (malformed), unexpected_body"),
                 "401": openapi.error(f"{_PROOF_ERRORS}: not signed by this vehicle, or stale"),
                 "409": openapi.error("already_owned: transfer the vehicle instead"),
-                **_STORE_ERROR,
             },
         }
     },
@@ -320,7 +316,6 @@ PATHS: dict[str, Any] = {
                     "too_many_attempts: ask the car for a new code; rate_limited: wait Retry-After"
                 ),
                 **_BODY_ERRORS,
-                **_STORE_ERROR,
             },
         }
     },
@@ -338,7 +333,6 @@ PATHS: dict[str, Any] = {
                 "404": openapi.error("unknown_account: no account has that e-mail address"),
                 "409": openapi.error("same_owner, ownership_changed"),
                 **_BODY_ERRORS,
-                **_STORE_ERROR,
             },
         }
     },

@@ -27,23 +27,22 @@ refresh), is one script for the session, device, key and nonce, and concurrent c
 round trips (``keyserver.store.shared_trips``): redis-py's own cost per command outweighs it.
 
 No hidden retries: one attempt per call, short socket and connect timeouts. Failures become
-``StoreUnavailable``; ``may_have_succeeded`` is False unless a write reached the socket.
+``StoreUnavailable``; ``may_have_succeeded`` is False unless a write reached the socket. Retries,
+time limits and the circuit breaker are ``keyserver.store.guarded``'s business. The client (one
+server, or the master behind Sentinel; optional ``WAIT`` for replicas) is in ``redis_client``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Self, TypeVar
+from typing import Self, TypeVar
 
 import cbor2
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.connection import AbstractConnection
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
+from redis.asyncio import Redis
+from redis.asyncio.sentinel import Sentinel
 from redis.exceptions import (
     BusyLoadingError,
-    ConnectionError,
     DataError,
     ExecAbortError,
     OutOfMemoryError,
@@ -72,6 +71,7 @@ from keyserver.models import (
     Vehicle,
 )
 from keyserver.store import redis_lua as lua
+from keyserver.store.redis_client import NotSent, direct_client, sentinel_client, writing
 from keyserver.store.redis_records import (
     fields_of as _fields,
 )
@@ -98,52 +98,29 @@ from keyserver.store.shared_trips import SharedTrips
 # Seconds a record outlives its expiry, and its least lifetime on Redis's clock: garbage
 # collection must never run ahead of a caller whose clock is behind Redis's.
 EXPIRY_SLACK = 60
-# An idle pooled connection is PINGed before use, so a dead one fails before a command is sent.
-HEALTH_CHECK_INTERVAL = 30
 
 _Record = TypeVar("_Record")
 
 
-class _NotSent(ConnectionError):
-    """A failure before any command of the call reached the server's socket."""
-
-
-class _Pool(BlockingConnectionPool):
-    """Marks failures while getting a ready connection (waiting, connecting, handshake, health
-    check) as ``_NotSent``: only after this point can a write have reached the server."""
-
-    async def get_connection(self, *args: Any, **kwargs: Any) -> AbstractConnection:
-        acquire: Callable[[], Awaitable[AbstractConnection]] = super().get_connection
-        try:
-            connection = await acquire()
-        except RedisError as exc:
-            raise _NotSent(type(exc).__name__) from exc
-        check_health: Callable[[], Awaitable[None]] = connection.check_health
-        try:
-            await check_health()
-        except BaseException as exc:
-            await self.release(connection)
-            if isinstance(exc, RedisError):
-                raise _NotSent(type(exc).__name__) from exc
-            raise
-        return connection
-
-
 # the server refused the whole command: nothing was applied
-_REFUSED = (_NotSent, BusyLoadingError, ReadOnlyError, OutOfMemoryError, ExecAbortError, DataError)
+_REFUSED = (NotSent, BusyLoadingError, ReadOnlyError, OutOfMemoryError, ExecAbortError, DataError)
 
 
 @contextmanager
 def _failures(operation: str, *, write: bool) -> Iterator[None]:
     try:
-        yield
+        if write:
+            with writing():  # the pool WAITs for replicas when the store asks for it
+                yield
+        else:
+            yield
     except (RedisError, OSError) as exc:
         raise _unavailable(operation, exc, write=write) from exc
 
 
 def _unavailable(operation: str, exc: BaseException, *, write: bool) -> StoreUnavailable:
     sent = write and not isinstance(exc, _REFUSED)
-    cause = type(exc.__cause__ if isinstance(exc, _NotSent) else exc).__name__
+    cause = type(exc.__cause__ if isinstance(exc, NotSent) else exc).__name__
     outcome = ("; may have been applied" if sent else "; not applied") if write else ""
     return StoreUnavailable(f"redis {operation} failed ({cause}){outcome}", may_have_succeeded=sent)
 
@@ -151,8 +128,9 @@ def _unavailable(operation: str, exc: BaseException, *, write: bool) -> StoreUna
 class RedisStore:
     """The keyserver's state in Redis; one client and one connection pool per instance."""
 
-    def __init__(self, client: Redis, prefix: str) -> None:
+    def __init__(self, client: Redis, prefix: str, *, sentinel: Sentinel | None = None) -> None:
         self._client = client
+        self._sentinel = sentinel
         self._prefix = prefix
         self._create_account = client.register_script(lua.CREATE_ACCOUNT)
         self._insert = client.register_script(lua.INSERT)
@@ -177,21 +155,58 @@ class RedisStore:
         socket_timeout: float = 0.5,
         connect_timeout: float = 0.5,
         max_connections: int = 64,
+        wait_replicas: int = 0,
+        wait_timeout_s: float = 0.1,
     ) -> Self:
-        """A store for ``url``; connections open on first use, so Redis may be down now."""
-        pool = _Pool.from_url(
+        """A store for ``url``; connections open on first use, so Redis may be down now.
+
+        With ``wait_replicas`` a write is acknowledged once that many replicas have it
+        (``keyserver.store.redis_client`` says why and what it costs).
+        """
+        client = direct_client(
             url,
-            max_connections=max_connections,
-            timeout=connect_timeout,  # the longest wait for a free pooled connection
             socket_timeout=socket_timeout,
-            socket_connect_timeout=connect_timeout,
-            retry=Retry(NoBackoff(), 0),
-            health_check_interval=HEALTH_CHECK_INTERVAL,
+            connect_timeout=connect_timeout,
+            max_connections=max_connections,
+            wait_replicas=wait_replicas,
+            wait_timeout_s=wait_timeout_s,
         )
-        return cls(Redis(connection_pool=pool), prefix)
+        return cls(client, prefix)
+
+    @classmethod
+    async def connect_sentinel(
+        cls,
+        sentinels: Sequence[tuple[str, int]],
+        service_name: str,
+        *,
+        prefix: str = "pk:",
+        socket_timeout: float = 0.5,
+        connect_timeout: float = 0.5,
+        max_connections: int = 64,
+        wait_replicas: int = 0,
+        wait_timeout_s: float = 0.1,
+    ) -> Self:
+        """A store on the master the Sentinels name for ``service_name``, following failovers:
+        one client and one pool for the whole store, never one per call."""
+        if not sentinels:
+            raise ValueError("at least one Sentinel address is needed")
+        client, sentinel = sentinel_client(
+            sentinels,
+            service_name,
+            socket_timeout=socket_timeout,
+            connect_timeout=connect_timeout,
+            max_connections=max_connections,
+            wait_replicas=wait_replicas,
+            wait_timeout_s=wait_timeout_s,
+        )
+        return cls(client, prefix, sentinel=sentinel)
 
     async def close(self) -> None:
-        await self._client.aclose(close_connection_pool=True)
+        try:
+            await self._client.aclose(close_connection_pool=True)
+        finally:
+            if self._sentinel is not None:
+                await self._sentinel.aclose()
 
     def _key(self, kind: str, *parts: str | int) -> str:
         return ":".join((f"{self._prefix}{kind}", *map(str, parts)))

@@ -11,10 +11,11 @@ from aiohttp import web
 
 from keycore import SoftwareSigner
 from keycore.breaker import BreakerState, CircuitBreaker
+from keycore.overload import AdaptiveThrottle
 from tests.keyserver.keys_harness import VIN, Api
 from tests.vehicle_agent.channel_harness import HANG_GUARD_S, provision
 from vehicle_agent.actuator import SimulatedActuator
-from vehicle_agent.backoff import CLOUD_LINK_BREAKER, ReconnectPolicy
+from vehicle_agent.backoff import CLOUD_LINK_BREAKER, ConnectThrottle, ReconnectPolicy
 from vehicle_agent.channel import CloudLink, LinkState
 from vehicle_agent.vehicle import Vehicle
 
@@ -62,7 +63,8 @@ async def test_the_car_honours_retry_after_and_bounds_its_attempts(
     policy = ReconnectPolicy(attempts=3, multiplier_s=0.5, max_wait_s=4.0)
     state = provision(api, tmp_path / "agent.db", vehicle_key=vehicle_key, url=url)
     vehicle = Vehicle.load(state, SimulatedActuator(), boot_id="test-boot")
-    link = CloudLink(vehicle, policy=policy, sleep=recorded)
+    never = ConnectThrottle(AdaptiveThrottle(rng=lambda: 1.0))  # every attempt reaches the server
+    link = CloudLink(vehicle, policy=policy, sleep=recorded, throttle=never)
     link.start()
     try:
         async with asyncio.timeout(HANG_GUARD_S):

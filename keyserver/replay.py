@@ -1,0 +1,119 @@
+"""Replaying the journal once the store is back (keyserver.journal says what and why).
+
+``Replayer.run`` is the background task: whenever the journal has work it tries a replay, and
+waits for ``kick()`` or ``interval_s`` between tries. ``replay_once`` applies pending operations in
+order (a store failure stops it at that operation, to resume later), then moves each vehicle's
+ledger past the lists signed during the outage and tells the hub.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import defaultdict
+
+from aiohttp import web
+
+from keyserver import auth
+from keyserver.app import HUB, STORE
+from keyserver.errors import StoreUnavailable
+from keyserver.issuance import revoke_keys, suspend_keys
+from keyserver.journal import DONE, REFUSED, IssuedList, Journal, Operation
+from keyserver.models import KeyStatus, RevocationEntry, RevocationKind
+
+log = logging.getLogger("keyserver.replay")
+#: Pads the ledger: a holder entry for no holder (a hash of nothing), revoking nothing (before 0).
+FILLER_HOLDER = bytes(16)
+FILLER_LIFETIME_S = 60
+
+
+class Replayer:
+    def __init__(self, app: web.Application, journal: Journal, *, interval_s: float = 1.0) -> None:
+        self.app = app
+        self.journal = journal
+        self.interval_s = interval_s
+        self._wake = asyncio.Event()
+        self._lock = asyncio.Lock()  # one replay at a time, whoever asks
+        self.replays = 0  # completed replays, for tests and metrics
+
+    def kick(self) -> None:
+        """Try now (the store is known to be back, or new work was accepted)."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            if self.journal.has_work():
+                try:
+                    await self.replay_once()
+                except StoreUnavailable:
+                    pass  # still down: the next try resumes at the same operation
+                except Exception:  # a bug must not end the task: the journal keeps the work
+                    log.exception("journal replay failed")
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.interval_s):
+                    await self._wake.wait()
+            self._wake.clear()
+
+    async def replay_once(self) -> None:
+        """Apply every pending operation, then settle the lists signed during the outage.
+        Raises StoreUnavailable if the store fails on the way (nothing is lost: resume later)."""
+        async with self._lock:
+            await self._replay()
+
+    async def _replay(self) -> None:
+        for operation in self.journal.pending():
+            state, outcome = await self._apply(operation)
+            await self.journal.settle(operation.seq, state, outcome)
+            log.info(
+                "journal replayed",
+                extra={"fields": {"op": operation.op_id, "state": state, "outcome": outcome}},
+            )
+        by_vin: dict[str, list[IssuedList]] = defaultdict(list)
+        for row in self.journal.open_lists():
+            by_vin[row.vin].append(row)
+        for vin, rows in by_vin.items():
+            await self._converge(vin, rows)
+        self.replays += 1
+
+    async def _apply(self, operation: Operation) -> tuple[str, str]:
+        if operation.kind != "withdraw":
+            return REFUSED, f"unknown operation {operation.kind}"
+        store = self.app[STORE]
+        status = KeyStatus(operation.payload["status"])
+        keys = []
+        for key_id in operation.payload["key_ids"]:
+            key = await store.key(key_id)
+            if key is not None and key.vin == operation.vin:
+                keys.append(key)
+        if status is KeyStatus.SUSPENDED:
+            keys = [k for k in keys if k.status is not KeyStatus.REVOKED]
+        if not keys:  # a business refusal: recorded, never retried
+            return REFUSED, "unknown_key" if status is KeyStatus.REVOKED else "key_revoked"
+        withdraw = revoke_keys if status is KeyStatus.REVOKED else suspend_keys
+        sequence = await withdraw(self.app, operation.vin, keys)
+        return DONE, f"revocation_sequence={sequence}"
+
+    async def _converge(self, vin: str, rows: list[IssuedList]) -> None:
+        """Move the ledger past every sequence signed here during the outage, with copies of
+        every entry after the lowest ledger base above them (keyserver.journal, steps 1–3)."""
+        store = self.app[STORE]
+        highest = max(r.sequence for r in rows)
+        lowest_base = min(r.ledger_base for r in rows)
+        sequence, _ = await store.revocations(vin, since=highest)
+        if sequence <= highest:
+            now = auth.now()
+            filler = RevocationEntry(
+                RevocationKind.HOLDER, FILLER_HOLDER, before=0, until=now + FILLER_LIFETIME_S
+            )
+            await store.append_revocations(vin, [filler] * (highest - sequence + 1))
+        _, after = await store.revocations(vin, since=lowest_base)
+        copies = [
+            RevocationEntry(e.kind, e.subject, e.before, e.until)
+            for e in after
+            if e.subject != FILLER_HOLDER
+        ]
+        if copies:
+            await store.append_revocations(vin, copies)
+        await self.journal.settle_lists(vin, up_to=highest)
+        self.app[HUB].revoked(vin)

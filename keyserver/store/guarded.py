@@ -1,0 +1,241 @@
+"""The store behind a circuit breaker, with the keyserver's one retry layer and a time limit on
+every call: what stands between a failing Redis and a request waiting on it (G2, G6).
+
+Per call: refused at once while the breaker is open (no socket touched); each attempt under the
+breaker's time limit, so a hung Redis counts as a failure; the whole call within the request's
+deadline (or ``call_timeout_s`` without one); retried — only here, with tenacity — with full
+jitter, when time is left, the per-process retry budget allows, and the attempt certainly did
+not apply a write. Every failure is a ``StoreUnavailable``; ``Conflict`` is an answer, not one.
+
+Redis gets a breaker and retries; the embedded SQLite store gets neither: it is a local file
+behind one worker thread, so there is no remote to stop hammering and no partition to wait out,
+and a timed-out SQLite call still runs to its end in its thread (a retry would queue behind it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_random_exponential,
+)
+from tenacity.stop import stop_base
+
+from keycore.breaker import BreakerConfig, CallNotPermitted, CircuitBreaker, StateTransition
+from keycore.overload import Deadline, RetryBudget
+from keyserver.errors import StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+# Operations that never change state: a failed one is always safe to try again. Any other
+# operation is a write (refresh_context only when it claims a nonce).
+READS = frozenset(
+    {
+        "ping",
+        "account",
+        "account_by_email",
+        "session",
+        "device",
+        "devices_of",
+        "vehicle",
+        "key",
+        "keys_of_vehicle",
+        "revocations",
+        "command",
+        "pending_commands",
+        "audit_events",
+    }
+)
+UNGUARDED = frozenset({"close"})
+
+
+class CircuitOpen(StoreUnavailable):
+    """The breaker refused the call: nothing was sent. ``retry_after_s`` is the breaker's hint."""
+
+    def __init__(self, dependency: str, operation: str, retry_after_s: float) -> None:
+        super().__init__(
+            f"{dependency} {operation} refused: circuit open", may_have_succeeded=False
+        )
+        self.dependency = dependency
+        self.retry_after_s = retry_after_s
+
+
+def is_outage(error: BaseException) -> bool:
+    """What the breaker records as a failure: the dependency did not answer in time or at all."""
+    return isinstance(error, StoreUnavailable | TimeoutError | OSError)
+
+
+def store_breaker(name: str, **overrides: Any) -> CircuitBreaker:
+    """A breaker for a store dependency: ``BreakerConfig``'s Redis defaults, outages only."""
+    return CircuitBreaker(name, BreakerConfig(record_exception=is_outage, **overrides))
+
+
+@dataclass(frozen=True)
+class GuardPolicy:
+    """Time limits and retries of one store call. A keyserver answer must come within 300 ms
+    (p99), and a Redis command takes well under a millisecond, so an attempt gets 150 ms and a
+    call without a request deadline 250 ms: a hung Redis costs one attempt, a refused connection
+    (fast) can be tried again."""
+
+    attempt_timeout_s: float = 0.15
+    call_timeout_s: float = 0.25
+    max_attempts: int = 2
+    backoff_s: float = 0.005  # full jitter: wait uniform(0, backoff_s × 2^n), at most backoff_max_s
+    backoff_max_s: float = 0.05
+
+    def __post_init__(self) -> None:
+        if min(self.attempt_timeout_s, self.call_timeout_s) <= 0 or self.max_attempts < 1:
+            raise ValueError("timeouts must be positive and max_attempts at least 1")
+
+
+def _retryable(error: BaseException) -> bool:
+    return (
+        isinstance(error, StoreUnavailable)
+        and not error.may_have_succeeded
+        and not isinstance(error, CircuitOpen)
+    )
+
+
+class _Stop(stop_base):
+    """Stop unless the deadline fits the backoff and a whole attempt, then spend from the budget.
+
+    Runs after ``stop_after_attempt`` (tenacity's ``|`` short-circuits): the budget pays only
+    for retries that will happen.
+    """
+
+    def __init__(self, guarded: GuardedStore, deadline: Deadline) -> None:
+        self._guarded = guarded
+        self._deadline = deadline
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        guarded = self._guarded
+        needed = (retry_state.upcoming_sleep or 0.0) + guarded.policy.attempt_timeout_s
+        if self._deadline.remaining(guarded.clock) < needed:
+            return True
+        return not guarded.budget.try_spend()
+
+
+class GuardedStore:
+    """Wraps a Store by attribute, as ``MeasuredStore`` does; ``breaker`` and ``budget`` are this
+    dependency's, one per process (exposed for metrics and tests).
+
+    ``deadline`` returns the current request's deadline (the admission layer's contextvar).
+    """
+
+    def __init__(
+        self,
+        inner: object,
+        breaker: CircuitBreaker,
+        *,
+        budget: RetryBudget | None = None,
+        policy: GuardPolicy | None = None,
+        deadline: Callable[[], Deadline | None] = lambda: None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self._inner = inner
+        self.breaker = breaker
+        self.budget = budget if budget is not None else RetryBudget(0.1, clock=clock)
+        self.policy = policy or GuardPolicy()
+        self.clock = clock
+        self._deadline = deadline
+        self._sleep = sleep
+        breaker.add_listener(_log_transition)
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._inner, name)
+        if name in UNGUARDED or not inspect.iscoroutinefunction(attribute):
+            return attribute
+
+        async def guarded(*args: Any, **kwargs: Any) -> Any:
+            writes = name not in READS and (
+                name != "refresh_context" or kwargs.get("claim") is not None
+            )
+            return await self._call(name, attribute, args, kwargs, writes=writes)
+
+        self.__dict__[name] = guarded  # found directly from now on, without __getattr__
+        return guarded
+
+    def _call_deadline(self) -> Deadline:
+        own = Deadline(self.clock() + self.policy.call_timeout_s)
+        request = self._deadline()
+        return own if request is None or request.at > own.at else request
+
+    async def _call(
+        self,
+        name: str,
+        method: Callable[..., Awaitable[Any]],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        writes: bool,
+    ) -> Any:
+        deadline = self._call_deadline()
+        if deadline.expired(self.clock):
+            raise StoreUnavailable(
+                f"{self.breaker.name} {name}: no time left", may_have_succeeded=False
+            )
+        self.budget.on_request()
+        policy = self.policy
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(policy.max_attempts) | _Stop(self, deadline),
+            wait=wait_random_exponential(multiplier=policy.backoff_s, max=policy.backoff_max_s),
+            retry=retry_if_exception(_retryable),
+            sleep=self._sleep,
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                return await self._attempt(name, method, args, kwargs, deadline, writes)
+        raise AssertionError("unreachable: tenacity returns or reraises")  # pragma: no cover
+
+    async def _attempt(
+        self,
+        name: str,
+        method: Callable[..., Awaitable[Any]],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        deadline: Deadline,
+        writes: bool,
+    ) -> Any:
+        try:
+            # The request's deadline outside the guard (a cancellation: counts as neither), the
+            # attempt's limit inside it (the dependency was too slow: a failure).
+            async with asyncio.timeout(deadline.remaining(self.clock)):
+                async with self.breaker.guard(timeout_s=self.policy.attempt_timeout_s):
+                    return await method(*args, **kwargs)
+        except CallNotPermitted as refused:
+            raise CircuitOpen(self.breaker.name, name, refused.retry_after_s) from None
+        except TimeoutError as exc:
+            # cut off mid-call: a write may have reached the server
+            outcome = "; may have been applied" if writes else ""
+            raise StoreUnavailable(
+                f"{self.breaker.name} {name} timed out{outcome}", may_have_succeeded=writes
+            ) from exc
+
+
+def _log_transition(event: StateTransition) -> None:
+    log.warning(
+        "circuit breaker %s: %s -> %s",
+        event.name,
+        event.from_state.value,
+        event.to_state.value,
+        extra={
+            "fields": {
+                "event": "breaker_transition",
+                "breaker": event.name,
+                "from": event.from_state.value,
+                "to": event.to_state.value,
+            }
+        },
+    )
