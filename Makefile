@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit bench clean redis-server
+.PHONY: demo test lint typecheck unit slow bench clean redis-server
 
 # Tests start their own redis-server processes; install the binary when it is missing and we can.
 redis-server:
@@ -39,7 +39,11 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 unit: $(STAMP) redis-server
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -m 'not slow'
+
+# the long drills and scale variants left out of `make test`
+slow: $(STAMP) redis-server
+	$(BIN)/python -m pytest -m slow
 
 test: lint typecheck unit
 
