@@ -1,4 +1,5 @@
-"""Shared fixtures: a root of trust, an issuer key ring, a provisioned car's state, a phone."""
+"""Shared fixtures: a root of trust, an issuer key ring, a provisioned car's state, a phone, and
+the keyserver's clock moved by hand."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from keycore import (
     TrustStore,
     issue,
 )
+from keyserver import auth
+from tests.keyserver.keys_harness import Clock
 
 VIN = "5YJ3E1EA7KF000001"
 OTHER_VIN = "1HGCM82633A004352"
@@ -54,3 +57,11 @@ def world() -> World:
     ring = IssuerKeyRing.create(now=NOW - 30 * DAY)
     trust = TrustStore(root.public_key).apply(ring.trust_update(root, sequence=1, now=NOW))
     return World(root, ring, trust, SoftwareSigner.generate(), RevocationState(VIN))
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    """The keyserver's clock (``keyserver.auth.now``), moved by the test."""
+    fake = Clock()
+    monkeypatch.setattr(auth, "now", fake)
+    return fake

@@ -20,7 +20,6 @@ from ble_fallback.phone import CarConnection
 from ble_fallback.wallet import KeyWallet
 from keycore import Action, SoftwareSigner, TrustStore
 from keycore.breaker import BreakerConfig, BreakerState, CircuitBreaker
-from keyserver import auth
 from keyserver.app import create_app
 from keyserver.config import build
 from tests.ble_fallback.client_harness import (
@@ -42,13 +41,6 @@ from tests.vehicle_agent.channel_harness import (
 )
 
 FAST = ClientPolicy(cloud_timeout_s=5.0, follow_deadline_s=10.0, poll_interval_s=0.02)
-
-
-@pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
-    clock = Clock()
-    monkeypatch.setattr(auth, "now", clock)
-    return clock
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ from keycore import Action, SoftwareSigner
 from keycore.command import read_command
 from keycore.cose import point_bytes
 from keycore.request_proof import HEADER, sign_request
-from keyserver import auth
 from keyserver.app import create_app
 from keyserver.config import build
 from keyserver.models import CommandStatus, Vehicle
@@ -23,13 +22,6 @@ from tests.keyserver.keys_harness import DAY, OTHER_VIN, SUSPEND, VIN, Api, Cloc
 COMMANDS = "/v1/vehicles/{vin}/commands"
 COMMAND = "/v1/commands/{command_id}"
 CHANNEL = "/v1/vehicles/{vin}/channel"
-
-
-@pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
-    clock = Clock()
-    monkeypatch.setattr(auth, "now", clock)
-    return clock
 
 
 @pytest.fixture

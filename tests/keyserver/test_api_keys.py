@@ -23,7 +23,6 @@ from keycore import (
 from keycore.cose import point_bytes
 from keycore.request_proof import HEADER, sign_request
 from keycore.revocation import read_revocation_list
-from keyserver import auth
 from keyserver.app import METRICS, create_app
 from keyserver.config import build
 from keyserver.models import KeyStatus, Vehicle
@@ -44,13 +43,6 @@ from tests.keyserver.keys_harness import (
     Person,
     token_bytes,
 )
-
-
-@pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
-    clock = Clock()
-    monkeypatch.setattr(auth, "now", clock)
-    return clock
 
 
 @pytest.fixture

@@ -15,18 +15,10 @@ import pytest
 from keycore import SoftwareSigner
 from keycore.cose import point_bytes
 from keycore.request_proof import HEADER, sign_request
-from keyserver import auth
 from keyserver.app import DEVICE_KEYS, METRICS, create_app
 from keyserver.config import build
 from keyserver.models import Device
 from tests.keyserver.keys_harness import SUSPEND, TOKEN, Api, Clock, Person
-
-
-@pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
-    clock = Clock()
-    monkeypatch.setattr(auth, "now", clock)
-    return clock
 
 
 @pytest.fixture

@@ -47,13 +47,6 @@ COMMAND = "/v1/commands/{command_id}"
 
 
 @pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
-    clock = Clock()
-    monkeypatch.setattr(auth, "now", clock)
-    return clock
-
-
-@pytest.fixture
 async def flaky(tmp_path: Path) -> AsyncIterator[FlakyStore]:
     store = await open_flaky(tmp_path / "keyserver.db")
     yield store

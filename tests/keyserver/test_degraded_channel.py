@@ -12,7 +12,6 @@ import pytest
 
 from keycore import Reason
 from keycore.cose import holder_id
-from keyserver import auth
 from keyserver.app import create_app
 from keyserver.issuance import MAX_TOKEN_LIFETIME
 from keyserver.models import RevocationEntry, RevocationKind
@@ -20,13 +19,6 @@ from keyserver.outage import JOURNAL, REPLAYER
 from tests.keyserver.flaky_store import FlakyStore, flaky_config, open_flaky
 from tests.keyserver.keys_harness import KEYS, REVOKE, VIN, Api, Clock, Person
 from tests.vehicle_agent.channel_harness import frames_in, hub_until, register, start_car
-
-
-@pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
-    clock = Clock()
-    monkeypatch.setattr(auth, "now", clock)
-    return clock
 
 
 @pytest.fixture

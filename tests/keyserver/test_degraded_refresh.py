@@ -13,20 +13,13 @@ import pytest
 from keycore import Action, Reason, Role, SoftwareSigner, issue
 from keycore.cose import load_point
 from keycore.request_proof import HEADER, sign_request
-from keyserver import auth, fields
+from keyserver import fields
 from keyserver.app import CONFIG, KEYRING, create_app
 from keyserver.degraded import DEGRADED_HEADER
 from keyserver.models import KeyStatus
 from keyserver.outage import LAST_KNOWN
 from tests.keyserver.flaky_store import FlakyStore, flaky_config, open_flaky
 from tests.keyserver.keys_harness import REVOKE, TOKEN, VIN, Api, Clock, Person
-
-
-@pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
-    clock = Clock()
-    monkeypatch.setattr(auth, "now", clock)
-    return clock
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 
-from keyserver import auth
 from keyserver.app import CONFIG, create_app
 from keyserver.degraded import DEGRADED_HEADER
 from keyserver.errors import StoreUnavailable
@@ -18,13 +17,6 @@ from keyserver.models import KeyStatus, RevocationKind
 from keyserver.outage import JOURNAL, REPLAYER
 from tests.keyserver.flaky_store import FlakyStore, flaky_config, open_flaky
 from tests.keyserver.keys_harness import KEYS, REVOCATIONS, REVOKE, SUSPEND, VIN, Api, Clock, Person
-
-
-@pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
-    clock = Clock()
-    monkeypatch.setattr(auth, "now", clock)
-    return clock
 
 
 @pytest.fixture

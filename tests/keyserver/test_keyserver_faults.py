@@ -26,7 +26,6 @@ from deploy.faultproxy import FaultProxy
 from deploy.processes import LOOPBACK, RedisServer
 from deploy.redis_ha import SentinelGroup, start_sentinel_group
 from keycore.breaker import BreakerState
-from keyserver import auth
 from keyserver.app import STORE_GUARD, create_app
 from keyserver.config import build
 from keyserver.models import KeyStatus
@@ -38,13 +37,6 @@ KEYS = "/v1/vehicles/{vin}/keys"
 COMMANDS = "/v1/vehicles/{vin}/commands"
 HANG_GUARD_S = 30.0  # only against a hang: never a timing assertion
 WORKERS = 4
-
-
-@pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
-    clock = Clock()
-    monkeypatch.setattr(auth, "now", clock)
-    return clock
 
 
 @pytest.fixture

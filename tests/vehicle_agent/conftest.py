@@ -9,18 +9,10 @@ from typing import Any
 import pytest
 
 from keycore import SoftwareSigner
-from keyserver import auth
 from keyserver.app import create_app
 from keyserver.config import build
 from tests.keyserver.keys_harness import Api, Clock, Person
 from tests.vehicle_agent.channel_harness import register
-
-
-@pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
-    clock = Clock()
-    monkeypatch.setattr(auth, "now", clock)
-    return clock
 
 
 @pytest.fixture
