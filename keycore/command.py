@@ -1,7 +1,8 @@
 """Signed remote commands: the keyserver's order to one car, verified by the car before it acts.
 
 A command is a COSE_Sign1 (typ ``pk.cmd``) by an issuer key over ``{1: id, 2: VIN, 3: action,
-4: issued_at, 5: expires_at}``. The car executes it only if the signature verifies under its trust
+4: issued_at, 5: expires_at, 6: issued_ms}`` (6, the milliseconds within ``issued_at``'s second, is
+optional: a car orders a command against an in-person action in the same second by it). The car executes it only if the signature verifies under its trust
 store, it names this car, it has not expired by the car's trusted time, and the car has never seen
 its id (that last check is the car's durable state, not keycore's).
 """
@@ -21,8 +22,9 @@ from keycore.trust import TrustStore
 TYP_COMMAND = "pk.cmd"
 MAX_COMMAND_BYTES = 512
 MAX_COMMAND_LIFETIME = 300  # seconds: a remote command is for now, not for later
-CMD_ID, CMD_VIN, CMD_ACTION, CMD_ISSUED, CMD_EXPIRES = 1, 2, 3, 4, 5
-_KEYS = {CMD_ID, CMD_VIN, CMD_ACTION, CMD_ISSUED, CMD_EXPIRES}
+CMD_ID, CMD_VIN, CMD_ACTION, CMD_ISSUED, CMD_EXPIRES, CMD_ISSUED_MS = 1, 2, 3, 4, 5, 6
+_REQUIRED = {CMD_ID, CMD_VIN, CMD_ACTION, CMD_ISSUED, CMD_EXPIRES}
+_KEYS = _REQUIRED | {CMD_ISSUED_MS}
 _COMMAND_ID = re.compile(r"[A-Za-z0-9_-]{8,64}")
 
 
@@ -37,6 +39,12 @@ class RemoteCommand:
     action: Action
     issued_at: int
     expires_at: int
+    issued_ms: int = 0  # 0–999: the milliseconds within issued_at's second
+
+    @property
+    def issued(self) -> float:
+        """When it was signed, to the millisecond."""
+        return self.issued_at + self.issued_ms / 1000
 
 
 def sign_command(signer: cose.Signer, command: RemoteCommand) -> bytes:
@@ -45,12 +53,15 @@ def sign_command(signer: cose.Signer, command: RemoteCommand) -> bytes:
         raise ValueError("a command id is 8 to 64 characters of [A-Za-z0-9_-]")
     if not 0 < command.expires_at - command.issued_at <= MAX_COMMAND_LIFETIME:
         raise ValueError(f"a command lives 1 to {MAX_COMMAND_LIFETIME} s")
+    if not 0 <= command.issued_ms <= 999:
+        raise ValueError("issued_ms is 0 to 999")
     payload = {
         CMD_ID: command.command_id.encode(),
         CMD_VIN: command.vin,
         CMD_ACTION: int(command.action),
         CMD_ISSUED: command.issued_at,
         CMD_EXPIRES: command.expires_at,
+        CMD_ISSUED_MS: command.issued_ms,
     }
     return cose.sign1(dumps(payload), typ=TYP_COMMAND, signer=signer)
 
@@ -68,7 +79,7 @@ def read_command(data: bytes, *, vin: str, now: float, trust: TrustStore) -> Rem
         raise err(Reason.ALGORITHM_MISMATCH)
     if not cose.verify_es256(key.public_key, msg.signature, msg.to_be_signed()):
         raise err(Reason.BAD_SIGNATURE)
-    body = as_map(loads_strict(msg.payload, err, max_size=MAX_COMMAND_BYTES), err, _KEYS, _KEYS)
+    body = as_map(loads_strict(msg.payload, err, max_size=MAX_COMMAND_BYTES), err, _KEYS, _REQUIRED)
     raw_id = as_bytes(body[CMD_ID], err, 8, 64)
     try:
         command_id = raw_id.decode("ascii")
@@ -78,6 +89,7 @@ def read_command(data: bytes, *, vin: str, now: float, trust: TrustStore) -> Rem
         raise err(Reason.MALFORMED, "command id or VIN")
     issued = as_int(body[CMD_ISSUED], err, 0, MAX_TIME)
     expires = as_int(body[CMD_EXPIRES], err, issued + 1, issued + MAX_COMMAND_LIFETIME)
+    issued_ms = as_int(body.get(CMD_ISSUED_MS, 0), err, 0, 999)
     action = Action(as_int(body[CMD_ACTION], err, 0, len(Action) - 1))
     if body[CMD_VIN] != vin:
         raise err(Reason.WRONG_VEHICLE)
@@ -86,4 +98,4 @@ def read_command(data: bytes, *, vin: str, now: float, trust: TrustStore) -> Rem
         raise err(Reason.NOT_YET_VALID)
     if now >= expires:
         raise err(Reason.EXPIRED)
-    return RemoteCommand(command_id, vin, action, issued, expires)
+    return RemoteCommand(command_id, vin, action, issued, expires, issued_ms)

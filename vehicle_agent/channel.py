@@ -388,7 +388,8 @@ class CloudLink:
             self._audit_command(frame.command_id, "refused", reason)
             return
         action = command.action.name.lower()
-        if command.issued_at <= state.local_action_at() and not self._repeat_outcome(
+        # to the millisecond: a phone's cloud unlock right after its BLE unlock (same second) runs
+        if command.issued <= state.local_action_at() and not self._repeat_outcome(
             command.command_id
         ):  # the user acted in person after it was sent: it must not run now
             self._volatile[command.command_id] = CommandResult(

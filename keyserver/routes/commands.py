@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import re
 import secrets
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -81,7 +82,8 @@ async def create_command(request: web.Request) -> web.Response:
     command_id = secrets.token_urlsafe(COMMAND_ID_BYTES)
     expires_at = now + config.command_ttl_s
     document = sign_command(
-        app[KEYRING].ring.active.signer, RemoteCommand(command_id, vin, action, now, expires_at)
+        app[KEYRING].ring.active.signer,
+        RemoteCommand(command_id, vin, action, now, expires_at, _milliseconds(now)),
     )
     own = [k for k in mine if k.device_id == device.device_id] or entitled or mine
     try:
@@ -287,3 +289,9 @@ PATHS: dict[str, Any] = {
         }
     },
 }
+
+
+def _milliseconds(now: int) -> int:
+    """The milliseconds within the second ``now`` (0 when the clock in use is not the wall's)."""
+    precise = time.time()
+    return int((precise - now) * 1000) if int(precise) == now else 0

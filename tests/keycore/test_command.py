@@ -6,8 +6,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from keycore import Action, Reason, SoftwareSigner
+from keycore import Action, Reason, SoftwareSigner, cose
 from keycore.command import InvalidCommand, RemoteCommand, read_command, sign_command
+from keycore.encoding import dumps
 from tests.conftest import NOW, OTHER_VIN, VIN, World
 
 COMMAND = RemoteCommand("cmd-0001", VIN, Action.UNLOCK, NOW, NOW + 60)
@@ -38,12 +39,32 @@ def test_refusals(world: World) -> None:
     assert reason(world, b"\xd2" * 600) is Reason.TOO_LARGE
 
 
+def test_the_millisecond_of_issue_orders_commands_within_a_second(world: World) -> None:
+    precise = RemoteCommand("cmd-0002", VIN, Action.UNLOCK, NOW, NOW + 60, issued_ms=750)
+    read = read_command(
+        sign_command(world.issuer, precise), vin=VIN, now=NOW + 1, trust=world.trust
+    )
+    assert read == precise
+    assert read.issued == NOW + 0.75
+
+
+def test_a_command_without_milliseconds_reads_as_the_start_of_its_second(world: World) -> None:
+    payload = {1: b"cmd-0003", 2: VIN, 3: int(Action.LOCK), 4: NOW, 5: NOW + 60}
+    data = cose.sign1(dumps(payload), typ="pk.cmd", signer=world.issuer)
+    assert read_command(data, vin=VIN, now=NOW + 1, trust=world.trust).issued == NOW
+    for bad in (1000, -1):
+        damaged = cose.sign1(dumps({**payload, 6: bad}), typ="pk.cmd", signer=world.issuer)
+        assert reason(world, damaged) is Reason.MALFORMED
+
+
 def test_signing_policy() -> None:
     signer = SoftwareSigner.generate()
     with pytest.raises(ValueError, match="lives"):
         sign_command(signer, RemoteCommand("cmd-0001", VIN, Action.UNLOCK, NOW, NOW + 3600))
     with pytest.raises(ValueError, match="command id"):
         sign_command(signer, RemoteCommand("x", VIN, Action.UNLOCK, NOW, NOW + 60))
+    with pytest.raises(ValueError, match="issued_ms"):
+        sign_command(signer, RemoteCommand("cmd-0001", VIN, Action.UNLOCK, NOW, NOW + 60, 1000))
 
 
 @settings(max_examples=300, deadline=None)
