@@ -388,10 +388,14 @@ class CloudLink:
             self._audit_command(frame.command_id, "refused", reason)
             return
         action = command.action.name.lower()
-        # to the millisecond: a phone's cloud unlock right after its BLE unlock (same second) runs
-        if command.issued <= state.local_action_at() and not self._repeat_outcome(
-            command.command_id
-        ):  # the user acted in person after it was sent: it must not run now
+        # the user acted in person after it was sent, differently: it must not run now. The same
+        # action (a cloud unlock racing another phone's Bluetooth unlock) leaves the car as the
+        # user wants it, so it runs; times compare to the millisecond.
+        if (
+            command.issued <= state.local_action_at()
+            and state.local_action() != action
+            and not self._repeat_outcome(command.command_id)
+        ):
             self._volatile[command.command_id] = CommandResult(
                 command.command_id, "failed", SUPERSEDED
             )

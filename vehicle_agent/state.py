@@ -138,8 +138,15 @@ class AgentState:
         raw = self._get("local_action_at")
         return float(raw.decode()) if raw else 0.0
 
-    def set_local_action_at(self, at: float) -> None:
-        self._put_many({"local_action_at": repr(float(at)).encode()})
+    def local_action(self) -> str:
+        """What that movement was (an action name; "" if never, or recorded before names were)."""
+        raw = self._get("local_action")
+        return raw.decode() if raw else ""
+
+    def set_local_action_at(self, at: float, action: str = "") -> None:
+        self._put_many(
+            {"local_action_at": repr(float(at)).encode(), "local_action": action.encode()}
+        )
 
     def begin_command(self, command_id: str, action: str, *, at: float) -> bool:
         """Record the intent to execute; False (and nothing changes) if the id was ever seen."""

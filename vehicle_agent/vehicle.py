@@ -153,12 +153,12 @@ class Vehicle:
     async def actuate(self, decision: UnlockDecision) -> None:
         """Move the car if ``decision`` allows an actuation; a failure is audited.
 
-        The time is kept durably first: a remote command issued before it is superseded (the
-        phone may have fallen back to BLE after the cloud queued that command; it must not run
-        after the user acted in person).
+        The time and the action are kept durably first: a remote command issued before it is
+        superseded when it would undo it (the phone may have fallen back to BLE after the cloud
+        queued that command; a queued unlock must not run after the user locked in person).
         """
         if decision.allowed and decision.action in ACTUATED:
-            self.state.set_local_action_at(self.now())
+            self.state.set_local_action_at(self.now(), _name(decision))
             try:
                 await self.actuator.perform(decision.action)
             except ActuatorError as error:

@@ -226,6 +226,28 @@ async def test_an_expired_command_is_never_sent_nor_executed(
         await stopped(car.link)
 
 
+async def test_a_queued_command_runs_after_the_same_action_in_person(
+    api: Api, owner: Person, vehicle_key: SoftwareSigner, tmp_path: Path
+) -> None:
+    # a cloud unlock raced an unlock in person (another phone at the car, over BLE): the car is
+    # as the user wants it, so the queued unlock runs rather than failing as superseded
+    reply = await command(api, owner, "unlock", "remote-unlock-02")
+    token = (await api.owner_key(owner))["token"]
+    state = provision(api, tmp_path / "agent.db", vehicle_key=vehicle_key, url=base_url(api))
+    actuator = SimulatedActuator()
+    vehicle = Vehicle.load(state, actuator, boot_id=BOOT_ID)
+    car = Car(vehicle, CloudLink(vehicle, policy=FAST), actuator, state)
+    assert (await vehicle.unlock(car.request(owner.phone, token, Action.UNLOCK))).allowed
+    assert state.local_action() == "unlock"
+    car.link.start()
+    try:
+        await hub_until(api, lambda: applied_results(api) >= 1)
+        assert (await command_state(api, owner, reply.body["command_id"]))["status"] == "executed"
+        assert actuator.performed == [Action.UNLOCK, Action.UNLOCK]
+    finally:
+        await stopped(car.link)
+
+
 async def test_the_car_refuses_a_command_that_has_expired_by_its_own_clock(
     api: Api, owner: Person, vehicle_key: SoftwareSigner, tmp_path: Path
 ) -> None:
