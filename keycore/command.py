@@ -2,9 +2,10 @@
 
 A command is a COSE_Sign1 (typ ``pk.cmd``) by an issuer key over ``{1: id, 2: VIN, 3: action,
 4: issued_at, 5: expires_at, 6: issued_ms}`` (6, the milliseconds within ``issued_at``'s second, is
-optional: a car orders a command against an in-person action in the same second by it). The car executes it only if the signature verifies under its trust
-store, it names this car, it has not expired by the car's trusted time, and the car has never seen
-its id (that last check is the car's durable state, not keycore's).
+optional: a car orders a command against an in-person action in the same second by it). The car
+executes it only if the signature verifies under its trust store, it names this car, it has not
+expired by the car's trusted time, and the car has never seen its id (that last check is the car's
+durable state, not keycore's).
 """
 
 from __future__ import annotations
