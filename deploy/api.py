@@ -20,9 +20,13 @@ from keycore.request_proof import HEADER, sign_request
 class ApiCallError(RuntimeError):
     """A keyserver call answered with a non-2xx status (or not with JSON)."""
 
-    def __init__(self, method: str, path: str, status: int, answer: bytes) -> None:
+    def __init__(
+        self, method: str, path: str, status: int, answer: bytes, *,
+        retry_after: float | None = None,
+    ) -> None:  # fmt: skip
         super().__init__(f"{method} {path}: {status} {answer[:200]!r}")
         self.status = status
+        self.retry_after = retry_after  # the answer's Retry-After (delta seconds), if it had one
 
 
 async def call(
@@ -51,7 +55,9 @@ async def call(
     async with http.request(method, path, data=raw or None, headers=headers) as response:
         answer = await response.read()
         if not 200 <= response.status < 300:
-            raise ApiCallError(method, path, response.status, answer)
+            wait = response.headers.get("Retry-After", "")
+            retry_after = float(wait) if wait.isascii() and wait.isdigit() else None
+            raise ApiCallError(method, path, response.status, answer, retry_after=retry_after)
     try:
         result: dict[str, Any] = json.loads(answer)
     except ValueError:

@@ -6,7 +6,17 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from deploy import bench, bench_ble, bench_issue, demo, fleet_cli
+from deploy import (
+    bench,
+    bench_ble,
+    bench_issue,
+    demo,
+    drill_cli,
+    fleet_cli,
+    proxy_cli,
+    stack_cli,
+    world_cli,
+)
 from deploy.processes import ProcessError
 
 MAX_BENCH_SECONDS = 600.0
@@ -26,7 +36,7 @@ def _positive(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="phonekey", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("demo", help="run the demonstration (offline unlock and denials)")
+    demo.add_parser(commands)
     bench_parser = commands.add_parser("bench", help="benchmarks with a same-run ceiling")
     which = bench_parser.add_subparsers(dest="bench", required=True)
     verify = which.add_parser("verify", help="the unlock decision against two raw ES256 verifies")
@@ -42,6 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     ble.add_argument("--json", action="store_true", help="print the JSON report only")
     ble.add_argument("--iterations", type=_positive, default=500)
     fleet_cli.add_parser(commands)
+    world_cli.add_parser(commands)
+    drill_cli.add_parser(commands)
+    proxy_cli.add_parser(commands)
+    stack_cli.add_parser(commands)
     return parser
 
 
@@ -58,9 +72,17 @@ def _seconds(text: str) -> float:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "demo":
-        return demo.run()
+        return demo.run_cli(args)
     if args.command == "fleet":
         return fleet_cli.run(args)
+    if args.command == "world":
+        return world_cli.run(args)
+    if args.command == "drill":
+        return drill_cli.run(args)
+    if args.command == "proxy":
+        return proxy_cli.run(args)
+    if args.command == "stack":
+        return stack_cli.run(args)
     if args.bench == "issue":
         return _bench_issue(args)
     if args.bench == "ble":

@@ -1,243 +1,231 @@
-"""``phonekey demo``: the most complete demonstration the project has at this stage.
+"""``phonekey demo`` (``make demo``): the staging demo on the embedded default.
 
-In one process and with no network: provision a vehicle, issue an owner key and a time-limited
-guest key, unlock offline, then show a revoked key, an expired key, a wrong-vehicle key and a
-replayed proof denied with their reason codes. Exits 0 only if every decision is the expected one.
+A keyserver process on SQLite, a car with its vehicle agent and two phones come up; the owner
+pairs the car and shares a time-limited key with a friend; both unlock through the cloud; the cloud
+is killed and both keep unlocking over Bluetooth while the owner's revocation of the friend reaches
+the car by courier; the cloud returns and the car's audit trail catches up. Every step checks what
+it did (``deploy.demo_script``); the run exits 0 only if every step did what it should.
+
+While it runs: a line per step and a live status line (``deploy.demo_view``). At the end: a short
+report, and in ``--out`` (default ./demo-report/) report.json, the event log (events.jsonl) and
+the timeline plot (timeline.png). ``--json`` prints the report as JSON (the live view then goes to
+stderr). Every wait is bounded, and nothing it started is left running, also on failure.
 """
 
 from __future__ import annotations
 
-import secrets
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
 import sys
-from dataclasses import dataclass, field
-from typing import TextIO
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import FrameType
+from typing import Any, TextIO
 
-from keycore import (
-    Action,
-    ChallengeBook,
-    IssuerKeyRing,
-    Reason,
-    RevocationLedger,
-    RevocationState,
-    Role,
-    SoftwareSigner,
-    TrustedClock,
-    TrustStore,
-    UnlockDecision,
-    UnlockRequest,
-    WeeklySchedule,
-    Window,
-    decide,
-    holder_id,
-    issue,
-    prove,
-)
-from keycore.cose import point_bytes
+from deploy import demo_plot
+from deploy.demo_script import PHASES, DemoScript, StepFailed
+from deploy.demo_view import DemoReport, LiveView, StepResult
+from deploy.events import EventLog, read_events
 
-HOUR = 3600
-DAY = 86_400
-# Monday 2027-03-01 09:00 UTC: a weekday morning, inside the guest's schedule window.
-START = 1_804_496_400
+DEFAULT_OUT = Path("demo-report")
+STEP_LIMIT_S = 45.0  # a hang guard; above the 30 s keyserver start bound, so a start ends first
+LIVE_PACE_S = 0.5  # between steps on a terminal, so a person can follow them
+MAX_PACE_S = 10.0
 
 
-@dataclass
-class Car:
-    """The car's offline state: everything it decides with, and its monotonic clock."""
-
-    vin: str
-    trust: TrustStore
-    revocations: RevocationState
-    clock: TrustedClock
-    challenges: ChallengeBook = field(default_factory=ChallengeBook)
-    mono: float = 0.0
-
-    def challenge(self) -> bytes:
-        return self.challenges.issue(mono=self.mono)
-
-    def decide(self, request: UnlockRequest) -> UnlockDecision:
-        decision = decide(
-            request,
-            vin=self.vin,
-            trust=self.trust,
-            revocations=self.revocations,
-            clock=self.clock,
-            challenges=self.challenges,
-            mono=self.mono,
-        )
-        if decision.grant is not None:  # a verified iat is a signed lower bound on the time
-            self.clock = self.clock.raised(
-                decision.grant.token.issued_at, mono=self.mono, fresh=False
-            )
-        return decision
-
-    def wait(self, seconds: float) -> None:
-        self.mono += seconds
-
-
-@dataclass
-class Phone:
-    name: str
-    device: SoftwareSigner = field(default_factory=SoftwareSigner.generate)
-
-    def request(self, car: Car, token: bytes, action: Action = Action.UNLOCK) -> UnlockRequest:
-        challenge = car.challenge()
-        proof = prove(self.device, challenge=challenge, vin=car.vin, action=action, token=token)
-        return UnlockRequest(token, action, challenge, proof)
-
-
-class Demo:
-    def __init__(self, out: TextIO) -> None:
-        self.out = out
-        self.failures = 0
-
-    def say(self, text: str) -> None:
-        print(text, file=self.out)
-
-    def expect(self, what: str, decision: UnlockDecision, expected: Reason | None) -> None:
-        ok = decision.reason == expected
-        self.failures += not ok
-        verdict = "ALLOW" if decision.allowed else "DENY "
-        mark = "ok" if ok else f"UNEXPECTED (wanted {expected or 'granted'})"
-        action = decision.action.name.lower() if decision.action is not None else "?"
-        self.say(f"  {verdict} {action:11s} {what:44s} {decision.code:17s} {mark}")
-
-
-def run(out: TextIO = sys.stdout) -> int:
-    demo = Demo(out)
-    demo.say("phonekey demo — keycore, one process, no network\n")
-
-    # Cloud side: the root of trust, the issuer's key ring, the vehicle's revocation ledger.
-    root = SoftwareSigner.generate()
-    ring = IssuerKeyRing.create(now=START - DAY)
-    issuer = ring.active.signer
-    vin = "5YJ3E1EA7KF" + "".join(secrets.choice("0123456789") for _ in range(6))
-    ledger = RevocationLedger(vin)
-
-    # The previous owner's phone key was revoked at the hand-over, before this car was set up.
-    previous_owner = Phone("previous owner")
-    ledger.revoke_holder(
-        holder_id(point_bytes(previous_owner.device.public_key)),
-        before=START,
-        until=START + 30 * DAY,
+def add_parser(commands: Any) -> None:
+    parser = commands.add_parser(
+        "demo", help="the staging demo: cloud, outage, Bluetooth fallback, courier, recovery"
     )
-    previous_token = issue(
-        signer=issuer,
-        vin=vin,
-        holder=previous_owner.device.public_key,
-        role=Role.OWNER,
-        now=START - DAY,
-        expires=START + 6 * DAY,
+    parser.add_argument(
+        "--out", type=Path, default=DEFAULT_OUT, help="where the report and plot go (./demo-report)"
+    )
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument(
+        "--pace",
+        type=_pace,
+        default=None,
+        help="seconds between steps, for people watching (default: 0.5 on a terminal, else 0)",
     )
 
-    # Provisioning: root key, root-signed issuer keys, trusted time and the full revocation list.
-    trust = TrustStore(root.public_key).apply(ring.trust_update(root, sequence=1, now=START))
-    car = Car(
-        vin,
-        trust,
-        RevocationState(vin).apply(ledger.document(issuer, now=START), trust=trust, now=START),
-        TrustedClock.provisioned(now=START, mono=0.0, boot_id="boot-1"),
-    )
-    demo.say(
-        f"provisioned vehicle {vin}: issuer key {issuer.kid.hex()}, trust sequence 1,"
-        f" revocation list sequence {car.revocations.sequence}"
+
+def _pace(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 <= value <= MAX_PACE_S:
+        raise argparse.ArgumentTypeError(f"must be in [0, {MAX_PACE_S:g}]")
+    return value
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    return run(args.out, as_json=args.json, pace=args.pace)
+
+
+def run(
+    out: Path = DEFAULT_OUT,
+    *,
+    as_json: bool = False,
+    stdout: TextIO | None = None,
+    live: bool | None = None,
+    pace: float | None = None,
+) -> int:
+    """The whole demo; 0 only if every step did what it should."""
+    stdout = sys.stdout if stdout is None else stdout
+    view_out = sys.stderr if as_json else stdout
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        print(f"phonekey demo: cannot write to {out}: {error.strerror}", file=sys.stderr)
+        return 2
+    report = DemoReport()
+    view_live = view_out.isatty() if live is None else live
+    pace = (LIVE_PACE_S if view_live else 0.0) if pace is None else pace
+    try:
+        with _sigterm_as_interrupt(), _logs_to(out / "demo.log"):
+            asyncio.run(_demo(out, report, view_out, view_live, pace))
+    except KeyboardInterrupt:
+        print("\nphonekey demo: interrupted; what it started is stopped", file=sys.stderr)
+        return 130
+    _write_results(out, report)
+    if as_json:
+        print(report.to_json(), file=stdout)
+    else:
+        _print_summary(report, out, stdout)
+    return 0 if report.passed else 1
+
+
+async def _demo(out: Path, report: DemoReport, stream: TextIO, live: bool, pace: float) -> None:
+    events_path = out / "events.jsonl"
+    events_path.unlink(missing_ok=True)
+    report.events = str(events_path)
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="phonekey-demo-") as work, EventLog(events_path) as log:
+        script = DemoScript(Path(work), log, report)
+        view = LiveView(stream, lambda: _status(script, report), live=live)
+        view.say("phonekey demo — the staging stack on the embedded default")
+        refresher = asyncio.create_task(view.refresh())
+        try:
+            await _run_steps(script, view, log, pace)
+        finally:
+            refresher.cancel()
+            await asyncio.gather(refresher, return_exceptions=True)
+            view.close()  # the last status line shows the stack as the steps left it
+            if script.stack is not None:
+                await script.stack.close()
+            report.seconds = round(time.monotonic() - started, 2)
+
+
+async def _run_steps(script: DemoScript, view: LiveView, log: EventLog, pace: float) -> None:
+    report = script.report
+    phase, failed = "", False
+    for number, title, action in script.steps():
+        if number.split(".")[0] != phase:
+            phase = number.split(".")[0]
+            view.say(f"{phase}. {PHASES[phase]}")
+        if failed:
+            report.skipped.append(f"{number} {title}")
+            view.skipped(number, title)
+            continue
+        await asyncio.sleep(pace)  # only for people watching: 0 off a terminal
+        began = time.monotonic()
+        try:
+            async with asyncio.timeout(STEP_LIMIT_S):
+                detail, ok = await action(), True
+        except StepFailed as failure:
+            detail, ok = str(failure), False
+        except TimeoutError:
+            detail, ok = f"not done within {STEP_LIMIT_S:g} s", False
+        except Exception as error:  # any failure is this step's ✗, not a traceback
+            detail, ok = f"{type(error).__name__}: {error}", False
+        result = StepResult(number, title, ok, detail, round(time.monotonic() - began, 3))
+        report.steps.append(result)
+        log.emit("mark", text=f"{number} {title}: {'ok' if ok else 'failed'}")
+        view.step(result)
+        failed = not ok
+
+
+def _status(script: DemoScript, report: DemoReport) -> str:
+    stack = script.stack
+    cloud = "-" if stack is None else "up" if stack.cloud_up() else "down"
+    link = stack.car.link.state.value if stack is not None and stack.car is not None else "-"
+    unlocks, denied = report.unlocks(), sum(report.denied().values())
+    return (
+        f"cloud {cloud} · car link {link} · unlocks: cloud {unlocks['cloud']},"
+        f" ble {unlocks['ble']}, denied {denied}"
     )
 
-    owner, friend, thief = Phone("owner"), Phone("friend"), Phone("thief")
-    owner_token = issue(
-        signer=issuer,
-        vin=vin,
-        holder=owner.device.public_key,
-        role=Role.OWNER,
-        now=START,
-        expires=START + 7 * DAY,
-    )
-    guest_token_id = secrets.token_bytes(16)
-    weekdays_9_to_18 = WeeklySchedule(0, (Window(0b0011111, 9 * 60, 18 * 60),))
-    guest_token = issue(
-        signer=issuer,
-        vin=vin,
-        holder=friend.device.public_key,
-        role=Role.GUEST,
-        now=START,
-        expires=START + 2 * DAY,
-        schedule=weekdays_9_to_18,
-        token_id=guest_token_id,
-    )
-    demo.say(
-        f"issued owner key ({len(owner_token)} B, 7 days) and guest key "
-        f"({len(guest_token)} B, 2 days, weekdays 09:00–18:00 UTC)\n"
-    )
 
-    demo.say("offline unlocks (the car has no network; every decision uses local state only):")
-    demo.expect("owner, own phone", car.decide(owner.request(car, owner_token)), None)
-    demo.expect("guest, inside schedule", car.decide(friend.request(car, guest_token)), None)
-    demo.expect(
-        "guest may not manage keys",
-        car.decide(friend.request(car, guest_token, Action.MANAGE_KEYS)),
-        Reason.NOT_ENTITLED,
-    )
-    demo.expect(
-        "owner token, thief's phone (no device key)",
-        car.decide(thief.request(car, owner_token)),
-        Reason.BAD_PROOF,
-    )
+def _write_results(out: Path, report: DemoReport) -> None:
+    """The plot (a failure to draw it fails the demo) and report.json."""
+    title = f"phonekey demo — cloud outage, Bluetooth fallback, courier ({report.vin or 'no car'})"
+    began = time.monotonic()
+    try:
+        events = list(read_events(out / "events.jsonl"))
+        report.plot = str(demo_plot.plot(events, out / "timeline.png", title))
+        ok, detail = True, f"timeline written to {report.plot}"
+    except Exception as error:  # reported as the plot step's failure
+        ok, detail = False, f"no plot: {type(error).__name__}: {error}"
+    report.steps.append(StepResult("6.1", "plot", ok, detail, round(time.monotonic() - began, 3)))
+    (out / "report.json").write_text(report.to_json() + "\n")
 
-    demo.expect(
-        "previous owner's key (holder revoked)",
-        car.decide(previous_owner.request(car, previous_token)),
-        Reason.REVOKED,
-    )
 
-    replayed = owner.request(car, owner_token, Action.START)
-    demo.expect("owner starts the car", car.decide(replayed), None)
-    demo.expect("the same answer replayed", car.decide(replayed), Reason.REPLAYED)
+def _print_summary(report: DemoReport, out: Path, stdout: TextIO) -> None:
+    plot = report.steps[-1]
+    mark = "✓" if plot.ok else "✗"
+    print(f" {mark} {plot.number:4s} {plot.title}: {plot.detail}", file=stdout)
+    print("\nreport", file=stdout)
+    for line in report.summary():
+        print(line, file=stdout)
+    print(f"  plot             {report.plot or '-'}", file=stdout)
+    print(f"  report           {out / 'report.json'}", file=stdout)
+    print(f"  events           {report.events}", file=stdout)
+    print(f"  logs             {out / 'demo.log'}", file=stdout)
+    failed = [s for s in report.steps if not s.ok]
+    if failed:
+        first = failed[0]
+        print(f"\nFAILED at {first.number} {first.title}: {first.detail}", file=stdout)
+    else:
+        print("\nevery step did what it should", file=stdout)
 
-    other_vin = "1HGCM82633A004352"
-    foreign = issue(
-        signer=issuer,
-        vin=other_vin,
-        holder=friend.device.public_key,
-        role=Role.DRIVER,
-        now=START,
-        expires=START + DAY,
-    )
-    demo.expect(
-        f"key for another car ({other_vin})",
-        car.decide(friend.request(car, foreign)),
-        Reason.WRONG_VEHICLE,
-    )
 
-    car.wait(10 * HOUR)  # 19:00: outside the guest's window
-    demo.expect(
-        "guest at 19:00, outside schedule",
-        car.decide(friend.request(car, guest_token)),
-        Reason.OUTSIDE_SCHEDULE,
-    )
+@contextlib.contextmanager
+def _logs_to(path: Path) -> Iterator[None]:
+    """The parts' own logs (the car's link, the phone client) go to a file, not over the view."""
+    handler = logging.FileHandler(path, mode="w", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+        handler.close()
 
-    demo.say("\nthe owner revokes the guest key; a phone carries the signed delta to the car:")
-    ledger.revoke_token(guest_token_id, START + 2 * DAY)
-    delta = ledger.document(issuer, now=START + 10 * HOUR, since=car.revocations.sequence)
-    car.revocations = car.revocations.apply(delta, trust=car.trust, now=car.clock.now(car.mono))
-    demo.say(
-        f"  delta {len(delta)} B: revocation list now at sequence {car.revocations.sequence},"
-        f" {len(car.revocations)} entries"
-    )
-    car.wait(14 * HOUR)  # next morning, 09:00, inside the window again
-    demo.expect(
-        "guest key after revocation", car.decide(friend.request(car, guest_token)), Reason.REVOKED
-    )
-    demo.expect("owner still fine", car.decide(owner.request(car, owner_token)), None)
 
-    car.wait(7 * DAY)
-    demo.expect(
-        "owner key after 8 days (7-day token)",
-        car.decide(owner.request(car, owner_token)),
-        Reason.EXPIRED,
-    )
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM stops the demo as Ctrl-C does, so its cleanup runs and stops what it started."""
 
-    demo.say("")
-    if demo.failures:
-        demo.say(f"FAILED: {demo.failures} decision(s) were not what they should be")
-        return 1
-    demo.say("every decision was the expected one")
-    return 0
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -15,7 +15,9 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-# kind -> the fields every event of that kind carries (besides "t" and "kind")
+# kind -> the fields every event of that kind carries (besides "t" and "kind"); events may carry
+# more: a valid-key ``unlock`` (one person's intent at the car) also has ``presses`` (1 or 2) and
+# ``first`` (the first press's status, path and command id), a failed one ``detail``
 KINDS: Mapping[str, frozenset[str]] = {
     "unlock": frozenset({"phone", "vin", "key", "path", "ok", "latency_s", "reason"}),
     "command": frozenset(
@@ -30,6 +32,11 @@ KINDS: Mapping[str, frozenset[str]] = {
     "mark": frozenset({"text"}),
 }
 MAX_LINE = 4096  # bytes; O_APPEND writes this small are not interleaved on Linux
+# the values some fields take (the report and the timeline read these)
+UNLOCK_KEYS = frozenset({"valid", "revoked", "expired", "foreign", "replayed"})
+PATHS = frozenset({"cloud", "ble", "none"})
+BREAKER_STATES = frozenset({"closed", "open", "half_open", "forced_open", "disabled"})
+FAULT_PHASES = frozenset({"start", "end"})
 
 
 class EventError(ValueError):
@@ -77,10 +84,16 @@ class EventLog:
         self.close()
 
 
-def read_events(path: Path) -> Iterator[dict[str, Any]]:
-    """Every event in the file, in the order written; a damaged line is an EventError."""
+def read_events(path: Path, *, live: bool = False) -> Iterator[dict[str, Any]]:
+    """Every event in the file, in the order written; a damaged line is an EventError.
+
+    With ``live`` the file is still being appended to: a last line without its newline is a
+    write in progress and is left out instead of being reported as damaged.
+    """
     with Path(path).open("rb") as lines:
         for number, raw in enumerate(lines, 1):
+            if live and not raw.endswith(b"\n"):
+                return
             if not raw.strip():
                 continue
             try:

@@ -98,6 +98,12 @@ class RedisServer:
             process.stdout.close()
         raise ProcessError(f"redis-server did not become ready ({attempts} attempts)")
 
+    def command_line(self) -> list[str]:
+        """The command that runs this server on ``self.port``, for a supervisor that starts it
+        itself (the staging stack: detached, output to a log file)."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        return self._command(redis_server_binary())
+
     def _command(self, binary: str) -> list[str]:
         replica = ["--replicaof", LOOPBACK, str(self.replica_of)] if self.replica_of else []
         return [

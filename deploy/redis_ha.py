@@ -88,7 +88,7 @@ def _client(port: int) -> redis.Redis:
     )
 
 
-def _ask(port: int, *command: str | int) -> Any:
+def ask(port: int, *command: str | int) -> Any:
     """One command to the server on ``port``; None if it does not answer."""
     with _client(port) as client:
         try:
@@ -132,7 +132,7 @@ class SentinelGroup:
         for sentinel in self.sentinels:
             if sentinel.process is None:
                 continue
-            answer = _ask(sentinel.port, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service)
+            answer = ask(sentinel.port, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service)
             if not answer:
                 return None
             named.add(int(answer[1]))
@@ -160,7 +160,7 @@ class SentinelGroup:
         )
 
     def _ready(self, master: int, replicas_needed: int) -> bool:
-        info = _ask(master, "INFO", "replication")
+        info = ask(master, "INFO", "replication")
         if not isinstance(info, dict) or info.get("role") != "master":
             return False
         linked = sum(
@@ -171,9 +171,9 @@ class SentinelGroup:
         if linked < replicas_needed:
             return False
         for sentinel in self.sentinels:
-            known = _ask(sentinel.port, "SENTINEL", "REPLICAS", self.service) or []
+            known = ask(sentinel.port, "SENTINEL", "REPLICAS", self.service) or []
             healthy = [r for r in known if "s_down" not in r.get("flags", "")]
-            others = _ask(sentinel.port, "SENTINEL", "SENTINELS", self.service)
+            others = ask(sentinel.port, "SENTINEL", "SENTINELS", self.service)
             if len(healthy) < replicas_needed or others is None:
                 return False
             if len(others) < len(self.sentinels) - 1:

@@ -97,6 +97,7 @@ ROUTES: dict[tuple[str, str], Criticality] = {
     ("GET", "/v1/vehicles/{vin}/revocations"): _C,
     ("POST", "/v1/vehicles/{vin}/commands"): _C,
     ("GET", "/v1/commands/{command_id}"): _C,
+    ("GET", "/v1/vehicles/{vin}/audit"): _S,
     ("GET", "/v1/vehicles/{vin}/channel"): _P,
 }
 

@@ -58,9 +58,11 @@ def create_app(config: Config, *, store: Store | None = None) -> web.Application
         app[INJECTED_STORE] = store
     app.cleanup_ctx.append(_store_context)
     app.cleanup_ctx.append(_keyring_context)
-    from keyserver.outage import outage_context  # it uses this module's AppKeys
+    from keyserver.hub_bridge import bridge_context  # these use this module's AppKeys
+    from keyserver.outage import outage_context
 
     app.cleanup_ctx.append(outage_context)  # wraps the store: keep it after _store_context
+    app.cleanup_ctx.append(bridge_context)  # the hub across instances (Redis only)
     app.on_shutdown.append(_close_channels)
     setup_routes(app)
     admission.setup(app, config, metrics.registry, app[OPENAPI])  # innermost: inside the errors
@@ -147,7 +149,7 @@ def _guarded(app: web.Application, store: Store) -> Store:
 
 def setup_routes(app: web.Application) -> None:
     # imported here: route modules use this module's AppKeys, so a top-level import is circular
-    from keyserver.routes import channel, commands, identity, keys, vehicles
+    from keyserver.routes import audit, channel, commands, identity, keys, vehicles
 
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -159,9 +161,25 @@ def setup_routes(app: web.Application) -> None:
     keys.setup(app)
     commands.setup(app)
     channel.setup(app)
+    audit.setup(app)
     app[OPENAPI] = openapi.document(
-        [PATHS, identity.PATHS, vehicles.PATHS, keys.PATHS, commands.PATHS, channel.PATHS],
-        [SCHEMAS, identity.SCHEMAS, vehicles.SCHEMAS, keys.SCHEMAS, commands.SCHEMAS],
+        [
+            PATHS,
+            identity.PATHS,
+            vehicles.PATHS,
+            keys.PATHS,
+            commands.PATHS,
+            channel.PATHS,
+            audit.PATHS,
+        ],
+        [
+            SCHEMAS,
+            identity.SCHEMAS,
+            vehicles.SCHEMAS,
+            keys.SCHEMAS,
+            commands.SCHEMAS,
+            audit.SCHEMAS,
+        ],
         version=version("phonekey"),
     )
 

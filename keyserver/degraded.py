@@ -65,7 +65,7 @@ ROUTES: dict[tuple[str, str], Behaviour] = {
     ("post", "/v1/vehicles/{vin}/keys"): _B.TRY_LATER,
     ("get", "/v1/vehicles/{vin}/keys"): _B.STALE,
     ("post", "/v1/vehicles/{vin}/invitations"): _B.TRY_LATER,
-    ("post", "/v1/invitations/{invitation_id}/accept"): _B.TRY_LATER,
+    ("post", "/v1/invitations/{invitation_id}/accept"): _B.JOURNALED,
     ("post", "/v1/keys/{key_id}/suspend"): _B.JOURNALED,
     ("post", "/v1/keys/{key_id}/resume"): _B.TRY_LATER,
     ("post", "/v1/keys/{key_id}/revoke"): _B.JOURNALED,
@@ -74,6 +74,7 @@ ROUTES: dict[tuple[str, str], Behaviour] = {
     ("post", "/v1/vehicles/{vin}/commands"): _B.NOT_SENT,
     ("get", "/v1/commands/{command_id}"): _B.STALE,
     ("get", "/v1/vehicles/{vin}/channel"): _B.CHANNEL,
+    ("get", "/v1/vehicles/{vin}/audit"): _B.TRY_LATER,
 }
 
 

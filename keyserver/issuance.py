@@ -26,13 +26,15 @@ from keycore.roles import from_mask
 from keyserver import auth
 from keyserver.app import CONFIG, HUB, KEYRING, METRICS, STORE
 from keyserver.grants import load_schedule
-from keyserver.models import KeyRecord, KeyStatus, RevocationEntry, RevocationKind
+from keyserver.http import ApiError
+from keyserver.models import Device, KeyRecord, KeyStatus, RevocationEntry, RevocationKind
 
 #: A holder entry outlives every token it can match: no token lives longer than this.
 MAX_TOKEN_LIFETIME = max(ROLE_MAX_LIFETIME.values())
 #: Entries stay in the ledger this long after they end (cars whose clock lags still need them).
 LEDGER_GRACE_S = 86_400
 KEY_ID_BYTES = 16
+_LIVE = (KeyStatus.ACTIVE, KeyStatus.SUSPENDED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +116,28 @@ async def holder_cutoff(app: web.Application, vin: str, device_id: str) -> tuple
     return sequence, cutoff
 
 
+async def create_key(
+    app: web.Application, key: KeyRecord, device: Device, keys: Iterable[KeyRecord]
+) -> None:
+    """Store the new ``key`` for ``device``, given the vehicle's ``keys``: 409 device_has_key if
+    the device holds a live key on the vehicle, 409 too_soon until its latest cutoff has passed
+    (a token signed now would be dead on arrival)."""
+    if any(k.device_id == device.device_id and k.status in _LIVE for k in keys):
+        raise ApiError(409, "device_has_key", "this device already holds a key for the vehicle")
+    _, cutoff = await holder_cutoff(app, key.vin, device.device_id)
+    check_cutoff(cutoff, auth.now())
+    await app[STORE].put_key(key)
+
+
+def check_cutoff(cutoff: int, now: int) -> None:
+    """A token signed before a holder entry's cutoff would be dead on arrival: wait for it."""
+    if cutoff > now:
+        raise ApiError(
+            409, "too_soon", "this device's keys were withdrawn a moment ago; retry shortly",
+            headers={"Retry-After": str(cutoff - now)},
+        )  # fmt: skip
+
+
 async def revoke_keys(app: web.Application, vin: str, keys: Iterable[KeyRecord]) -> int:
     """Revoke ``keys`` of vehicle ``vin`` for good and kill the tokens already issued from them.
 
@@ -166,7 +190,7 @@ async def _withdraw(
             )
     sequence = await store.append_revocations(vin, entries)
     if entries:  # a connected car gets the delta now (docs/protocol.md §17)
-        app[HUB].revoked(vin)
+        app[HUB].revoked(vin, sequence)
     await store.prune_revocations(vin, before=cutoff - LEDGER_GRACE_S)
     return sequence
 

@@ -5,8 +5,9 @@ One SQLite file per keyserver process (``<data_dir>/journal.db``, WAL, ``synchro
 (the replay order) and an operation id (the same request twice is one row: ``append`` returns the
 existing one). Replay (keyserver.replay) applies pending rows in sequence order and records each
 as ``done`` or ``refused`` (a business refusal, e.g. the key is gone: never retried); a store
-failure stops the replay, which resumes later from the same row. Applying an operation twice has
-the effect of applying it once (revocation appends holder entries, which merge).
+failure (or ``NotYet``) stops the replay, which resumes later from the same row. Applying an
+operation twice has the effect of applying it once (revocation appends holder entries, which
+merge; a share acceptance creates a key whose id is in the journal).
 
 Revocations pushed to cars during the outage (``issued_lists``). A revocation accepted here must
 reach the cars connected to this process at once (G4), but the ledger, which numbers lists, is in
@@ -62,6 +63,10 @@ CREATE TABLE IF NOT EXISTS issued_lists (
 );
 """
 PENDING, DONE, REFUSED = "pending", "done", "refused"
+
+
+class NotYet(Exception):
+    """An operation that cannot be applied yet: the replay stops at it and tries again later."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +147,14 @@ class Journal:
             raise ValueError("an operation settles as done or refused")
         await asyncio.to_thread(self._execute,
             "UPDATE operations SET state = ?, outcome = ? WHERE seq = ?", (state, outcome, seq),
+        )  # fmt: skip
+
+    async def set_payload(self, seq: int, payload: dict[str, Any]) -> None:
+        """Replace a pending operation's payload: what its replay has taken from the store and
+        must not lose (keyserver.acceptance)."""
+        await asyncio.to_thread(self._execute,
+            "UPDATE operations SET payload = ? WHERE seq = ? AND state = ?",
+            (json.dumps(payload, sort_keys=True), seq, PENDING),
         )  # fmt: skip
 
     async def record_list(self, vin: str, *, ledger_base: int, sequence: int) -> None:

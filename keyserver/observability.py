@@ -14,6 +14,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from keyserver.degraded import DEGRADED_HEADER
 from keyserver.errors import StoreUnavailable
 from keyserver.http import Handler, JsonLogFormatter
 
@@ -31,6 +32,9 @@ class Metrics:
     channel_closes: Counter
     commands: Counter
     command_results: Counter
+    degraded_answers: Counter
+    hub_notices: Counter
+    hub_subscribed: Gauge
 
     @classmethod
     def create(cls) -> Metrics:
@@ -89,8 +93,27 @@ class Metrics:
             ),
             command_results=Counter(
                 "keyserver_command_results",
-                "Command results from cars: applied, or a repeat of one already recorded",
-                ["outcome"],
+                "Command results from cars, by outcome (applied, or a repeat of one already"
+                " recorded) and the status the car reported (executed, failed, expired)",
+                ["outcome", "status"],
+                registry=registry,
+            ),
+            degraded_answers=Counter(
+                "keyserver_degraded_answers",
+                "Answers carrying the degraded marker (keyserver.degraded), by reason",
+                ["reason"],
+                registry=registry,
+            ),
+            hub_notices=Counter(
+                "keyserver_hub_notices",
+                "Channel hub notices between instances (keyserver.hub_bridge), by direction"
+                " (out, in) and outcome",
+                ["direction", "outcome"],
+                registry=registry,
+            ),
+            hub_subscribed=Gauge(
+                "keyserver_hub_subscribed",
+                "1 while this instance receives the other instances' hub notices (Redis store)",
                 registry=registry,
             ),
         )
@@ -99,6 +122,7 @@ class Metrics:
         # labelled series by their labels: looking them up again costs more than counting
         counts: dict[tuple[str, str, int], Any] = {}
         latencies: dict[str, Any] = {}
+        degraded: dict[str, Any] = {}
 
         @web.middleware
         async def measure(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -117,6 +141,13 @@ class Metrics:
             if latency is None:
                 latency = latencies[name] = self.latency.labels(name)
             latency.observe(time.perf_counter() - started)
+            # keyserver.degraded marks every degraded answer; counted here, once, as it leaves
+            reason = response.headers.get(DEGRADED_HEADER)
+            if reason is not None:
+                marked = degraded.get(reason)
+                if marked is None:
+                    marked = degraded[reason] = self.degraded_answers.labels(reason)
+                marked.inc()
             return response
 
         return measure

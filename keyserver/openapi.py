@@ -53,6 +53,11 @@ PENDING_SCHEMA: dict[str, Any] = {
         "status": {"const": "accepted_pending"},
         "operation_id": {"type": "string", "pattern": "^[A-Za-z0-9_-]{8,64}$"},
         "accepted_at": {"type": "integer", "minimum": 0},
+        "key_id": {
+            "type": "string",
+            "description": "an accepted invitation: the key it will create once applied; its "
+            "token comes from POST /v1/keys/{key_id}/token when the store is back",
+        },
         "degraded": _DEGRADED_REF,
     },
 }

@@ -5,7 +5,8 @@
 degraded twin of ``keyserver.issuance.revoke_keys`` / ``suspend_keys``: the write goes into the
 journal (202 accepted_pending), the keys' last known status changes at once on this process (so a
 degraded refresh here refuses them), and each connected car gets a revocation list signed here
-(the sequence scheme is in keyserver.journal's docstring).
+(the sequence scheme is in keyserver.journal's docstring). ``accept_share`` journals an
+invitation's acceptance (keyserver.acceptance).
 """
 
 from __future__ import annotations
@@ -15,19 +16,20 @@ import contextlib
 import logging
 import secrets
 from collections.abc import AsyncIterator, Sequence
-from typing import cast
+from typing import Any, cast
 
 from aiohttp import web
 
 from keycore import RevokedHolder, sign_revocation_list
 from keycore.cose import holder_id
 from keyserver import auth, degraded
+from keyserver.acceptance import ACCEPT, Acceptance
 from keyserver.app import CONFIG, HUB, KEYRING, STORE
 from keyserver.errors import StoreUnavailable
 from keyserver.issuance import MAX_TOKEN_LIFETIME
 from keyserver.journal import Journal, Operation
 from keyserver.lastknown import LastKnown, LastKnownStore
-from keyserver.models import KeyRecord, KeyStatus
+from keyserver.models import Invitation, KeyRecord, KeyStatus
 from keyserver.replay import Replayer
 from keyserver.store import Store
 
@@ -79,18 +81,40 @@ async def accept_withdrawal(
     return operation
 
 
-def pending_answer(operation: Operation) -> web.Response:
-    """202 accepted_pending, with the marker."""
+async def accept_share(
+    app: web.Application, acceptance: Acceptance, taken: Invitation | None
+) -> Operation:
+    """Journal an invitation's acceptance while the store is down (keyserver.acceptance);
+    ``taken``: the invitation, if it was taken from the store before it failed."""
+    payload = acceptance.payload(taken)
+    vin = "" if taken is None else taken.vin  # unknown until the replay takes the invitation
+    operation = await app[JOURNAL].append(_op_id(), ACCEPT, vin, payload, now=auth.now())
+    log.info(
+        "write journaled",
+        extra={"fields": {"op": operation.op_id, "kind": ACCEPT, "key": acceptance.key_id}},
+    )
+    return operation
+
+
+def pending_answer(operation: Operation, *, key_id: str | None = None) -> web.Response:
+    """202 accepted_pending, with the marker (and the id of the key it will create, if any)."""
+    body: dict[str, Any] = {
+        "status": "accepted_pending",
+        "operation_id": operation.op_id,
+        "accepted_at": operation.accepted_at,
+    }
+    detail = (
+        "the state store is unavailable: this change is recorded and will be applied as soon as"
+        " it is back; connected cars have been told already"
+    )
+    if key_id is not None:
+        body["key_id"] = key_id
+        detail = (
+            "the state store is unavailable: the acceptance is recorded and will be checked and"
+            " applied as soon as it is back; then this key's token comes from its refresh"
+        )
     return degraded.degraded_json(
-        {
-            "status": "accepted_pending",
-            "operation_id": operation.op_id,
-            "accepted_at": operation.accepted_at,
-        },
-        reason=degraded.STORE_UNAVAILABLE,
-        detail="the state store is unavailable: this change is recorded and will be applied"
-        " as soon as it is back; connected cars have been told already",
-        status=202,
+        body, reason=degraded.STORE_UNAVAILABLE, detail=detail, status=202
     )
 
 

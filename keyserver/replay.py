@@ -15,11 +15,11 @@ from collections import defaultdict
 
 from aiohttp import web
 
-from keyserver import auth
+from keyserver import acceptance, auth
 from keyserver.app import HUB, STORE
 from keyserver.errors import StoreUnavailable
 from keyserver.issuance import revoke_keys, suspend_keys
-from keyserver.journal import DONE, REFUSED, IssuedList, Journal, Operation
+from keyserver.journal import DONE, REFUSED, IssuedList, Journal, NotYet, Operation
 from keyserver.models import KeyStatus, RevocationEntry, RevocationKind
 
 log = logging.getLogger("keyserver.replay")
@@ -46,8 +46,8 @@ class Replayer:
             if self.journal.has_work():
                 try:
                     await self.replay_once()
-                except StoreUnavailable:
-                    pass  # still down: the next try resumes at the same operation
+                except (StoreUnavailable, NotYet):
+                    pass  # the next try resumes at the same operation
                 except Exception:  # a bug must not end the task: the journal keeps the work
                     log.exception("journal replay failed")
             with contextlib.suppress(TimeoutError):
@@ -57,7 +57,8 @@ class Replayer:
 
     async def replay_once(self) -> None:
         """Apply every pending operation, then settle the lists signed during the outage.
-        Raises StoreUnavailable if the store fails on the way (nothing is lost: resume later)."""
+        Raises StoreUnavailable if the store fails on the way, NotYet if an operation must wait
+        (nothing is lost: resume later, at the same operation)."""
         async with self._lock:
             await self._replay()
 
@@ -77,6 +78,8 @@ class Replayer:
         self.replays += 1
 
     async def _apply(self, operation: Operation) -> tuple[str, str]:
+        if operation.kind == acceptance.ACCEPT:
+            return await acceptance.replay(self.app, self.journal, operation)
         if operation.kind != "withdraw":
             return REFUSED, f"unknown operation {operation.kind}"
         store = self.app[STORE]

@@ -222,7 +222,7 @@ class CarSession:
                         expected=_UNFINISHED, detail=result.detail, now=auth.now(),
                     )  # fmt: skip
                     outcome = "applied" if applied else "repeated"
-                    self._metrics.command_results.labels(outcome).inc()
+                    self._metrics.command_results.labels(outcome, result.status).inc()
                 self._send(ResultsAck(frame.batch_id))
             case Audit():
                 await store.add_audit_batch(vin, frame.batch_id, frame.events, now=auth.now())

@@ -108,7 +108,7 @@ async def create_command(request: web.Request) -> web.Response:
     hub = app[HUB]
     connected = (
         hub.command(vin, stored.command_id, stored.document) if created else hub.connected(vin)
-    )
+    ) or await hub.elsewhere(vin)  # another instance holds the car's channel: sent from there
     view = _view(stored, now=now, connected=connected, key=own[0] if own else None)
     return commands_degraded.command_answer(view, status=202 if created else 200)
 
@@ -133,7 +133,11 @@ async def show_command(request: web.Request) -> web.Response:
             if k.account_id == caller.account_id and k.status is KeyStatus.ACTIVE
         ]
         key = live[0] if live else None
-    view = _view(command, now=auth.now(), connected=app[HUB].connected(command.vin), key=key)
+    hub = app[HUB]
+    connected = hub.connected(command.vin) or (
+        command.status is CommandStatus.QUEUED and await hub.elsewhere(command.vin)
+    )
+    view = _view(command, now=auth.now(), connected=connected, key=key)
     return commands_degraded.command_answer(view, status=200)
 
 

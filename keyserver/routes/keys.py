@@ -35,13 +35,14 @@ from aiohttp import web
 from keycore import ROLE_ENTITLEMENTS, Role
 from keycore.request_proof import HEADER
 from keycore.roles import to_mask
-from keyserver import auth, fields, outage
+from keyserver import acceptance, auth, fields, outage
 from keyserver.app import CBOR, CONFIG, DEVICE_KEYS, STORE
 from keyserver.errors import StoreUnavailable
 from keyserver.grants import OPEN_END, key_view, parse_grant
 from keyserver.http import ApiError, parse_json_object, read_body
 from keyserver.issuance import (
-    IssuedToken,
+    check_cutoff,
+    create_key,
     first_refresh,
     holder_cutoff,
     issue_token,
@@ -66,7 +67,6 @@ SEQUENCE_HEADER = "PK-Revocation-Sequence"
 MAX_SEQUENCE = 2**63 - 1
 _ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _SINCE = re.compile(r"[0-9]{1,19}")
-_LIVE = (KeyStatus.ACTIVE, KeyStatus.SUSPENDED)
 
 
 def setup(app: web.Application) -> None:
@@ -103,7 +103,9 @@ async def issue_owner_key(request: web.Request) -> web.Response:
         status=KeyStatus.ACTIVE,
         created_at=now,
     )
-    issued = await _create_key(request, key, device, keys)
+    await create_key(request.app, key, device, keys)
+    # signed after the cutoff check passed: a token from before it would be dead on arrival
+    issued = issue_token(request.app, key, device.public_key, now=auth.now())
     assert issued is not None  # an owner key's window starts now and has no end
     return web.json_response(keys_degraded.token_view(key, issued), status=201)
 
@@ -140,41 +142,36 @@ async def invite(request: web.Request) -> web.Response:
 
 
 async def accept(request: web.Request) -> web.Response:
-    """The recipient takes an invitation (once) for one of its devices and gets the key."""
-    store = request.app[STORE]
+    """The recipient takes an invitation (once) for one of its devices and gets the key.
+    With the store down the acceptance is journaled (keyserver.acceptance)."""
+    app = request.app
+    store = app[STORE]
     caller, body, _ = await _signed(request, takes_body=True)
     device = await _own_device(request, caller, _device_id(fields.exact(body, ("device_id",))))
     invitation_id = request.match_info["invitation_id"]
-    taken = None
-    if _ID.fullmatch(invitation_id):
-        taken = await store.take_invitation(invitation_id, now=auth.now())
-    vehicle = None if taken is None else await store.vehicle(taken.vin)
-    # An invitation dies with its inviter's ownership: the new owner never granted it.
-    if taken is None or vehicle is None or vehicle.owner_id != taken.inviter_id:
-        raise ApiError(404, "invitation_not_found", "no such invitation, or it is used or expired")
+    if not _ID.fullmatch(invitation_id):
+        raise ApiError(404, acceptance.NOT_FOUND, "no such invitation, or it is used or expired")
+    accepted = acceptance.Acceptance(
+        invitation_id, caller.account_id, device.device_id, new_key_id()
+    )
     try:
-        if taken.inviter_id == caller.account_id:
-            raise ApiError(403, "own_invitation", "an invitation is for another account")
-        now = auth.now()
-        key = KeyRecord(
-            key_id=new_key_id(),
-            vin=taken.vin,
-            account_id=caller.account_id,
-            device_id=device.device_id,
-            role=taken.role,
-            entitlements=taken.entitlements,
-            not_before=taken.not_before,
-            not_after=taken.not_after,
-            schedule=taken.schedule,
-            status=KeyStatus.ACTIVE,
-            created_at=now,
-        )
-        issued = await _create_key(request, key, device, await store.keys_of_vehicle(taken.vin))
-    except ApiError:
-        await store.put_invitation(taken)  # refused before use: the recipient may try again
+        taken = await store.take_invitation(invitation_id, now=auth.now())
+    except StoreUnavailable:  # must not be lost: journaled, decided when the store is back
+        return await _pending_acceptance(request, accepted, None)
+    if taken is None:
+        raise ApiError(404, acceptance.NOT_FOUND, "no such invitation, or it is used or expired")
+    try:
+        key = await acceptance.grant(app, taken, accepted, device)
+    except ApiError as error:
+        if error.code != acceptance.NOT_FOUND:  # refused before use: the recipient may try again
+            await store.put_invitation(taken)
         raise
+    except StoreUnavailable:  # taken already: the journal keeps the invitation itself
+        return await _pending_acceptance(request, accepted, taken)
+    now = auth.now()  # after the cutoff check passed, as for an owner key
+    issued = issue_token(app, key, device.public_key, now=now)
     if issued is None:  # the key starts too far ahead for any token yet
-        lifetime = request.app[CONFIG].lifetime(key.role)
+        lifetime = app[CONFIG].lifetime(key.role)
         view: dict[str, Any] = {
             "key_id": key.key_id,
             "role": key.role.name.lower(),
@@ -219,7 +216,7 @@ async def resume(request: web.Request) -> web.Response:
         raise ApiError(409, "key_revoked", "the key is revoked for good")
     sequence, cutoff = await holder_cutoff(request.app, key.vin, key.device_id)
     if key.status is KeyStatus.SUSPENDED:
-        _check_cutoff(cutoff, auth.now())
+        check_cutoff(cutoff, auth.now())
         expected = (KeyStatus.SUSPENDED,)
         if not await store.set_key_status(key.key_id, KeyStatus.ACTIVE, expected=expected):
             current = await store.key(key.key_id)
@@ -401,33 +398,18 @@ async def _own_device(request: web.Request, caller: auth.Caller, device_id: str)
     return device
 
 
-async def _create_key(
-    request: web.Request, key: KeyRecord, device: Device, keys: list[KeyRecord]
-) -> IssuedToken | None:
-    """Store a new key for ``device`` and sign its first token (None before its window)."""
-    if any(k.device_id == device.device_id and k.status in _LIVE for k in keys):
-        raise ApiError(409, "device_has_key", "this device already holds a key for the vehicle")
-    _, cutoff = await holder_cutoff(request.app, key.vin, device.device_id)
-    now = auth.now()
-    _check_cutoff(cutoff, now)
-    await request.app[STORE].put_key(key)
-    return issue_token(request.app, key, device.public_key, now=now)
-
-
-def _check_cutoff(cutoff: int, now: int) -> None:
-    """A token signed before a holder entry's cutoff would be dead on arrival: wait for it."""
-    if cutoff > now:
-        raise ApiError(
-            409, "too_soon", "this device's keys were withdrawn a moment ago; retry shortly",
-            headers={"Retry-After": str(cutoff - now)},
-        )  # fmt: skip
-
-
 async def _key_change(request: web.Request, key_id: str, sequence: int) -> web.Response:
     key = await request.app[STORE].key(key_id)
     if key is None:
         raise ApiError(404, "unknown_key", "no such key")
     return web.json_response({"key": key_view(key), "revocation_sequence": sequence})
+
+
+async def _pending_acceptance(
+    request: web.Request, accepted: acceptance.Acceptance, taken: Invitation | None
+) -> web.Response:
+    operation = await outage.accept_share(request.app, accepted, taken)
+    return outage.pending_answer(operation, key_id=accepted.key_id)
 
 
 async def _journaled(

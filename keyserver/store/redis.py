@@ -17,6 +17,8 @@ Key layout, all under the store's prefix ``P``::
     P cmdkey:{account}:{idempotency key}  string  command id (expires with the command)
     P commands:{vin}    zset    command ids by expires_at
     P audit:{vin}       hash    seq -> audit event (expires AUDIT_RETENTION_S after the last batch)
+    P car:{vin}         string  the instance the car is connected to (expires; redis_hub)
+    P hub               pub/sub channel of the hub's notices between instances (redis_hub)
 
 Records are hashes with one field per dataclass field (absent when None), so Lua can compare and
 set a single field. Expiry only collects garbage: validity is always decided by comparing with
@@ -72,6 +74,7 @@ from keyserver.models import (
 )
 from keyserver.store import redis_lua as lua
 from keyserver.store.redis_client import NotSent, direct_client, sentinel_client, writing
+from keyserver.store.redis_hub import RedisHub
 from keyserver.store.redis_records import (
     fields_of as _fields,
 )
@@ -125,8 +128,9 @@ def _unavailable(operation: str, exc: BaseException, *, write: bool) -> StoreUna
     return StoreUnavailable(f"redis {operation} failed ({cause}){outcome}", may_have_succeeded=sent)
 
 
-class RedisStore:
-    """The keyserver's state in Redis; one client and one connection pool per instance."""
+class RedisStore(RedisHub):
+    """The keyserver's state in Redis; one client and one connection pool per instance. The
+    channel hub's notices and car presence are ``RedisHub``'s (keyserver.store.redis_hub)."""
 
     def __init__(self, client: Redis, prefix: str, *, sentinel: Sentinel | None = None) -> None:
         self._client = client

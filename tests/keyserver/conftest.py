@@ -1,15 +1,21 @@
-"""Store fixtures: every contract test runs against SQLite and against a real redis-server."""
+"""Store fixtures: every contract test runs against SQLite and against a real redis-server; and
+the app on a store that fails on demand (``flaky``, ``flaky_api``) for the degraded-answer and
+journal tests."""
 
 from __future__ import annotations
 
 import secrets
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from deploy.processes import RedisServer
+from keyserver.app import create_app
 from keyserver.store import Store
+from tests.keyserver.flaky_store import FlakyStore, flaky_config, open_flaky
+from tests.keyserver.keys_harness import Api, Clock
 
 
 @pytest.fixture(scope="session")
@@ -34,3 +40,18 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         yield opened
     finally:
         await opened.close()
+
+
+@pytest.fixture
+async def flaky(tmp_path: Path) -> AsyncIterator[FlakyStore]:
+    """An SQLite store that fails while the test says so (tests.keyserver.flaky_store)."""
+    opened = await open_flaky(tmp_path / "keyserver.db")
+    yield opened
+    await opened.close()
+
+
+@pytest.fixture
+async def flaky_api(tmp_path: Path, aiohttp_client: Any, clock: Clock, flaky: FlakyStore) -> Api:
+    """The keyserver on the ``flaky`` store, its data (journal, key ring) in ``tmp_path/server``."""
+    app = create_app(flaky_config(tmp_path / "server"), store=flaky)  # type: ignore[arg-type]
+    return Api(app, await aiohttp_client(app), clock)

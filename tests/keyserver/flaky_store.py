@@ -1,7 +1,8 @@
 """A store that fails on demand, in process and deterministically: every operation raises
 ``StoreUnavailable`` while ``down`` (with ``may_have_succeeded`` as set), and goes through to
 the real store otherwise. ``land_writes`` makes a failing write happen before it raises: the
-"sent but not answered" case."""
+"sent but not answered" case. ``broken`` names operations that fail even while up: the store
+going down in the middle of a request."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ class FlakyStore:
         self.may_have_succeeded = False
         self.land_writes = False
         self.failures = 0  # calls refused while down
+        self.broken: set[str] = set()
 
     def fail(self, *, may_have_succeeded: bool = False, land_writes: bool = False) -> None:
         self.down = True
@@ -32,6 +34,7 @@ class FlakyStore:
 
     def recover(self) -> None:
         self.down = False
+        self.broken.clear()
 
     async def close(self) -> None:
         await self.inner.close()
@@ -40,7 +43,7 @@ class FlakyStore:
         operation = getattr(self.inner, name)
 
         async def call(*args: Any, **kwargs: Any) -> Any:
-            if not self.down:
+            if not self.down and name not in self.broken:
                 return await operation(*args, **kwargs)
             self.failures += 1
             if self.land_writes and name not in _READS:

@@ -6,8 +6,7 @@ and fail-closed refusals of callers this process does not know."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -16,13 +15,11 @@ from keycore import SoftwareSigner
 from keycore.cose import point_bytes
 from keycore.request_proof import HEADER, sign_request
 from keyserver import auth, degraded, fields, openapi
-from keyserver.app import CONFIG, OPENAPI, create_app
+from keyserver.app import CONFIG, OPENAPI
 from keyserver.degraded import DEGRADED_HEADER, STALE_AGE_HEADER, Behaviour
 from tests.keyserver.flaky_store import (
     PROVISIONING_SECRET,
     FlakyStore,
-    flaky_config,
-    open_flaky,
 )
 from tests.keyserver.keys_harness import (
     ACCEPT,
@@ -47,16 +44,9 @@ COMMAND = "/v1/commands/{command_id}"
 
 
 @pytest.fixture
-async def flaky(tmp_path: Path) -> AsyncIterator[FlakyStore]:
-    store = await open_flaky(tmp_path / "keyserver.db")
-    yield store
-    await store.close()
-
-
-@pytest.fixture
-async def api(tmp_path: Path, aiohttp_client: Any, clock: Clock, flaky: FlakyStore) -> Api:
-    app = create_app(flaky_config(tmp_path), store=flaky)  # type: ignore[arg-type]
-    return Api(app, await aiohttp_client(app), clock)
+def api(flaky_api: Api) -> Api:
+    """The keyserver on a store that fails on demand (tests/keyserver/conftest.py)."""
+    return flaky_api
 
 
 class World:
@@ -71,7 +61,8 @@ class World:
         self.owner = await api.person("owner")
         await api.vehicle(self.owner)
         self.driver = await api.person("driver")
-        self.stranger = await api.person("stranger")
+        self.stranger = await api.person("stranger")  # logs out in the sweep
+        self.recipient = await api.person("recipient")  # accepts the invitation in the sweep
         self.owner_key = await api.owner_key(self.owner)
         self.driver_key = await api.share(self.owner, self.driver)
         gone = await api.person("gone")
@@ -84,7 +75,7 @@ class World:
             vin=VIN,
         )  # fmt: skip
         self.command_id = reply.body["command_id"]
-        for who in (self.owner, self.driver, self.stranger):  # the reads fill the cache
+        for who in (self.owner, self.driver, self.stranger, self.recipient):  # fill the cache
             assert (await api.call(who, "GET", "/v1/accounts/me", proof=False)).status == 200
             assert (await api.call(who, "GET", "/v1/devices", proof=False)).status == 200
         for call in (
@@ -184,10 +175,10 @@ REQUESTS: dict[tuple[str, str], Request] = {
         "owner", "POST", INVITATIONS, {"role": "driver"}, vin=VIN
     ),
     ("post", "/v1/invitations/{invitation_id}/accept"): _call(
-        "stranger",
+        "recipient",
         "POST",
         ACCEPT,
-        {"device_id": lambda w: w.stranger.phone.device_id},
+        {"device_id": lambda w: w.recipient.phone.device_id},
         invitation_id=lambda w: w.invitation,
     ),
     ("post", "/v1/keys/{key_id}/suspend"): _call(
@@ -214,6 +205,9 @@ REQUESTS: dict[tuple[str, str], Request] = {
     ),
     ("get", "/v1/vehicles/{vin}/channel"): lambda w: _as_car(
         w, "GET", f"/v1/vehicles/{OTHER_VIN}/channel", OTHER_VIN
+    ),
+    ("get", "/v1/vehicles/{vin}/audit"): _call(
+        "owner", "GET", "/v1/vehicles/{vin}/audit", proof=False, vin=VIN
     ),
 }
 

@@ -4,34 +4,24 @@ or above the ledger's) and later revocations still reach it (keyserver.journal's
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from keycore import Reason
 from keycore.cose import holder_id
-from keyserver.app import create_app
 from keyserver.issuance import MAX_TOKEN_LIFETIME
 from keyserver.models import RevocationEntry, RevocationKind
 from keyserver.outage import JOURNAL, REPLAYER
-from tests.keyserver.flaky_store import FlakyStore, flaky_config, open_flaky
-from tests.keyserver.keys_harness import KEYS, REVOKE, VIN, Api, Clock, Person
+from tests.keyserver.flaky_store import FlakyStore
+from tests.keyserver.keys_harness import KEYS, REVOKE, VIN, Api, Person
 from tests.vehicle_agent.channel_harness import frames_in, hub_until, register, start_car
 
 
 @pytest.fixture
-async def flaky(tmp_path: Path) -> AsyncIterator[FlakyStore]:
-    store = await open_flaky(tmp_path / "keyserver.db")
-    yield store
-    await store.close()
-
-
-@pytest.fixture
-async def api(tmp_path: Path, aiohttp_client: Any, clock: Clock, flaky: FlakyStore) -> Api:
-    app = create_app(flaky_config(tmp_path / "server"), store=flaky)  # type: ignore[arg-type]
-    return Api(app, await aiohttp_client(app), clock)
+def api(flaky_api: Api) -> Api:
+    """The keyserver on a store that fails on demand (tests/keyserver/conftest.py)."""
+    return flaky_api
 
 
 @pytest.fixture

@@ -4,8 +4,6 @@ with the normal codes (keyserver.routes.keys_degraded)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,25 +12,18 @@ from keycore import Action, Reason, Role, SoftwareSigner, issue
 from keycore.cose import load_point
 from keycore.request_proof import HEADER, sign_request
 from keyserver import fields
-from keyserver.app import CONFIG, KEYRING, create_app
+from keyserver.app import CONFIG, KEYRING
 from keyserver.degraded import DEGRADED_HEADER
 from keyserver.models import KeyStatus
 from keyserver.outage import LAST_KNOWN
-from tests.keyserver.flaky_store import FlakyStore, flaky_config, open_flaky
+from tests.keyserver.flaky_store import FlakyStore
 from tests.keyserver.keys_harness import REVOKE, TOKEN, VIN, Api, Clock, Person
 
 
 @pytest.fixture
-async def flaky(tmp_path: Path) -> AsyncIterator[FlakyStore]:
-    store = await open_flaky(tmp_path / "keyserver.db")
-    yield store
-    await store.close()
-
-
-@pytest.fixture
-async def api(tmp_path: Path, aiohttp_client: Any, clock: Clock, flaky: FlakyStore) -> Api:
-    app = create_app(flaky_config(tmp_path), store=flaky)  # type: ignore[arg-type]
-    return Api(app, await aiohttp_client(app), clock)
+def api(flaky_api: Api) -> Api:
+    """The keyserver on a store that fails on demand (tests/keyserver/conftest.py)."""
+    return flaky_api
 
 
 @pytest.fixture

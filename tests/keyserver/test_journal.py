@@ -3,33 +3,24 @@ store is down, replayed in order once it is back, with the effect of applying ea
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from keyserver.app import CONFIG, create_app
+from keyserver.app import CONFIG
 from keyserver.degraded import DEGRADED_HEADER
 from keyserver.errors import StoreUnavailable
 from keyserver.journal import DONE, PENDING, REFUSED, Journal
 from keyserver.models import KeyStatus, RevocationKind
 from keyserver.outage import JOURNAL, REPLAYER
-from tests.keyserver.flaky_store import FlakyStore, flaky_config, open_flaky
-from tests.keyserver.keys_harness import KEYS, REVOCATIONS, REVOKE, SUSPEND, VIN, Api, Clock, Person
+from tests.keyserver.flaky_store import FlakyStore
+from tests.keyserver.keys_harness import KEYS, REVOCATIONS, REVOKE, SUSPEND, VIN, Api, Person
 
 
 @pytest.fixture
-async def flaky(tmp_path: Path) -> AsyncIterator[FlakyStore]:
-    store = await open_flaky(tmp_path / "keyserver.db")
-    yield store
-    await store.close()
-
-
-@pytest.fixture
-async def api(tmp_path: Path, aiohttp_client: Any, clock: Clock, flaky: FlakyStore) -> Api:
-    app = create_app(flaky_config(tmp_path), store=flaky)  # type: ignore[arg-type]
-    return Api(app, await aiohttp_client(app), clock)
+def api(flaky_api: Api) -> Api:
+    """The keyserver on a store that fails on demand (tests/keyserver/conftest.py)."""
+    return flaky_api
 
 
 @pytest.fixture

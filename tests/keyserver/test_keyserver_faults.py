@@ -67,9 +67,11 @@ async def keyserver(
         )
         settings["redis_sentinels"] = ",".join(f"{h}:{p}" for h, p in addresses)
     app = create_app(build(settings), store=store)
+    client = await aiohttp_client(app)
     try:
-        yield Api(app, await aiohttp_client(app), clock)
+        yield Api(app, client, clock)
     finally:
+        await client.close()  # the app first (its hub bridge holds a connection), then its store
         await store.close()
         gc.collect()  # a connection cut by the fault is finalized now, while its loop is open
 

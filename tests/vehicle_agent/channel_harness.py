@@ -137,7 +137,13 @@ def hub(api: Api) -> ChannelHub:
 
 
 def metric(api: Api, name: str, **labels: str) -> float:
-    return api.app[METRICS].registry.get_sample_value(name, labels) or 0.0
+    """The sum of the samples of ``name`` whose labels include ``labels``."""
+    return sum(
+        sample.value
+        for family in api.app[METRICS].registry.collect()
+        for sample in family.samples
+        if sample.name == name and labels.items() <= sample.labels.items()
+    )
 
 
 def applied_results(api: Api) -> float:

@@ -1,0 +1,292 @@
+"""The drill report's figures from synthetic event logs, one definition at a time (table-driven),
+including the cases that are easy to get wrong: a doubled command, a lost revocation, a 5xx, a
+drill with no fault at all."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from deploy.drill_report import (
+    MARK_BASELINE,
+    MARK_END,
+    DrillReport,
+    compute_report,
+    fault_windows,
+    summary_table,
+)
+from tests.deploy.drill_events import (
+    T0,
+    actuation,
+    breaker,
+    command,
+    fault,
+    healthy,
+    http,
+    mark,
+    reconcile,
+    revocation,
+    unlock,
+)
+
+
+def report(events: list[dict[str, Any]], **kwargs: Any) -> DrillReport:
+    return compute_report("redis-down", events, **kwargs)
+
+
+def test_a_healthy_drill_passes_with_its_figures() -> None:
+    r = report(healthy())
+    assert r.passed, r.failures
+    assert (r.unlock_attempts, r.unlock_ok) == (10, 10)
+    assert r.detect_s == pytest.approx(0.2)  # breaker opened 0.2 s after the fault began
+    assert r.recover_s == pytest.approx(1.5)  # closed for good at 7.0, next cloud unlock 7.5
+    assert r.fault_window == [T0 + 3.0, T0 + 6.0]
+    assert r.window == [T0, T0 + 10.0]
+    assert r.latency["cloud"] == {"p50": 50.0, "p99": 50.0, "n": 10}
+    assert r.latency["ble"] == {"p50": None, "p99": None, "n": 0}
+    assert json.loads(r.to_json())["drill"] == "redis-down"
+
+
+def test_presses_per_intent_are_counted_and_a_second_press_that_worked_is_a_success() -> None:
+    twice = {
+        **unlock(4.5, path="ble"),
+        "presses": 2,
+        "first": {"status": "unknown", "path": "cloud"},
+    }
+    r = report([*healthy(), twice, {**unlock(11.0), "presses": 2}])  # the last: outside the window
+    assert (r.unlock_attempts, r.unlock_ok) == (11, 11)
+    assert (r.unlock_presses, r.unlock_second_press) == (12, 1)  # events without presses: 1
+    assert r.passed, r.failures
+    assert summary_table([r]).splitlines()[2].endswith(" | 1 |")
+
+
+@pytest.mark.parametrize(
+    ("extra", "field", "expected"),
+    [
+        # valid unlocks: only inside the measured window count
+        ([unlock(-1.0, ok=False)], "unlock_attempts", 10),
+        ([unlock(10.5, ok=False)], "unlock_attempts", 10),
+        ([unlock(4.2, ok=False)], "unlock_ok", 10),
+        ([unlock(4.2, ok=False)], "unlock_attempts", 11),
+        (
+            [unlock(4.2, ok=False), unlock(5.5, ok=False, path="ble")],
+            "unlock_failures",
+            {"cloud: denied": 1, "ble: denied": 1},
+        ),
+        ([], "unlock_failures", {}),
+        # invalid keys: denied is right, accepted is counted, anywhere in the log
+        ([unlock(4.0, key="revoked", path="ble", ok=False)], "invalid_accepted", 0),
+        ([unlock(4.0, key="revoked", path="ble", ok=False)], "invalid_attempts", 1),
+        ([unlock(4.0, key="replayed", path="ble", ok=True)], "invalid_accepted", 1),
+        ([unlock(-5.0, key="foreign", path="ble", ok=True)], "invalid_accepted", 1),
+        # 5xx: every http event's count
+        ([http(4.0, ok=3, server_errors=2), http(5.0, server_errors=1)], "http_5xx", 3),
+        ([http(4.0, ok=30)], "http_5xx", 0),
+    ],
+)
+def test_counts(extra: list[dict[str, Any]], field: str, expected: Any) -> None:
+    assert getattr(report(healthy() + extra), field) == expected
+
+
+@pytest.mark.parametrize(
+    ("events", "doubled", "lost", "accepted"),
+    [
+        ([command(4, "c1"), actuation(4.1, "c1"), reconcile(20, {"c1": 1})], 0, 0, 1),
+        # the car says it executed twice
+        ([command(4, "c1"), reconcile(20, {"c1": 2})], 1, 0, 1),
+        # two actuations with the same id, though the car's count says once
+        (
+            [command(4, "c1"), actuation(4.1, "c1"), actuation(5, "c1"), reconcile(20, {"c1": 1})],
+            1,
+            0,
+            1,
+        ),
+        # an unlock through the cloud is a command too: doubling it is counted
+        ([actuation(4.1, "u1"), actuation(4.2, "u1"), reconcile(20, {"u1": 2})], 1, 0, 0),
+        # BLE actuations carry no id and are never "doubled"
+        ([actuation(4.1, None), actuation(4.2, None), reconcile(20)], 0, 0, 0),
+        # accepted, never executed, not final: lost
+        ([command(4, "c2", status="may_be_queued"), reconcile(20)], 0, 1, 1),
+        # accepted and expired (the keyserver's final answer): not lost
+        ([command(4, "c2"), reconcile(20, commands={"c2": "expired"})], 0, 0, 1),
+        ([command(4, "c2"), reconcile(20, commands={"c2": "failed"})], 0, 0, 1),
+        # the keyserver says executed, the car has no trace: lost
+        ([command(4, "c2"), reconcile(20, commands={"c2": "executed"})], 0, 1, 1),
+        # executed per actuation only (the car's record is gone): not lost
+        ([command(4, "c2"), actuation(4.5, "c2"), reconcile(20)], 0, 0, 1),
+        # refused by the keyserver: not its to lose
+        ([command(4, None, accepted=False, status="refused"), reconcile(20)], 0, 0, 0),
+        # accepted without an id: cannot be traced, counted lost
+        ([command(4, None, status="in_doubt"), reconcile(20)], 0, 1, 1),
+        # the same command reported twice is one command
+        ([command(4, "c3"), command(5, "c3"), reconcile(20, {"c3": 1})], 0, 0, 1),
+        # no reconcile: only actuations prove execution
+        ([command(4, "c4")], 0, 1, 1),
+    ],
+)
+def test_commands(events: list[dict[str, Any]], doubled: int, lost: int, accepted: int) -> None:
+    r = report([*healthy()[:-1], *events])  # healthy() without its reconcile event
+    assert (r.commands_doubled, r.commands_lost, r.commands_accepted) == (doubled, lost, accepted)
+    assert r.passed is (doubled == 0 and lost == 0)
+
+
+@pytest.mark.parametrize(
+    ("events", "accepted", "lost"),
+    [
+        ([revocation(4, "k1"), reconcile(20, revoked=("k1", "k9"))], 1, 0),
+        ([revocation(4, "k1"), reconcile(20, revoked=("k9",))], 1, 1),
+        ([revocation(4, "k1", accepted=False), reconcile(20)], 0, 0),
+        ([revocation(4, "k1"), revocation(6, "k1"), reconcile(20, revoked=("k1",))], 1, 0),
+        ([revocation(4, "k1")], 1, 1),  # no reconcile: nothing is proven enforced
+    ],
+)
+def test_revocations(events: list[dict[str, Any]], accepted: int, lost: int) -> None:
+    r = report([*healthy()[:-1], *events])
+    assert (r.revocations_accepted, r.revocations_lost) == (accepted, lost)
+    if lost:
+        assert r.lost_revocations
+        assert not r.passed
+
+
+def test_a_lost_revocation_names_car_and_key() -> None:
+    r = report([*healthy()[:-1], revocation(4, "k1"), reconcile(20)])
+    assert r.lost_revocations == ["VIN0000000000001/k1"]
+    assert "revocations_lost = 1" in r.failures
+
+
+def quiet(*events: dict[str, Any]) -> list[dict[str, Any]]:
+    """Ten seconds of cloud unlocks, all closed, plus ``events``."""
+    base = [mark(0, MARK_BASELINE), breaker(0.1, "closed"), mark(10, MARK_END), reconcile(11)]
+    return base + [unlock(k + 0.5) for k in range(10)] + list(events)
+
+
+@pytest.mark.parametrize(
+    ("events", "detect", "recover"),
+    [
+        ([], None, None),  # no fault: nothing to detect or recover from
+        ([fault(3, "start"), fault(6, "end")], None, pytest.approx(0.5)),  # surge: "n/a"
+        (
+            [fault(3, "start"), breaker(4, "open"), breaker(6.7, "closed"), fault(6, "end")],
+            pytest.approx(1.0),
+            pytest.approx(1.5),
+        ),
+        # a BLE unlock before any breaker opens is the detection
+        (
+            [
+                fault(3, "start"),
+                unlock(3.3, path="ble"),
+                breaker(4, "open"),
+                breaker(5, "closed"),
+                fault(6, "end"),
+            ],
+            pytest.approx(0.3),
+            pytest.approx(0.5),
+        ),
+        # a breaker that opened before the fault does not detect it
+        (
+            [breaker(1, "open"), breaker(2, "closed"), fault(3, "start"), fault(6, "end")],
+            None,
+            pytest.approx(0.5),
+        ),
+        # a breaker still open at the end: never recovered
+        ([fault(3, "start"), breaker(4, "open"), fault(6, "end")], pytest.approx(1.0), None),
+        # half-open is not closed
+        (
+            [fault(3, "start"), breaker(4, "open"), fault(6, "end"), breaker(7, "half_open")],
+            pytest.approx(1.0),
+            None,
+        ),
+        # recovered only once every source is closed, then the next cloud unlock
+        (
+            [
+                fault(3, "start"),
+                breaker(4, "open"),
+                breaker(4, "open", source="keyserver-1"),
+                fault(6, "end"),
+                breaker(6.1, "closed"),
+                breaker(8.2, "closed", source="keyserver-1"),
+            ],
+            pytest.approx(1.0),
+            pytest.approx(2.5),
+        ),
+        # a failed cloud unlock after closing is not recovery; the next success is
+        (
+            [
+                fault(3, "start"),
+                breaker(4, "open"),
+                fault(6, "end"),
+                breaker(6.7, "closed"),
+                unlock(6.8, ok=False),
+            ],
+            pytest.approx(1.0),
+            pytest.approx(1.5),
+        ),
+        # a BLE unlock after the fault is not "normal service" yet
+        (
+            [fault(3, "start"), fault(6, "end"), unlock(6.2, path="ble")],
+            pytest.approx(3.2),
+            pytest.approx(0.5),
+        ),
+    ],
+)
+def test_detect_and_recover(events: list[dict[str, Any]], detect: Any, recover: Any) -> None:
+    r = report(quiet(*events))
+    assert (r.detect_s, r.recover_s) == (detect, recover)
+
+
+def test_no_fault_has_no_fault_window_and_still_passes() -> None:
+    r = report(quiet())
+    assert r.fault_window is None
+    assert r.passed, r.failures
+
+
+@pytest.mark.parametrize(
+    ("ok", "attempts", "passed"),
+    [(1000, 1000, True), (999, 1000, True), (998, 1000, False), (9, 10, False), (0, 0, False)],
+)
+def test_the_success_bar_is_exact(ok: int, attempts: int, passed: bool) -> None:
+    events = [mark(0, MARK_BASELINE), mark(100, MARK_END), reconcile(101)]
+    events += [unlock(k * 0.05, ok=k < ok) for k in range(attempts)]
+    assert report(events).passed is passed
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "reason"),
+    [
+        ({"experiment_status": "failed"}, "experiment status failed"),
+        ({"experiment_status": "aborted"}, "experiment status aborted"),
+        ({"deviated": True}, "the steady state deviated after the fault"),
+    ],
+)
+def test_the_experiment_must_complete_without_deviating(kwargs: Any, reason: str) -> None:
+    r = report(healthy(), **kwargs)
+    assert not r.passed
+    assert r.failures == [reason]
+
+
+def test_latency_per_path_is_nearest_rank_in_ms() -> None:
+    events = [mark(0, MARK_BASELINE), mark(100, MARK_END), reconcile(101)]
+    events += [unlock(k * 0.5, latency_s=(k + 1) / 1000) for k in range(100)]  # 1..100 ms
+    events += [unlock(60 + k, path="ble", latency_s=0.3) for k in range(3)]
+    r = report(events)
+    assert r.latency["cloud"] == {"p50": 51.0, "p99": 100.0, "n": 100}
+    assert r.latency["ble"] == {"p50": 300.0, "p99": 300.0, "n": 3}
+
+
+def test_a_fault_never_cleared_has_an_open_window() -> None:
+    windows = fault_windows([fault(3, "start"), fault(4, "start", name="x"), fault(5, "end")])
+    assert [(w.name, w.end) for w in windows] == [("redis-down", T0 + 5), ("x", None)]
+    r = report(quiet(fault(3, "start")))
+    assert r.fault_window == [T0 + 3, None]
+    assert r.recover_s is None
+
+
+def test_the_summary_has_a_row_per_drill() -> None:
+    good = report(healthy())
+    bad = compute_report("cloud-outage", [*healthy(), http(5, server_errors=4)])
+    lines = summary_table([good, bad]).splitlines()
+    assert len(lines) == 4
+    assert lines[2].startswith("| redis-down | yes | 10/10 | 0 | 0 | 0/0 | 0 | 0.20 | 1.50 |")
+    assert lines[3].startswith("| cloud-outage | **no** | 10/10 | 0 | 4 |")
