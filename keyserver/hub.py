@@ -6,7 +6,9 @@ must reach a car wherever it is connected: a revocation appended to its ledger
 (``command``). Each is delivered at once to a car connected to this process
 (``deliver_revoked`` / ``deliver_command``) and handed to the ``relay``, if there is one: with
 the Redis store, keyserver.hub_bridge publishes it to the other instances, which deliver it to
-the car where it is connected. With the embedded SQLite store (one node) there is no relay.
+the car where it is connected; the relay also hears which cars come and go here, so any
+instance can tell whether a car is connected somewhere (``elsewhere``, keyserver.hub_presence).
+With the embedded SQLite store (one node) there is no relay.
 A car gets its revocation delta and pending commands again every time it connects, so a lost
 relay costs time, never a revocation.
 """

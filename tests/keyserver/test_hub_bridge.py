@@ -117,7 +117,11 @@ async def two_instances(
         settings["redis_url"] = redis.url
     else:
         addresses = ",".join(f"{host}:{port}" for host, port in redis.sentinel_addresses)
-        settings |= {"redis_sentinels": addresses, "redis_service": redis.service}
+        settings |= {
+            "redis_sentinels": addresses,
+            "redis_service": redis.service,
+            "redis_wait_replicas": "1",  # as in production: no acknowledged write is lost
+        }
     a = await instance(settings, tmp_path, "a", aiohttp_client, clock)
     b = await instance(settings, tmp_path, "b", aiohttp_client, clock)
     owner = await a.person("owner")
@@ -234,7 +238,8 @@ async def test_a_hung_redis_is_noticed_and_the_subscription_comes_back(
 
 @pytest.fixture
 def sentinel_group(tmp_path: Path) -> Iterator[SentinelGroup]:
-    with start_sentinel_group(tmp_path / "ha", replicas=1) as group:
+    # two replicas: the promoted one still has a replica to confirm writes (WAIT 1)
+    with start_sentinel_group(tmp_path / "ha", replicas=2) as group:
         yield group
 
 
