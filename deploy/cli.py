@@ -17,6 +17,7 @@ from deploy import (
     stack_cli,
     world_cli,
 )
+from deploy.cli_types import seconds_up_to
 from deploy.processes import ProcessError
 
 MAX_BENCH_SECONDS = 600.0
@@ -46,7 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
         "issue", help="token refresh on one keyserver (Redis) against verify+sign alone"
     )
     issue.add_argument("--json", action="store_true", help="print the JSON report only")
-    issue.add_argument("--seconds", type=_seconds, default=10.0, help="timed run per server")
+    issue.add_argument(
+        "--seconds",
+        type=seconds_up_to(MAX_BENCH_SECONDS),
+        default=10.0,
+        help="timed run per server",
+    )
     issue.add_argument("--concurrency", type=_positive, default=32, help="generator workers")
     ble = which.add_parser("ble", help="an unlock over the simulated BLE link against the decision")
     ble.add_argument("--json", action="store_true", help="print the JSON report only")
@@ -57,16 +63,6 @@ def build_parser() -> argparse.ArgumentParser:
     proxy_cli.add_parser(commands)
     stack_cli.add_parser(commands)
     return parser
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0 < value <= MAX_BENCH_SECONDS:
-        raise argparse.ArgumentTypeError(f"must be in (0, {MAX_BENCH_SECONDS}]")
-    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:

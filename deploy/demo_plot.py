@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from deploy.drill_report import Event, fault_windows, of_kind
+from deploy.timeline import save_png
 
 LANES = {"owner": 1.0, "friend": 0.0}
 PATH_STYLE = {"cloud": ("tab:blue", "o"), "ble": ("tab:orange", "s"), "none": ("tab:gray", "^")}
@@ -78,14 +79,9 @@ def plot(events: Sequence[Event], path: Path, title: str) -> Path:
         _tick_steps(bottom, events, origin)
         for axes in (top, bottom):
             axes.grid(True, alpha=0.3)
-        figure.suptitle(title)
-        figure.tight_layout()
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        figure.savefig(path, format="png", dpi=100)
+        return save_png(figure, path, title)
     finally:
         pyplot.close(figure)
-    return path
 
 
 def _tick_steps(axes: object, events: Sequence[Event], origin: float) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 
 from deploy.chaos import DRILLS
 from deploy.chaos.access import ChaosError
+from deploy.cli_types import seconds_up_to
 from deploy.drill import DrillError, DrillOutcome, DrillSettings, run_drill
 from deploy.drill_report import DrillReport, summary_table
 from deploy.processes import ProcessError
@@ -23,16 +24,7 @@ from deploy.stack_spec import StackError
 
 DEFAULT_OUT = Path("docs/drills")
 MAX_SECONDS = 600.0
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0 < value <= MAX_SECONDS:
-        raise argparse.ArgumentTypeError(f"must be in (0, {MAX_SECONDS:g}]")
-    return value
+SECONDS = seconds_up_to(MAX_SECONDS)
 
 
 def add_parser(commands: Any) -> None:
@@ -47,9 +39,9 @@ def add_parser(commands: Any) -> None:
     drill.add_argument("--json", type=Path, help="one drill: write its report here")
     drill.add_argument("--plot", type=Path, help="one drill: write its PNG timeline here")
     drill.add_argument("--out", type=Path, help=f"all: the reports' directory ({DEFAULT_OUT})")
-    drill.add_argument("--seconds", type=_seconds, default=20.0, help="how long each fault holds")
-    drill.add_argument("--baseline", type=_seconds, default=10.0, help="seconds before the fault")
-    drill.add_argument("--recover", type=_seconds, default=10.0, help="seconds after it, at least")
+    drill.add_argument("--seconds", type=SECONDS, default=20.0, help="how long each fault holds")
+    drill.add_argument("--baseline", type=SECONDS, default=10.0, help="seconds before the fault")
+    drill.add_argument("--recover", type=SECONDS, default=10.0, help="seconds after it, at least")
     drill.add_argument("--keep", action="store_true", help="keep each stack's directory")
 
 

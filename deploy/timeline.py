@@ -12,6 +12,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from deploy.bench import percentile
 from deploy.drill_report import Event, fault_windows, measured_window, of_kind
@@ -134,6 +135,16 @@ def timeline(events: Sequence[Event]) -> Timeline:
     )
 
 
+def save_png(figure: Any, path: Path, title: str) -> Path:
+    """Title, lay out and write a matplotlib figure as a PNG (the caller closes it)."""
+    figure.suptitle(title)
+    figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, format="png", dpi=100)
+    return path
+
+
 def plot(events: Sequence[Event], path: Path, title: str) -> Path:
     """Write the three-panel PNG (unlock success, latency per path, breaker state) to ``path``."""
     import matplotlib
@@ -178,14 +189,9 @@ def plot(events: Sequence[Event], path: Path, title: str) -> Path:
             top.axvline(moment, color="grey", linestyle=":", linewidth=1)
         for name, start, _end in line.faults:
             top.annotate(name, (start + 0.2, 5), fontsize="small", color="tab:red")
-        figure.suptitle(title)
-        figure.tight_layout()
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        figure.savefig(path, format="png", dpi=100)
+        return save_png(figure, path, title)
     finally:
         pyplot.close(figure)
-    return path
 
 
 def _nan(values: Sequence[float | None]) -> list[float]:

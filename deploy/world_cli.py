@@ -26,6 +26,7 @@ from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from deploy.cli_types import integer_in, seconds_up_to
 from deploy.processes import LOOPBACK
 from deploy.world import World, WorldSettings
 from deploy.world_control import create_control_app
@@ -57,15 +58,18 @@ def add_parser(commands: Any) -> None:
         "--provisioning-secret-file", type=Path, required=True,
         help="a file holding the factory's provisioning secret",
     )  # fmt: skip
-    world.add_argument("--cars", type=_bounded_int(1, MAX_CARS), default=8)
-    world.add_argument("--phones", type=_bounded_int(1, MAX_PHONES), default=16)
+    world.add_argument("--cars", type=integer_in(1, MAX_CARS), default=8)
+    world.add_argument("--phones", type=integer_in(1, MAX_PHONES), default=16)
     world.add_argument("--events", type=Path, required=True, help="the events file (JSON lines)")
     world.add_argument("--state-dir", type=Path, required=True, help="cars' and phones' state")
     world.add_argument(
-        "--control-port", type=_bounded_int(0, 65535), default=0, help="0: a free port"
+        "--control-port", type=integer_in(0, 65535), default=0, help="0: a free port"
     )
     world.add_argument(
-        "--max-seconds", type=_seconds, default=3600.0, help="stop on its own after this long"
+        "--max-seconds",
+        type=seconds_up_to(MAX_SECONDS),
+        default=3600.0,
+        help="stop on its own after this long",
     )
     world.add_argument("--seed", type=int, help="for the jitter and choices (default: random)")
 
@@ -152,26 +156,3 @@ def _root_key(text: str) -> ec.EllipticCurvePublicKey:
     if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
         raise argparse.ArgumentTypeError("not a P-256 public key (base64 DER or x||y)")
     return key
-
-
-def _bounded_int(low: int, high: int) -> Any:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"must be in {low}…{high}")
-        return value
-
-    return parse
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0 < value <= MAX_SECONDS:
-        raise argparse.ArgumentTypeError(f"must be in (0, {MAX_SECONDS:g}]")
-    return value
