@@ -148,7 +148,7 @@ def sentinel_client(
     with MasterNotFoundError (a NotSent) instead of waiting on a dead address.
     """
     timeouts = {"socket_timeout": socket_timeout, "socket_connect_timeout": connect_timeout}
-    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+    sentinel = Sentinel(  # type: ignore[no-untyped-call,unused-ignore]
         list(sentinels), sentinel_kwargs={**timeouts, "retry": _no_retry()}
     )
     client: Redis = sentinel.master_for(
