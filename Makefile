@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit slow bench clean redis-server
+.PHONY: demo test lint typecheck unit slow bench clean redis-server promtool
 
 # Tests start their own redis-server processes; install the binary when it is missing and we can.
 redis-server:
@@ -19,6 +19,21 @@ redis-server:
 			echo "redis-server is missing: install it (Debian: sudo apt-get install redis-server)"; \
 			exit 1; \
 		fi; }
+
+# promtool checks the Prometheus rules and config (tests/deploy/test_manifests.py): the binary
+# alone, taken from Debian's prometheus package without installing it (no service is started).
+promtool: $(STAMP)
+	@test -x $(BIN)/promtool || { \
+		if command -v promtool >/dev/null; then ln -sf "$$(command -v promtool)" $(BIN)/promtool; \
+		elif command -v apt-get >/dev/null && command -v dpkg-deb >/dev/null; then \
+			d=$$(mktemp -d); \
+			( cd $$d && { apt-get download -qq prometheus >/dev/null 2>&1 || \
+				{ [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get download -qq prometheus >/dev/null; }; } ) && \
+			dpkg-deb -x $$d/prometheus_*.deb $$d/x && cp $$d/x/usr/bin/promtool $(BIN)/promtool && \
+			echo "promtool taken from Debian's prometheus package into $(BIN)"; \
+			rm -rf $$d; \
+		fi; \
+		test -x $(BIN)/promtool || echo "promtool unavailable (Debian: apt-get install prometheus)"; }
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -38,11 +53,11 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-unit: $(STAMP) redis-server
+unit: $(STAMP) redis-server promtool
 	$(BIN)/python -m pytest -m 'not slow'
 
 # the long drills and scale variants left out of `make test`
-slow: $(STAMP) redis-server
+slow: $(STAMP) redis-server promtool
 	$(BIN)/python -m pytest -m slow
 
 test: lint typecheck unit

@@ -12,6 +12,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import fields
 from functools import cache
@@ -505,7 +506,10 @@ def test_the_dashboard_uses_the_provisioned_datasource() -> None:
     )
 
 
-PROMTOOL = shutil.which("promtool")
+# on PATH, or where `make` puts it: beside the interpreter in .venv/bin
+PROMTOOL = shutil.which("promtool") or shutil.which(
+    "promtool", path=str(Path(sys.executable).parent)
+)
 
 
 @pytest.mark.skipif(PROMTOOL is None, reason="promtool not installed (apt-get install prometheus)")
