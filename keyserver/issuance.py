@@ -17,17 +17,27 @@ from __future__ import annotations
 import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from aiohttp import web
 
 from keycore import ROLE_MAX_LIFETIME, RevokedHolder, RevokedToken, issue, sign_revocation_list
 from keycore.cose import holder_id, load_point
+from keycore.revocation import MAX_REVOCATION_BYTES, MAX_VEHICLE_HOLDERS
 from keycore.roles import from_mask
+from keycore.token import MAX_TIME
 from keyserver import auth
 from keyserver.app import CONFIG, HUB, KEYRING, METRICS, STORE
 from keyserver.grants import load_schedule
 from keyserver.http import ApiError
-from keyserver.models import Device, KeyRecord, KeyStatus, RevocationEntry, RevocationKind
+from keyserver.models import (
+    Device,
+    KeyRecord,
+    KeyStatus,
+    KeyWithdrawal,
+    RevocationEntry,
+    RevocationKind,
+)
 
 #: A holder entry outlives every token it can match: no token lives longer than this.
 MAX_TOKEN_LIFETIME = max(ROLE_MAX_LIFETIME.values())
@@ -121,11 +131,27 @@ async def create_key(
 ) -> None:
     """Store the new ``key`` for ``device``, given the vehicle's ``keys``: 409 device_has_key if
     the device holds a live key on the vehicle, 409 too_soon until its latest cutoff has passed
-    (a token signed now would be dead on arrival)."""
+    (a token signed now would be dead on arrival), 409 too_many_holders if the vehicle has
+    ``MAX_VEHICLE_HOLDERS`` holders already (the bound on its revocation list, docs/protocol.md
+    §8). Every key is created here: this is the one place a vehicle gains a holder."""
     if any(k.device_id == device.device_id and k.status in _LIVE for k in keys):
         raise ApiError(409, "device_has_key", "this device already holds a key for the vehicle")
     _, cutoff = await holder_cutoff(app, key.vin, device.device_id)
-    check_cutoff(cutoff, auth.now())
+    now = auth.now()
+    check_cutoff(cutoff, now)
+    # Counted until the last ledger entry a withdrawal of this key could make has been pruned.
+    counted_until = min(MAX_TIME, key.not_after + MAX_TOKEN_LIFETIME + LEDGER_GRACE_S + 1)
+    holder = holder_id(device.public_key)
+    if not await app[STORE].claim_holder(
+        key.vin, holder, expires_at=counted_until, limit=MAX_VEHICLE_HOLDERS, now=now
+    ):
+        raise ApiError(
+            409, "too_many_holders",
+            f"this vehicle has keys for {MAX_VEHICLE_HOLDERS} phones already, counting phones "
+            f"whose keys ended in the last {(MAX_TOKEN_LIFETIME + LEDGER_GRACE_S) // 86_400} "
+            "days; revoke a key you no longer need (its place frees once its revocation has "
+            "expired)",
+        )  # fmt: skip
     await app[STORE].put_key(key)
 
 
@@ -138,15 +164,24 @@ def check_cutoff(cutoff: int, now: int) -> None:
         )  # fmt: skip
 
 
-async def revoke_keys(app: web.Application, vin: str, keys: Iterable[KeyRecord]) -> int:
+@dataclass(frozen=True, slots=True)
+class Withdrawn:
+    """What a suspension or revocation did: the ledger's sequence afterwards and the keys whose
+    status changed (none for a repeat, which changes nothing at all)."""
+
+    sequence: int
+    changed: tuple[str, ...]
+
+
+async def revoke_keys(app: web.Application, vin: str, keys: Iterable[KeyRecord]) -> Withdrawn:
     """Revoke ``keys`` of vehicle ``vin`` for good and kill the tokens already issued from them.
 
-    Each key becomes REVOKED (from active or suspended); then, for each of their devices, one
-    holder entry ("every token of this device issued before T") is appended to the vehicle's
-    ledger, T as the module docstring says. Keys already revoked are taken again: a retry after a
-    lost answer, or after a crash between the two writes, still leaves the entry in place; but
-    such a repeat adds no entry for a device that holds an active key on this vehicle by now (it
-    would kill that newer key's tokens). Returns the ledger's sequence afterwards.
+    In one atomic store step (``Store.withdraw_keys``) each key not yet revoked becomes REVOKED
+    and its device's holder entry ("every token of this device issued before T", T as the
+    module docstring says) is merged into the vehicle's ledger, which keeps one entry per
+    holder. A key already revoked changes nothing — no entry, no new sequence — and since the
+    status and the entry change together, "already revoked" always means "already in the
+    ledger": repeating a revocation cannot grow the list a car reads (G7).
 
     Ownership transfer calls this with every key of the vehicle (``store.keys_of_vehicle``):
     the old owner's keys and those the old owner shared.
@@ -154,45 +189,53 @@ async def revoke_keys(app: web.Application, vin: str, keys: Iterable[KeyRecord])
     return await _withdraw(app, vin, keys, KeyStatus.REVOKED)
 
 
-async def suspend_keys(app: web.Application, vin: str, keys: Iterable[KeyRecord]) -> int:
+async def suspend_keys(app: web.Application, vin: str, keys: Iterable[KeyRecord]) -> Withdrawn:
     """Suspend active ``keys`` (a lost phone) and kill their current tokens like ``revoke_keys``;
-    revoked keys stay revoked. Resuming makes a key active again: tokens signed after the cutoff
-    work, the ones from before stay dead."""
+    revoked or suspended keys stay as they are. Resuming makes a key active again: tokens
+    signed after the cutoff work, the ones from before stay dead."""
     return await _withdraw(app, vin, keys, KeyStatus.SUSPENDED)
 
 
 async def _withdraw(
     app: web.Application, vin: str, keys: Iterable[KeyRecord], status: KeyStatus
-) -> int:
+) -> Withdrawn:
     store = app[STORE]
     chosen = list(keys)
     if any(k.vin != vin for k in chosen):
         raise ValueError("every key must belong to the vehicle")
     expected = (KeyStatus.ACTIVE,) if status is KeyStatus.SUSPENDED else tuple(KeyStatus)
-    for key in chosen:
-        await store.set_key_status(key.key_id, status, expected=expected)
-    changed = {k.device_id for k in chosen if k.status is not status}
-    repeated = {k.device_id for k in chosen} - changed
-    if repeated:  # a retry must not kill the tokens of a key the device got since
-        live = {
-            k.device_id for k in await store.keys_of_vehicle(vin) if k.status is KeyStatus.ACTIVE
-        }
-        repeated -= live
-    cutoff = auth.now() + 1  # read after the status writes: see the module docstring
-    entries = []
-    for device_id in sorted(changed | repeated):
-        hid = await _holder_id(app, device_id)
-        if hid is not None:
-            entries.append(
+    now = auth.now()
+    withdrawals = [
+        # a key whose window has ended has no live token: it needs no entry
+        KeyWithdrawal(k.key_id, await _holder_id(app, k.device_id) if k.not_after > now else None)
+        for k in chosen
+    ]
+    # Every key goes to the store, whatever status the caller saw: the store's own atomic step
+    # decides (a status noted locally during an outage, say, is not yet the store's).
+    cutoff = now + 1
+    sequence, changed = await store.withdraw_keys(
+        vin, withdrawals, status, expected=expected, before=cutoff,
+        until=cutoff + MAX_TOKEN_LIFETIME,
+    )  # fmt: skip
+    # A refresh reads the clock before the key's status (keyserver.routes.keys.refresh), so a
+    # refresh that saw the key live read a time before the write above finished. If the clock
+    # has moved on since ``now``, the cutoff moves with it, or such a token could outlive it.
+    later = auth.now() + 1
+    holders = {w.holder for w in withdrawals if w.key_id in changed and w.holder is not None}
+    if later > cutoff and holders:
+        sequence = await store.append_revocations(
+            vin,
+            [
                 RevocationEntry(
-                    RevocationKind.HOLDER, hid, before=cutoff, until=cutoff + MAX_TOKEN_LIFETIME
+                    RevocationKind.HOLDER, h, before=later, until=cutoff + MAX_TOKEN_LIFETIME
                 )
-            )
-    sequence = await store.append_revocations(vin, entries)
-    if entries:  # a connected car gets the delta now (docs/protocol.md §17)
+                for h in sorted(holders)
+            ],
+        )
+    if holders:  # a connected car gets the delta now (docs/protocol.md §17)
         app[HUB].revoked(vin, sequence)
     await store.prune_revocations(vin, before=cutoff - LEDGER_GRACE_S)
-    return sequence
+    return Withdrawn(sequence, tuple(changed))
 
 
 async def _holder_id(app: web.Application, device_id: str) -> bytes | None:
@@ -200,19 +243,39 @@ async def _holder_id(app: web.Application, device_id: str) -> bytes | None:
     return None if device is None else holder_id(device.public_key)
 
 
-async def revocation_list(
-    app: web.Application, vin: str, *, since: int, now: int
-) -> tuple[int, bytes | None]:
-    """(the vehicle's sequence, its signed list): full for ``since`` = 0, else the delta after
-    ``since``; None when nothing was ever revoked or nothing is newer than ``since``.
+#: Entries per signed list at most: a holder entry encodes in at most 40 bytes, so a list of
+#: this many stays under ``MAX_REVOCATION_BYTES`` with room to spare. The ledger's own bound
+#: (``MAX_VEHICLE_HOLDERS``) keeps every list far below it; this is the second wall.
+MAX_LIST_ENTRIES = 4_096
 
-    Signed by the active issuer key. Raises ValueError when ``since`` is ahead of the sequence.
+
+class CutList(NamedTuple):
+    """A list cut from the ledger: the sequence it brings the car to, the signed document (None
+    when there is nothing to send) and whether that is the ledger's head."""
+
+    sequence: int
+    document: bytes | None
+    complete: bool = True
+
+
+async def revocation_list(app: web.Application, vin: str, *, since: int, now: int) -> CutList:
+    """The vehicle's signed list: full for ``since`` = 0, else the delta after ``since``; no
+    document when nothing was ever revoked or nothing is newer than ``since``.
+
+    Never a document the car would refuse: past ``MAX_LIST_ENTRIES`` entries the list stops at
+    the last entry that fits, with that entry's sequence (``complete`` false: the next delta
+    carries the rest). Signed by the active issuer key. Raises ValueError when ``since`` is
+    ahead of the sequence.
     """
     sequence, entries = await app[STORE].revocations(vin, since=since)
     if since > sequence:
         raise ValueError("since is ahead of the vehicle's sequence")
     if since == sequence:
-        return sequence, None
+        return CutList(sequence, None)
+    complete = len(entries) <= MAX_LIST_ENTRIES
+    if not complete:
+        entries = entries[:MAX_LIST_ENTRIES]
+        sequence = entries[-1].sequence
     document = sign_revocation_list(
         app[KEYRING].ring.active.signer,
         vin=vin,
@@ -228,4 +291,6 @@ async def revocation_list(
             if e.kind is RevocationKind.HOLDER
         ],
     )
-    return sequence, document
+    if len(document) > MAX_REVOCATION_BYTES:  # cannot happen with the bounds above: fail loudly
+        raise RuntimeError(f"a revocation list of {len(document)} bytes for {vin}")
+    return CutList(sequence, document, complete)

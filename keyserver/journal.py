@@ -6,8 +6,8 @@ One SQLite file per keyserver process (``<data_dir>/journal.db``, WAL, ``synchro
 existing one). Replay (keyserver.replay) applies pending rows in sequence order and records each
 as ``done`` or ``refused`` (a business refusal, e.g. the key is gone: never retried); a store
 failure (or ``NotYet``) stops the replay, which resumes later from the same row. Applying an
-operation twice has the effect of applying it once (revocation appends holder entries, which
-merge; a share acceptance creates a key whose id is in the journal).
+operation twice has the effect of applying it once (revocation merges holder entries, one per
+holder; a share acceptance creates a key whose id is in the journal).
 
 Revocations pushed to cars during the outage (``issued_lists``). A revocation accepted here must
 reach the cars connected to this process at once (G4), but the ledger, which numbers lists, is in
@@ -20,10 +20,10 @@ A car holding D must never later miss a ledger entry: the ledger numbers its own
 independently, so its entry D may be another one (written by another process), and a delta
 "since D" would skip it. Replay therefore, per vehicle, after applying the journaled operations:
 
-1. pads the ledger until its sequence is past the highest D issued (the padding repeats an
-   entry already in the ledger: merging it again changes nothing);
-2. reads every ledger entry after the lowest ``ledger_base`` of those rows, and appends copies of
-   them — after step 1 they land above every D;
+1. moves the ledger's sequence past the highest D issued, and
+2. gives every ledger entry after the lowest ``ledger_base`` of those rows a new sequence number
+   above it (``Store.renumber_revocations``, one atomic step: the ledger keeps one entry per
+   subject, so this re-sends entries instead of copying them, and its size does not change);
 3. tells the hub: connected cars get the delta from their ``ledger_base`` (which the car accepts:
    base at or below what it holds, sequence above it).
 

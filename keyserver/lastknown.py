@@ -35,6 +35,7 @@ from keyserver.models import (
     Device,
     KeyRecord,
     KeyStatus,
+    KeyWithdrawal,
     RefreshContext,
     RevocationEntry,
     Session,
@@ -244,6 +245,29 @@ class LastKnownStore:
         sequence = await self._inner.append_revocations(vin, entries)
         self.cache.forget(("ledger", vin))
         return sequence
+
+    async def renumber_revocations(self, vin: str, *, since: int, above: int) -> int:
+        sequence = await self._inner.renumber_revocations(vin, since=since, above=above)
+        self.cache.forget(("ledger", vin))
+        return sequence
+
+    async def withdraw_keys(
+        self,
+        vin: str,
+        keys: Sequence[KeyWithdrawal],
+        status: KeyStatus,
+        *,
+        expected: Sequence[KeyStatus],
+        before: int,
+        until: int,
+    ) -> tuple[int, list[str]]:
+        sequence, changed = await self._inner.withdraw_keys(
+            vin, keys, status, expected=expected, before=before, until=until
+        )
+        for key_id in changed:
+            self.note_key_status(key_id, status, expected=expected)
+        self.cache.forget(("ledger", vin))
+        return sequence, changed
 
     def _put_all(self, items: list[tuple[Hashable, Any]]) -> None:
         """Each record of a list read: the list is as fresh as a read of each of them."""

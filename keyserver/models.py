@@ -117,6 +117,15 @@ class RevocationEntry:
 
 
 @dataclass(frozen=True, slots=True)
+class KeyWithdrawal:
+    """A key to suspend or revoke, and the holder id of its device (None: no entry is needed,
+    e.g. the device is gone or the key's window has ended, so no token of it can be alive)."""
+
+    key_id: str
+    holder: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
 class NonceClaim:
     """A device proof's nonce to spend in ``Store.refresh_context``: single use within ``scope``
     until ``expires_at``, as ``Store.claim_nonce``. The proof was verified with ``public_key``."""

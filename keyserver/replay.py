@@ -15,17 +15,14 @@ from collections import defaultdict
 
 from aiohttp import web
 
-from keyserver import acceptance, auth
+from keyserver import acceptance
 from keyserver.app import HUB, STORE
 from keyserver.errors import StoreUnavailable
 from keyserver.issuance import revoke_keys, suspend_keys
 from keyserver.journal import DONE, REFUSED, IssuedList, Journal, NotYet, Operation
-from keyserver.models import KeyStatus, RevocationEntry, RevocationKind
+from keyserver.models import KeyStatus
 
 log = logging.getLogger("keyserver.replay")
-#: Pads the ledger: a holder entry for no holder (a hash of nothing), revoking nothing (before 0).
-FILLER_HOLDER = bytes(16)
-FILLER_LIFETIME_S = 60
 
 
 class Replayer:
@@ -94,29 +91,17 @@ class Replayer:
         if not keys:  # a business refusal: recorded, never retried
             return REFUSED, "unknown_key" if status is KeyStatus.REVOKED else "key_revoked"
         withdraw = revoke_keys if status is KeyStatus.REVOKED else suspend_keys
-        sequence = await withdraw(self.app, operation.vin, keys)
-        return DONE, f"revocation_sequence={sequence}"
+        done = await withdraw(self.app, operation.vin, keys)
+        return DONE, f"revocation_sequence={done.sequence}"
 
     async def _converge(self, vin: str, rows: list[IssuedList]) -> None:
-        """Move the ledger past every sequence signed here during the outage, with copies of
-        every entry after the lowest ledger base above them (keyserver.journal, steps 1–3)."""
+        """Move the ledger past every sequence signed here during the outage, renumbering every
+        entry after the lowest ledger base above them (keyserver.journal, steps 1–3)."""
         store = self.app[STORE]
         highest = max(r.sequence for r in rows)
         lowest_base = min(r.ledger_base for r in rows)
-        sequence, _ = await store.revocations(vin, since=highest)
-        if sequence <= highest:
-            now = auth.now()
-            filler = RevocationEntry(
-                RevocationKind.HOLDER, FILLER_HOLDER, before=0, until=now + FILLER_LIFETIME_S
-            )
-            await store.append_revocations(vin, [filler] * (highest - sequence + 1))
-        _, after = await store.revocations(vin, since=lowest_base)
-        copies = [
-            RevocationEntry(e.kind, e.subject, e.before, e.until)
-            for e in after
-            if e.subject != FILLER_HOLDER
-        ]
-        if copies:
-            await store.append_revocations(vin, copies)
+        # steps 1 and 2 in one atomic store step: the ledger moves past every D and the entries
+        # after the lowest base are renumbered above them (one entry per subject: no copies)
+        await store.renumber_revocations(vin, since=lowest_base, above=highest)
         await self.journal.settle_lists(vin, up_to=highest)
         self.app[HUB].revoked(vin)

@@ -29,6 +29,7 @@ from keycore.channel import (
     CLOSE_TRY_LATER,
     CLOSE_UNSUPPORTED,
     MAX_AGENT_FRAME_BYTES,
+    MAX_SERVER_FRAME_BYTES,
     AgentFrame,
     Audit,
     AuditAck,
@@ -231,8 +232,18 @@ class CarSession:
     # writing
 
     def _send(self, frame: ServerFrame | None) -> None:
+        data = None if frame is None else encode(frame)
+        if data is not None and len(data) > MAX_SERVER_FRAME_BYTES:
+            # The car's socket would refuse it and end the connection, and every frame behind it
+            # would wait forever: this one is left out (and counted), the others still go.
+            self._metrics.channel_frames.labels("withheld", type(frame).__name__.lower()).inc()
+            log.error(
+                "channel frame too large for the car",
+                extra={"fields": {"vin": self._vin, "bytes": len(data)}},
+            )
+            return
         try:
-            self._outbox.put_nowait(None if frame is None else encode(frame))
+            self._outbox.put_nowait(data)
         except asyncio.QueueFull:
             if self._closing is None:
                 log.warning("channel outbox full", extra={"fields": {"vin": self._vin}})
@@ -267,7 +278,7 @@ class CarSession:
         After a list signed during an outage the delta starts at the car's last ledger sequence
         and is sent once the ledger has passed what the car holds (keyserver.journal)."""
         try:
-            sequence, document = await revocation_list(
+            sequence, document, complete = await revocation_list(
                 self.app, self._vin, since=self.ledger_sequence, now=auth.now()
             )
         except ValueError:  # the car holds more than the ledger has: nothing to give it yet
@@ -276,6 +287,8 @@ class CarSession:
             return None
         self.revocation_sequence = self.ledger_sequence = sequence
         self._metrics.channel_frames.labels("out", "revocations").inc()
+        if not complete:  # cut at MAX_LIST_ENTRIES: the rest follows in the next delta
+            self.push_revocations()
         return encode(Revocations(document))
 
 

@@ -200,11 +200,13 @@ async def suspend(request: web.Request) -> web.Response:
     key = await _key_for(request, caller, holder_may=False)
     if key.status is KeyStatus.REVOKED:
         raise ApiError(409, "key_revoked", "the key is revoked for good")
+    if key.status is KeyStatus.SUSPENDED:  # a repeat changes nothing, not even the journal
+        return await _key_unchanged(request, key)
     try:
-        sequence = await suspend_keys(request.app, key.vin, [key])
+        done = await suspend_keys(request.app, key.vin, [key])
     except StoreUnavailable:  # must not be lost: journaled, and connected cars are told now
         return await _journaled(request, key.vin, [key], KeyStatus.SUSPENDED)
-    return await _key_change(request, key.key_id, sequence)
+    return await _key_change(request, key.key_id, done.sequence, changed=bool(done.changed))
 
 
 async def resume(request: web.Request) -> web.Response:
@@ -215,25 +217,29 @@ async def resume(request: web.Request) -> web.Response:
     if key.status is KeyStatus.REVOKED:
         raise ApiError(409, "key_revoked", "the key is revoked for good")
     sequence, cutoff = await holder_cutoff(request.app, key.vin, key.device_id)
+    changed = False
     if key.status is KeyStatus.SUSPENDED:
         check_cutoff(cutoff, auth.now())
         expected = (KeyStatus.SUSPENDED,)
-        if not await store.set_key_status(key.key_id, KeyStatus.ACTIVE, expected=expected):
+        changed = await store.set_key_status(key.key_id, KeyStatus.ACTIVE, expected=expected)
+        if not changed:
             current = await store.key(key.key_id)
             if current is None or current.status is KeyStatus.REVOKED:
                 raise ApiError(409, "key_revoked", "the key is revoked for good")
-    return await _key_change(request, key.key_id, sequence)
+    return await _key_change(request, key.key_id, sequence, changed=changed)
 
 
 async def revoke(request: web.Request) -> web.Response:
     """Revoke a key for good: the owner any key, a holder its own."""
     caller, _, _ = await _signed(request, takes_body=False)
     key = await _key_for(request, caller, holder_may=True)
+    if key.status is KeyStatus.REVOKED:  # a repeat changes nothing, not even the journal
+        return await _key_unchanged(request, key)
     try:
-        sequence = await revoke_keys(request.app, key.vin, [key])
+        done = await revoke_keys(request.app, key.vin, [key])
     except StoreUnavailable:
         return await _journaled(request, key.vin, [key], KeyStatus.REVOKED)
-    return await _key_change(request, key.key_id, sequence)
+    return await _key_change(request, key.key_id, done.sequence, changed=bool(done.changed))
 
 
 async def revoke_holder(request: web.Request) -> web.Response:
@@ -252,12 +258,24 @@ async def revoke_holder(request: web.Request) -> web.Response:
         chosen = [k for k in keys if k.account_id == account_id]
     if not chosen:
         raise ApiError(404, "unknown_key", "no keys of this holder on this vehicle")
+    if all(k.status is KeyStatus.REVOKED for k in chosen):  # a repeat changes nothing
+        return web.json_response(
+            {
+                "revoked": [k.key_id for k in chosen],
+                "revocation_sequence": await _sequence_or_none(request, vehicle.vin),
+                "changed": False,
+            }
+        )
     try:
-        sequence = await revoke_keys(request.app, vehicle.vin, chosen)
+        done = await revoke_keys(request.app, vehicle.vin, chosen)
     except StoreUnavailable:
         return await _journaled(request, vehicle.vin, chosen, KeyStatus.REVOKED)
     return web.json_response(
-        {"revoked": [k.key_id for k in chosen], "revocation_sequence": sequence}
+        {
+            "revoked": [k.key_id for k in chosen],
+            "revocation_sequence": done.sequence,
+            "changed": bool(done.changed),
+        }
     )
 
 
@@ -268,6 +286,10 @@ async def refresh(request: web.Request) -> web.Response:
     app = request.app
     config = app[CONFIG]
     key_id = request.match_info["key_id"]
+    # The token's time is read before the key's status: a revocation that lands after the read
+    # takes its cutoff from a later clock, so this token is always before it
+    # (keyserver.issuance._withdraw; tests/keyserver/test_revoke_race.py).
+    now = auth.now()
     try:
         holder = await auth.require_key_holder(
             request,
@@ -290,7 +312,7 @@ async def refresh(request: web.Request) -> web.Response:
         raise ApiError(403, "key_suspended", "the key is suspended; ask the owner to resume it")
     if key.status is KeyStatus.REVOKED:
         raise ApiError(403, "key_revoked", "the key is revoked")
-    issued = issue_token(app, key, device.public_key, now=auth.now())
+    issued = issue_token(app, key, device.public_key, now=now)
     if issued is None:
         raise ApiError(403, "key_not_valid_now", "the key's validity window excludes now")
     return web.json_response(keys_degraded.token_view(key, issued))
@@ -322,7 +344,7 @@ async def revocations(request: web.Request) -> web.Response:
         ):
             raise ApiError(404, "unknown_vehicle", "no such vehicle among the caller's")
     try:
-        sequence, document = await revocation_list(request.app, vin, since=since, now=auth.now())
+        sequence, document, _ = await revocation_list(request.app, vin, since=since, now=auth.now())
     except ValueError:
         raise ApiError(400, "since_ahead", "since is ahead of the vehicle's sequence") from None
     headers = {SEQUENCE_HEADER: str(sequence)}
@@ -398,11 +420,36 @@ async def _own_device(request: web.Request, caller: auth.Caller, device_id: str)
     return device
 
 
-async def _key_change(request: web.Request, key_id: str, sequence: int) -> web.Response:
+async def _key_change(
+    request: web.Request, key_id: str, sequence: int, *, changed: bool
+) -> web.Response:
     key = await request.app[STORE].key(key_id)
     if key is None:
         raise ApiError(404, "unknown_key", "no such key")
-    return web.json_response({"key": key_view(key), "revocation_sequence": sequence})
+    return web.json_response(
+        {"key": key_view(key), "revocation_sequence": sequence, "changed": changed}
+    )
+
+
+async def _key_unchanged(request: web.Request, key: KeyRecord) -> web.Response:
+    """The key is in the asked state already: 200, ``changed`` false, and nothing written —
+    the journal included, so repeating a request during an outage cannot grow it either."""
+    return web.json_response(
+        {
+            "key": key_view(key),
+            "revocation_sequence": await _sequence_or_none(request, key.vin),
+            "changed": False,
+        }
+    )
+
+
+async def _sequence_or_none(request: web.Request, vin: str) -> int | None:
+    """The vehicle's ledger sequence, or None while the store cannot say."""
+    try:
+        sequence, _ = await request.app[STORE].revocations(vin, since=MAX_SEQUENCE)
+    except StoreUnavailable:
+        return None
+    return sequence
 
 
 async def _pending_acceptance(

@@ -13,6 +13,17 @@ _ID = {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"}
 _TIME = {"type": "integer", "minimum": 0, "maximum": 2**40, "description": "Unix seconds"}
 _TIME_OR_NULL = {**_TIME, "type": ["integer", "null"]}
 _SEQUENCE = {"type": "integer", "minimum": 0}
+_SEQUENCE_OR_NULL = {
+    "type": ["integer", "null"],
+    "minimum": 0,
+    "description": "the vehicle's revocation sequence; null on a repeat answered while the "
+    "state store is unavailable",
+}
+_CHANGED = {
+    "type": "boolean",
+    "description": "false when the key was in that state already: a repeat changes nothing "
+    "(no revocation entry, no new sequence), so retrying is always safe",
+}
 _ROLES = ["owner", *(r.name.lower() for r in SHARED_ROLES)]
 _ACTIONS = {"type": "array", "uniqueItems": True, "items": {"enum": list(ACTION_NAMES)}}
 _CLOCK = "^(([01][0-9]|2[0-3]):[0-5][0-9]|24:00)$"
@@ -114,7 +125,11 @@ SCHEMAS: dict[str, Any] = {
         {"vin": _VIN, "keys": {"type": "array", "items": _ref("VehicleKey")}}
     ),
     "KeyChange": openapi.strict_object(
-        {"key": _ref("VehicleKey"), "revocation_sequence": _SEQUENCE}
+        {
+            "key": _ref("VehicleKey"),
+            "revocation_sequence": _SEQUENCE_OR_NULL,
+            "changed": _CHANGED,
+        }
     ),
     "HolderRevocationRequest": {
         "oneOf": [
@@ -123,7 +138,11 @@ SCHEMAS: dict[str, Any] = {
         ]
     },
     "HolderRevocation": openapi.strict_object(
-        {"revoked": {"type": "array", "items": _ID}, "revocation_sequence": _SEQUENCE}
+        {
+            "revoked": {"type": "array", "items": _ID},
+            "revocation_sequence": _SEQUENCE_OR_NULL,
+            "changed": _CHANGED,
+        }
     ),
     "EmptyRequest": {"type": "object", "additionalProperties": False, "maxProperties": 0},
     "RefreshRequest": {

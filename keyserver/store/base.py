@@ -21,6 +21,7 @@ from keyserver.models import (
     Invitation,
     KeyRecord,
     KeyStatus,
+    KeyWithdrawal,
     NonceClaim,
     Pairing,
     PairingResult,
@@ -121,16 +122,51 @@ class Store(Protocol):
         """The invitation, removed atomically, if it exists and has not expired; else None.
         Two concurrent takers: exactly one gets it."""
 
-    # revocation ledger
+    # revocation ledger: at most one entry per (kind, subject), so its size is bounded by the
+    # vehicle's holders (keyserver.issuance says how that is kept)
+    async def withdraw_keys(
+        self,
+        vin: str,
+        keys: Sequence[KeyWithdrawal],
+        status: KeyStatus,
+        *,
+        expected: Sequence[KeyStatus],
+        before: int,
+        until: int,
+    ) -> tuple[int, list[str]]:
+        """One atomic step: each key of ``keys`` whose status is one of ``expected`` becomes
+        ``status`` and, if it names a holder, the holder entry (``before``, ``until``) is merged
+        into the vehicle's ledger as ``append_revocations`` merges it. A key already in
+        ``status`` (or in no expected one, or gone) changes nothing, so "the key is withdrawn"
+        always means "its entry is in the ledger". A revocation (``status`` REVOKED) also ends
+        the holder's claim (``claim_holder``): from then on its ledger entry counts it, until
+        pruned. Returns (the ledger's sequence after, the ids of the keys that changed)."""
+
     async def append_revocations(self, vin: str, entries: Sequence[RevocationEntry]) -> int:
-        """Append atomically, numbering the entries with the vehicle's next sequence numbers;
-        returns the vehicle's sequence after the append (unchanged for no entries)."""
+        """Merge atomically, in order: an entry for a new (kind, subject) takes the vehicle's
+        next sequence number; one for a subject already in the ledger replaces it with the later
+        ``before`` and the later ``until`` (never weaker) at the next sequence number — or
+        changes nothing if the ledger's entry already covers it. Returns the vehicle's
+        sequence afterwards (unchanged when nothing changed)."""
+
+    async def renumber_revocations(self, vin: str, *, since: int, above: int) -> int:
+        """Atomically move the vehicle's sequence to at least ``above`` and give every entry
+        after ``since`` a new sequence number past it, keeping their order; returns the
+        sequence afterwards. (The journal's replay: keyserver.replay.)"""
 
     async def revocations(self, vin: str, *, since: int = 0) -> tuple[int, list[RevocationEntry]]:
         """(the vehicle's current sequence, entries with sequence > ``since``, in order)."""
 
     async def prune_revocations(self, vin: str, *, before: int) -> int:
         """Drop entries whose ``until`` is earlier than ``before``; returns how many."""
+
+    async def claim_holder(
+        self, vin: str, holder: bytes, *, expires_at: int, limit: int, now: int
+    ) -> bool:
+        """Atomically count ``holder`` among the vehicle's holders until ``expires_at``: True if
+        it is one already (its claim extended) or if fewer than ``limit`` holders are counted at
+        ``now`` — claims not yet expired and holders with an entry in the ledger; False
+        otherwise, changing nothing."""
 
     # remote commands
     async def put_command(self, command: CommandRecord) -> tuple[CommandRecord, bool]:

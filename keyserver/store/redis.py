@@ -40,7 +40,6 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Self, TypeVar
 
-import cbor2
 from redis.asyncio import Redis
 from redis.asyncio.sentinel import Sentinel
 from redis.exceptions import (
@@ -64,11 +63,13 @@ from keyserver.models import (
     Invitation,
     KeyRecord,
     KeyStatus,
+    KeyWithdrawal,
     NonceClaim,
     Pairing,
     PairingResult,
     RefreshContext,
     RevocationEntry,
+    RevocationKind,
     Session,
     Vehicle,
 )
@@ -144,7 +145,10 @@ class RedisStore(RedisHub):
         self._refresh_contexts = SharedTrips(
             client, lua.REFRESH_CONTEXTS, keys=lua.REFRESH_KEYS, args=lua.REFRESH_ARGS
         )
+        self._withdraw_keys = client.register_script(lua.WITHDRAW_KEYS)
         self._append_revocations = client.register_script(lua.APPEND_REVOCATIONS)
+        self._renumber_revocations = client.register_script(lua.RENUMBER_REVOCATIONS)
+        self._claim_holder = client.register_script(lua.CLAIM_HOLDER)
         self._prune_revocations = client.register_script(lua.PRUNE_REVOCATIONS)
         self._put_command = client.register_script(lua.PUT_COMMAND)
         self._set_command_status = client.register_script(lua.SET_COMMAND_STATUS)
@@ -418,20 +422,50 @@ class RedisStore(RedisHub):
     # revocation ledger
 
     def _ledger(self, vin: str) -> list[str]:
-        return [self._key(kind, vin) for kind in ("revseq", "revlog", "revuntil")]
+        return [self._key(kind, vin) for kind in ("revseq", "revlog", "revuntil", "revsubj")]
+
+    async def withdraw_keys(
+        self,
+        vin: str,
+        keys: Sequence[KeyWithdrawal],
+        status: KeyStatus,
+        *,
+        expected: Sequence[KeyStatus],
+        before: int,
+        until: int,
+    ) -> tuple[int, list[str]]:
+        records = list(keys)
+        allowed = [_present(s) for s in expected]
+        args: list[str | bytes | int] = [
+            _present(status), before, until, RevocationKind.HOLDER.value, vin, len(allowed),
+            *allowed,
+        ]  # fmt: skip
+        args += [b"" if k.holder is None else k.holder for k in records]
+        keys_ = [
+            *self._ledger(vin),
+            self._key("holders", vin),
+            *(self._key("key", k.key_id) for k in records),
+        ]
+        with _failures("withdraw_keys", write=True):
+            sequence, changed = await self._withdraw_keys(keys_, args)
+        return int(sequence), [records[int(i) - 1].key_id for i in changed]
 
     async def append_revocations(self, vin: str, entries: Sequence[RevocationEntry]) -> int:
         if not entries:
             with _failures("append_revocations", write=False):
                 return int(await self._client.get(self._ledger(vin)[0]) or 0)
-        args: list[bytes | int] = []
+        args: list[bytes | str | int] = []
         for e in entries:
-            args += [cbor2.dumps([e.kind.value, e.subject, e.before, e.until]), e.until]
+            args += [e.kind.value, e.subject, e.before, e.until]
         with _failures("append_revocations", write=True):
             return int(await self._append_revocations(self._ledger(vin), args))
 
+    async def renumber_revocations(self, vin: str, *, since: int, above: int) -> int:
+        with _failures("renumber_revocations", write=True):
+            return int(await self._renumber_revocations(self._ledger(vin), [since, above]))
+
     async def revocations(self, vin: str, *, since: int = 0) -> tuple[int, list[RevocationEntry]]:
-        sequence, log, _ = self._ledger(vin)
+        sequence, log = self._ledger(vin)[:2]
         pipe = self._client.pipeline(transaction=True)
         pipe.get(sequence)
         pipe.zrangebyscore(log, f"({since}", "+inf")
@@ -442,6 +476,20 @@ class RedisStore(RedisHub):
     async def prune_revocations(self, vin: str, *, before: int) -> int:
         with _failures("prune_revocations", write=True):
             return int(await self._prune_revocations(self._ledger(vin)[1:], [before]))
+
+    async def claim_holder(
+        self, vin: str, holder: bytes, *, expires_at: int, limit: int, now: int
+    ) -> bool:
+        keys = [*self._ledger(vin), self._key("holders", vin)]
+        args: list[bytes | str | int] = [
+            holder,
+            expires_at,
+            limit,
+            now,
+            RevocationKind.HOLDER.value,
+        ]
+        with _failures("claim_holder", write=True):
+            return bool(await self._claim_holder(keys, args))
 
     # remote commands and audit events
 

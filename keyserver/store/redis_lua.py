@@ -107,22 +107,127 @@ end
 return answers
 """
 )
-# KEYS: revseq, revlog, revuntil; ARGV: entry, until, entry, until, ...
-APPEND_REVOCATIONS = """
-local n = #ARGV / 2
-local last = redis.call('INCRBY', KEYS[1], n)
-for i = 1, n do
-  local sequence = last - n + i
-  redis.call('ZADD', KEYS[2], sequence, sequence .. ':' .. ARGV[2 * i - 1])
-  redis.call('ZADD', KEYS[3], ARGV[2 * i], sequence)
+# The ledger of one vehicle: revseq (its sequence), revlog (zset: sequence -> entry), revuntil
+# (zset: until -> sequence), revsubj (hash: kind:subject -> entry): one entry per subject. An
+# entry is the text "sequence:kind:before:until:subject" (the subject's raw bytes last), so a
+# script can merge and renumber it. Numbers go through string.format('%d'): Lua's own
+# tostring would print large integers as floats.
+_LEDGER = """
+local function ledger_put(kind, subject, before, until_)
+  local field = kind .. ':' .. subject
+  local old = redis.call('HGET', KEYS[4], field)
+  if old then
+    local seq, b, u = string.match(old, '^(%d+):[^:]*:(%d+):(%d+):')
+    b, u = tonumber(b), tonumber(u)
+    if b >= before and u >= until_ then return false end
+    if b > before then before = b end
+    if u > until_ then until_ = u end
+    redis.call('ZREM', KEYS[2], old)
+    redis.call('ZREM', KEYS[3], seq)
+  end
+  local seq = redis.call('INCR', KEYS[1])
+  local member = string.format('%d:%s:%d:%d:', seq, kind, before, until_) .. subject
+  redis.call('ZADD', KEYS[2], seq, member)
+  redis.call('ZADD', KEYS[3], until_, seq)
+  redis.call('HSET', KEYS[4], field, member)
+  return true
 end
-return last
+local function ledger_head()
+  return tonumber(redis.call('GET', KEYS[1]) or '0')
+end
 """
-# KEYS: revlog, revuntil; ARGV: before
+# KEYS: revseq, revlog, revuntil, revsubj; ARGV: kind, subject, before, until, ...
+APPEND_REVOCATIONS = (
+    _LEDGER
+    + """
+for i = 1, #ARGV, 4 do
+  ledger_put(ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3]))
+end
+return ledger_head()
+"""
+)
+# KEYS: revseq, revlog, revuntil, revsubj, holders, then one key record per key
+# ARGV: status ('=' .. value), before, until, holder kind, vin, the number of expected
+#       statuses, the expected ones ('=' .. value), then one holder id per key ('' for none)
+WITHDRAW_KEYS = (
+    _LEDGER
+    + """
+local status, before, until_, kind = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+local vin, n_expected = ARGV[5], tonumber(ARGV[6])
+local changed = {}
+local revoking = status == '=revoked'
+for i = 6, #KEYS do
+  local record = redis.call('HMGET', KEYS[i], 'status', 'vin')
+  local current = record[1] and ('=' .. record[1]) or ''
+  local allowed = false
+  for j = 7, 6 + n_expected do
+    if ARGV[j] == current then allowed = true end
+  end
+  if allowed and record[2] == vin and current ~= status then
+    -- the entry first: Redis does not undo a script's earlier writes when a later one fails,
+    -- and an entry without the status change is safe (a retry finds the key live and ends it)
+    local holder = ARGV[6 + n_expected + i - 5]
+    if holder ~= '' then
+      ledger_put(kind, holder, before, until_)
+      if revoking then redis.call('ZREM', KEYS[5], holder) end
+    end
+    redis.call('HSET', KEYS[i], 'status', string.sub(status, 2))
+    changed[#changed + 1] = i - 5
+  end
+end
+return {ledger_head(), changed}
+"""
+)
+# KEYS: revseq, revlog, revuntil, revsubj; ARGV: since, above
+RENUMBER_REVOCATIONS = (
+    _LEDGER
+    + """
+local head = ledger_head()
+if tonumber(ARGV[2]) > head then
+  head = tonumber(ARGV[2])
+  redis.call('SET', KEYS[1], string.format('%d', head))
+end
+local members = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. ARGV[1], '+inf')
+for _, old in ipairs(members) do
+  local seq, kind, b, u, subject = string.match(old, '^(%d+):([^:]*):(%d+):(%d+):(.*)$')
+  redis.call('ZREM', KEYS[2], old)
+  redis.call('ZREM', KEYS[3], seq)
+  redis.call('HDEL', KEYS[4], kind .. ':' .. subject)
+  ledger_put(kind, subject, tonumber(b), tonumber(u))
+end
+return ledger_head()
+"""
+)
+# KEYS: revseq, revlog, revuntil, revsubj, holders (zset: holder -> claim expiry)
+# ARGV: holder, expires_at, limit, now, holder kind
+CLAIM_HOLDER = """
+redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', ARGV[4])
+local counted = {}
+local n = 0
+for _, h in ipairs(redis.call('ZRANGE', KEYS[5], 0, -1)) do
+  counted[h] = true
+  n = n + 1
+end
+local prefix = ARGV[5] .. ':'
+for _, field in ipairs(redis.call('HKEYS', KEYS[4])) do
+  if string.sub(field, 1, #prefix) == prefix then
+    local h = string.sub(field, #prefix + 1)
+    if not counted[h] then counted[h] = true n = n + 1 end
+  end
+end
+if not counted[ARGV[1]] and n >= tonumber(ARGV[3]) then return 0 end
+redis.call('ZADD', KEYS[5], 'GT', ARGV[2], ARGV[1])  -- GT adds a new member too
+return 1
+"""
+# KEYS: revlog, revuntil, revsubj; ARGV: before
 PRUNE_REVOCATIONS = """
 local bound = '(' .. ARGV[1]
 local sequences = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', bound)
 for _, sequence in ipairs(sequences) do
+  for _, member in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], sequence, sequence)) do
+    local kind, subject = string.match(member, '^%d+:([^:]*):%d+:%d+:(.*)$')
+    redis.call('HDEL', KEYS[3], kind .. ':' .. subject)
+  end
   redis.call('ZREMRANGEBYSCORE', KEYS[1], sequence, sequence)
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', bound)

@@ -10,7 +10,6 @@ from collections.abc import Callable, Mapping, Sequence
 from enum import Enum
 from typing import Any, TypeVar
 
-import cbor2
 from redis.typing import EncodableT
 
 from keyserver.models import RevocationEntry, RevocationKind
@@ -77,6 +76,9 @@ def present(value: str | None) -> str:
 
 
 def revocation_entry(member: bytes) -> RevocationEntry:
-    sequence, _, payload = member.partition(b":")
-    kind, subject, before, until = cbor2.loads(payload)
-    return RevocationEntry(RevocationKind(kind), subject, before, until, int(sequence))
+    """An entry of the ledger's log: ``sequence:kind:before:until:subject`` (keyserver.store
+    .redis_lua says why text), the subject's raw bytes last."""
+    sequence, kind, before, until, subject = member.split(b":", 4)
+    return RevocationEntry(
+        RevocationKind(kind.decode()), subject, int(before), int(until), int(sequence)
+    )

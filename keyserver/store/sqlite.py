@@ -28,6 +28,7 @@ from keyserver.models import (
     Invitation,
     KeyRecord,
     KeyStatus,
+    KeyWithdrawal,
     NonceClaim,
     Pairing,
     PairingResult,
@@ -451,42 +452,76 @@ class SQLiteStore:
 
     # revocation ledger
 
+    async def withdraw_keys(
+        self,
+        vin: str,
+        keys: Sequence[KeyWithdrawal],
+        status: KeyStatus,
+        *,
+        expected: Sequence[KeyStatus],
+        before: int,
+        until: int,
+    ) -> tuple[int, list[str]]:
+        allowed = frozenset(KeyStatus(s).value for s in expected) - {status.value}
+
+        def withdraw(conn: sqlite3.Connection) -> tuple[int, list[str]]:
+            changed, entries = [], []
+            for key in keys:
+                row = conn.execute(
+                    "SELECT status FROM vehicle_keys WHERE key_id = ? AND vin = ?",
+                    (key.key_id, vin),
+                ).fetchone()
+                if row is None or row[0] not in allowed:
+                    continue
+                conn.execute(
+                    "UPDATE vehicle_keys SET status = ? WHERE key_id = ?",
+                    (status.value, key.key_id),
+                )
+                changed.append(key.key_id)
+                if key.holder is not None:
+                    entries.append(
+                        RevocationEntry(RevocationKind.HOLDER, key.holder, before, until)
+                    )
+                    if status is KeyStatus.REVOKED:
+                        conn.execute(
+                            "DELETE FROM vehicle_holders WHERE vin = ? AND holder = ?",
+                            (vin, key.holder),
+                        )
+            return _merge_entries(conn, vin, entries), changed
+
+        return await self._run(withdraw, write=True)
+
     async def append_revocations(self, vin: str, entries: Sequence[RevocationEntry]) -> int:
-        batch = [(e.kind.value, e.subject, e.before, e.until) for e in entries]
+        batch = list(entries)
+        return await self._run(lambda c: _merge_entries(c, vin, batch), write=bool(batch))
 
-        def append(conn: sqlite3.Connection) -> int:
-            row = conn.execute(
-                "SELECT sequence FROM revocation_heads WHERE vin = ?", (vin,)
-            ).fetchone()
-            head: int = 0 if row is None else row[0]
-            if not batch:
-                return head
-            conn.executemany(
-                "INSERT INTO revocations (vin, sequence, kind, subject, issued_before, "
-                "prune_after) VALUES (?, ?, ?, ?, ?, ?)",
-                [(vin, head + n, *fields) for n, fields in enumerate(batch, start=1)],
-            )
-            conn.execute(
-                "INSERT INTO revocation_heads (vin, sequence) VALUES (?, ?) "
-                "ON CONFLICT (vin) DO UPDATE SET sequence = excluded.sequence",
-                (vin, head + len(batch)),
-            )
-            return head + len(batch)
+    async def renumber_revocations(self, vin: str, *, since: int, above: int) -> int:
+        def renumber(conn: sqlite3.Connection) -> int:
+            head = max(_ledger_head(conn, vin), above)
+            rows = conn.execute(
+                "SELECT sequence FROM revocations WHERE vin = ? AND sequence > ? ORDER BY sequence",
+                (vin, since),
+            ).fetchall()
+            for (old,) in rows:
+                head += 1
+                conn.execute(
+                    "UPDATE revocations SET sequence = ? WHERE vin = ? AND sequence = ?",
+                    (head, vin, old),
+                )
+            _set_ledger_head(conn, vin, head)
+            return head
 
-        return await self._run(append, write=bool(batch))
+        return await self._run(renumber, write=True)
 
     async def revocations(self, vin: str, *, since: int = 0) -> tuple[int, list[RevocationEntry]]:
         def read(conn: sqlite3.Connection) -> tuple[int, list[RevocationEntry]]:
-            row = conn.execute(
-                "SELECT sequence FROM revocation_heads WHERE vin = ?", (vin,)
-            ).fetchone()
             rows = conn.execute(
                 "SELECT kind, subject, issued_before, prune_after, sequence FROM revocations "
                 "WHERE vin = ? AND sequence > ? ORDER BY sequence",
                 (vin, since),
             ).fetchall()
             entries = [RevocationEntry(RevocationKind(k), s, b, u, n) for k, s, b, u, n in rows]
-            return (0 if row is None else row[0]), entries
+            return _ledger_head(conn, vin), entries
 
         return await self._run(read, write=False)
 
@@ -494,6 +529,33 @@ class SQLiteStore:
         return await self._change(
             "DELETE FROM revocations WHERE vin = ? AND prune_after < ?", (vin, before)
         )
+
+    async def claim_holder(
+        self, vin: str, holder: bytes, *, expires_at: int, limit: int, now: int
+    ) -> bool:
+        def claim(conn: sqlite3.Connection) -> bool:
+            conn.execute(
+                "DELETE FROM vehicle_holders WHERE vin = ? AND expires_at <= ?", (vin, now)
+            )
+            counted = {
+                row[0]
+                for row in conn.execute(
+                    "SELECT holder FROM vehicle_holders WHERE vin = ? UNION "
+                    "SELECT subject FROM revocations WHERE vin = ? AND kind = ?",
+                    (vin, vin, RevocationKind.HOLDER.value),
+                )
+            }
+            if holder not in counted and len(counted) >= limit:
+                return False
+            conn.execute(
+                "INSERT INTO vehicle_holders (vin, holder, expires_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (vin, holder) DO UPDATE SET "
+                "expires_at = max(expires_at, excluded.expires_at)",
+                (vin, holder, expires_at),
+            )
+            return True
+
+        return await self._run(claim, write=True)
 
     # remote commands and audit events: the transactions are in keyserver.store.sqlite_channel
 
@@ -536,3 +598,44 @@ class SQLiteStore:
 
     async def audit_events(self, vin: str) -> list[AuditEvent]:
         return await self._run(lambda conn: channel.audit_events(conn, vin), write=False)
+
+
+def _ledger_head(conn: sqlite3.Connection, vin: str) -> int:
+    row = conn.execute("SELECT sequence FROM revocation_heads WHERE vin = ?", (vin,)).fetchone()
+    return 0 if row is None else int(row[0])
+
+
+def _set_ledger_head(conn: sqlite3.Connection, vin: str, head: int) -> None:
+    conn.execute(
+        "INSERT INTO revocation_heads (vin, sequence) VALUES (?, ?) "
+        "ON CONFLICT (vin) DO UPDATE SET sequence = excluded.sequence",
+        (vin, head),
+    )
+
+
+def _merge_entries(conn: sqlite3.Connection, vin: str, entries: Sequence[RevocationEntry]) -> int:
+    """``Store.append_revocations`` inside the caller's transaction: one row per subject."""
+    head = _ledger_head(conn, vin)
+    start = head
+    for entry in entries:
+        row = conn.execute(
+            "SELECT issued_before, prune_after FROM revocations "
+            "WHERE vin = ? AND kind = ? AND subject = ?",
+            (vin, entry.kind.value, entry.subject),
+        ).fetchone()
+        before, until = entry.before, entry.until
+        if row is not None:
+            if row[0] >= before and row[1] >= until:
+                continue  # covered already: a repeat adds nothing
+            before, until = max(before, row[0]), max(until, row[1])
+        head += 1
+        conn.execute(
+            "INSERT INTO revocations (vin, sequence, kind, subject, issued_before, prune_after) "
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (vin, kind, subject) DO UPDATE SET "
+            "sequence = excluded.sequence, issued_before = excluded.issued_before, "
+            "prune_after = excluded.prune_after",
+            (vin, head, entry.kind.value, entry.subject, before, until),
+        )
+    if head != start:
+        _set_ledger_head(conn, vin, head)
+    return head

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from typing import Final
 
-SCHEMA_VERSION: Final = 2  # 2: remote commands and audit events (sqlite_channel)
+SCHEMA_VERSION: Final = 3
+# 2: remote commands and audit events (sqlite_channel)
+# 3: one ledger entry per (vehicle, kind, subject), older duplicates dropped (the newest holds
+#    the latest cutoff); the vehicles' holder claims
 # Expired rows deleted per table per sweep: catching up after a long pause costs many small
 # sweeps, never one long stall of the only worker thread.
 SWEEP_BATCH: Final = 256
@@ -60,6 +63,14 @@ SCHEMA: Final = (
     event TEXT NOT NULL, batch_id TEXT NOT NULL, received_at INTEGER NOT NULL,
     PRIMARY KEY (vin, seq)) STRICT""",
     "CREATE INDEX IF NOT EXISTS audit_events_age ON audit_events (received_at)",
+    # version 3
+    """DELETE FROM revocations WHERE EXISTS (SELECT 1 FROM revocations AS newer
+    WHERE newer.vin = revocations.vin AND newer.kind = revocations.kind
+    AND newer.subject = revocations.subject AND newer.sequence > revocations.sequence)""",
+    """CREATE UNIQUE INDEX IF NOT EXISTS revocations_subject
+    ON revocations (vin, kind, subject)""",
+    """CREATE TABLE IF NOT EXISTS vehicle_holders (vin TEXT NOT NULL, holder BLOB NOT NULL,
+    expires_at INTEGER NOT NULL, PRIMARY KEY (vin, holder)) STRICT""",
 )
 
 # Rows that are dead at ``now``, a batch at a time (parameters: now, batch).

@@ -248,9 +248,21 @@ async def test_revoke_every_key_of_a_device_or_of_an_account(api: Api, owner: Pe
         owner, "POST", REVOCATIONS, {"device_id": driver.phone.device_id}, vin=VIN
     )
     assert reply.status == 200
-    assert reply.body == {"revoked": [driver_key["key_id"]], "revocation_sequence": 1}
+    revoked = {"revoked": [driver_key["key_id"]], "revocation_sequence": 1, "changed": True}
+    assert reply.body == revoked
     reply = await api.call(owner, "POST", REVOCATIONS, {"account_id": guest.account_id}, vin=VIN)
-    assert reply.body == {"revoked": [guest_key["key_id"]], "revocation_sequence": 2}
+    assert reply.body == {
+        "revoked": [guest_key["key_id"]],
+        "revocation_sequence": 2,
+        "changed": True,
+    }
+    # the same again: answered, and nothing changes (no entry, no sequence)
+    reply = await api.call(owner, "POST", REVOCATIONS, {"account_id": guest.account_id}, vin=VIN)
+    assert reply.body == {
+        "revoked": [guest_key["key_id"]],
+        "revocation_sequence": 2,
+        "changed": False,
+    }
     car = api.car((await api.revocation_list(owner)).data)
     assert api.check(driver_key["token"], revocations=car) is Reason.REVOKED
     assert api.check(guest_key["token"], revocations=car) is Reason.REVOKED
@@ -592,8 +604,9 @@ async def test_ownership_transfer_revokes_every_key_through_revoke_keys(
     for role in ROLES[:5]:
         reply = await api.call(fleet.people[role], "POST", TOKEN, key_id=fleet.keys[role])
         tokens[role] = reply.body["token"]
-    sequence = await revoke_keys(api.app, VIN, await api.store.keys_of_vehicle(VIN))
-    assert sequence == 6  # one holder entry per device
+    done = await revoke_keys(api.app, VIN, await api.store.keys_of_vehicle(VIN))
+    assert done.sequence == 6  # one holder entry per device
+    assert len(done.changed) == 6
     assert {k.status for k in await api.store.keys_of_vehicle(VIN)} == {KeyStatus.REVOKED}
     car = api.car((await api.revocation_list(fleet.people["owner"])).data)
     assert all(api.check(t, revocations=car) is Reason.REVOKED for t in tokens.values())

@@ -50,7 +50,8 @@ def api(flaky_api: Api) -> Api:
 
 
 class World:
-    """An owner with an owner key, a driver with a shared key, a command, a revoked third key:
+    """An owner with an owner key, a driver and a passenger with shared keys, a command, a
+    revoked fourth key:
     everything read once while the store was up, so this process knows it."""
 
     def __init__(self, api: Api) -> None:
@@ -65,6 +66,8 @@ class World:
         self.recipient = await api.person("recipient")  # accepts the invitation in the sweep
         self.owner_key = await api.owner_key(self.owner)
         self.driver_key = await api.share(self.owner, self.driver)
+        self.passenger = await api.person("passenger")  # all of whose keys are revoked
+        await api.share(self.owner, self.passenger)
         gone = await api.person("gone")
         gone_key = await api.share(self.owner, gone)
         assert (await api.call(self.owner, "POST", REVOKE, key_id=gone_key["key_id"])).status == 200
@@ -192,7 +195,11 @@ REQUESTS: dict[tuple[str, str], Request] = {
         "owner", "POST", REVOKE, key_id=lambda w: w.driver_key["key_id"]
     ),
     ("post", "/v1/vehicles/{vin}/revocations"): _call(
-        "owner", "POST", REVOCATIONS, {"device_id": lambda w: w.driver.phone.device_id}, vin=VIN
+        "owner",
+        "POST",
+        REVOCATIONS,
+        {"device_id": lambda w: w.passenger.phone.device_id},
+        vin=VIN,
     ),
     ("get", "/v1/vehicles/{vin}/revocations"): _call(
         "owner", "GET", REVOCATIONS, proof=False, vin=VIN

@@ -17,6 +17,7 @@ from keyserver.models import (
     Invitation,
     KeyRecord,
     KeyStatus,
+    KeyWithdrawal,
     NonceClaim,
     Pairing,
     PairingResult,
@@ -325,12 +326,166 @@ async def test_revocation_ledger(store: Store) -> None:
 
 
 async def test_concurrent_appends_get_distinct_sequences(store: Store) -> None:
-    entry = RevocationEntry(RevocationKind.TOKEN, b"\x09" * 16, 0, NOW + 100)
-    finals = await asyncio.gather(*(store.append_revocations(VIN, [entry]) for _ in range(10)))
+    entries = [
+        RevocationEntry(RevocationKind.TOKEN, bytes([n]) * 16, 0, NOW + 100) for n in range(10)
+    ]
+    finals = await asyncio.gather(*(store.append_revocations(VIN, [e]) for e in entries))
     assert sorted(finals) == list(range(1, 11))
-    sequence, entries = await store.revocations(VIN)
+    sequence, stored = await store.revocations(VIN)
     assert sequence == 10
-    assert [e.sequence for e in entries] == list(range(1, 11))
+    assert [e.sequence for e in stored] == list(range(1, 11))
+
+
+async def test_ledger_keeps_one_entry_per_subject(store: Store) -> None:
+    holder = b"\x07:" * 8  # a subject may hold any byte, the separator of Redis's text included
+    first = RevocationEntry(RevocationKind.HOLDER, holder, NOW, NOW + 200)
+    assert await store.append_revocations(VIN, [first]) == 1
+    # covered already (the same, or weaker on both counts): nothing changes, not the sequence
+    assert await store.append_revocations(VIN, [first]) == 1
+    weaker = RevocationEntry(RevocationKind.HOLDER, holder, NOW - 5, NOW + 100)
+    assert await store.append_revocations(VIN, [weaker]) == 1
+    assert await store.revocations(VIN) == (1, [RevocationEntry(*_fields(first), 1)])
+    # later on one count: merged (never weaker on the other) and renumbered
+    later = RevocationEntry(RevocationKind.HOLDER, holder, NOW + 10, NOW + 150)
+    other = RevocationEntry(RevocationKind.TOKEN, holder, 0, NOW + 50)  # another kind
+    assert await store.append_revocations(VIN, [later, other]) == 3
+    merged = RevocationEntry(RevocationKind.HOLDER, holder, NOW + 10, NOW + 200, 2)
+    assert await store.revocations(VIN) == (3, [merged, RevocationEntry(*_fields(other), 3)])
+    assert await store.revocations(VIN, since=1) == (
+        3,
+        [merged, RevocationEntry(*_fields(other), 3)],
+    )
+    # pruning forgets the subject: a new entry for it is a new line
+    assert await store.prune_revocations(VIN, before=NOW + 300) == 2
+    assert await store.append_revocations(VIN, [first]) == 4
+    assert await store.revocations(VIN) == (4, [RevocationEntry(*_fields(first), 4)])
+
+
+def _fields(entry: RevocationEntry) -> tuple[RevocationKind, bytes, int, int]:
+    return entry.kind, entry.subject, entry.before, entry.until
+
+
+async def test_renumber_moves_entries_past_a_sequence(store: Store) -> None:
+    entries = [
+        RevocationEntry(RevocationKind.HOLDER, bytes([n]) * 16, NOW, NOW + n) for n in (1, 2, 3)
+    ]
+    assert await store.append_revocations(VIN, entries) == 3
+    assert await store.renumber_revocations(VIN, since=1, above=10) == 12
+    sequence, stored = await store.revocations(VIN)
+    assert sequence == 12
+    assert [(e.subject[0], e.sequence) for e in stored] == [(1, 1), (2, 11), (3, 12)]
+    # nothing after ``since``: only the sequence moves
+    assert await store.renumber_revocations(VIN, since=12, above=20) == 20
+    assert await store.revocations(VIN, since=12) == (20, [])
+    assert await store.renumber_revocations(VIN, since=20, above=5) == 20  # never back
+    # renumbered entries still merge as one per subject
+    assert await store.append_revocations(VIN, [entries[1]]) == 20
+
+
+async def test_withdraw_keys_changes_status_and_ledger_together(store: Store) -> None:
+    active, suspended = key(1), key(2, status=KeyStatus.SUSPENDED)
+    revoked = key(3, status=KeyStatus.REVOKED)
+    elsewhere = key(4, vin=OTHER_VIN)
+    for k in (active, suspended, revoked, elsewhere):
+        await store.put_key(k)
+    withdrawals = [
+        KeyWithdrawal("key1", b"\x01" * 16),
+        KeyWithdrawal("key2", None),  # no holder: the status changes, no entry
+        KeyWithdrawal("key3", b"\x03" * 16),  # revoked already: nothing at all
+        KeyWithdrawal("key4", b"\x04" * 16),  # another vehicle's key: nothing
+        KeyWithdrawal("nokey", b"\x05" * 16),
+    ]
+    sequence, changed = await store.withdraw_keys(
+        VIN, withdrawals, KeyStatus.REVOKED, expected=tuple(KeyStatus), before=NOW, until=NOW + 9
+    )
+    assert (sequence, sorted(changed)) == (1, ["key1", "key2"])
+    assert [(await store.key(f"key{n}")).status for n in (1, 2, 3, 4)] == [  # type: ignore[union-attr]
+        KeyStatus.REVOKED,
+        KeyStatus.REVOKED,
+        KeyStatus.REVOKED,
+        KeyStatus.ACTIVE,
+    ]
+    assert await store.revocations(VIN) == (
+        1,
+        [RevocationEntry(RevocationKind.HOLDER, b"\x01" * 16, NOW, NOW + 9, 1)],
+    )
+    # the same again: no change, no entry, no sequence
+    again = await store.withdraw_keys(
+        VIN,
+        withdrawals,
+        KeyStatus.REVOKED,
+        expected=tuple(KeyStatus),
+        before=NOW + 5,
+        until=NOW + 20,
+    )
+    assert again == (1, [])
+    assert (await store.revocations(VIN))[0] == 1
+    # a suspension takes active keys only
+    await store.put_key(key(5))
+    sequence, changed = await store.withdraw_keys(
+        VIN, [KeyWithdrawal("key5", b"\x01" * 16), KeyWithdrawal("key1", b"\x01" * 16)],
+        KeyStatus.SUSPENDED, expected=(KeyStatus.ACTIVE,), before=NOW + 5, until=NOW + 9,
+    )  # fmt: skip
+    assert (sequence, changed) == (2, ["key5"])
+    assert await store.revocations(VIN) == (
+        2,
+        [RevocationEntry(RevocationKind.HOLDER, b"\x01" * 16, NOW + 5, NOW + 9, 2)],
+    )
+
+
+async def test_concurrent_withdrawals_of_one_key_change_it_once(store: Store) -> None:
+    await store.put_key(key(1))
+    results = await asyncio.gather(
+        *(
+            store.withdraw_keys(
+                VIN,
+                [KeyWithdrawal("key1", b"\x01" * 16)],
+                KeyStatus.REVOKED,
+                expected=tuple(KeyStatus),
+                before=NOW + n,
+                until=NOW + 100,
+            )
+            for n in range(8)
+        )
+    )
+    assert sum(len(changed) for _, changed in results) == 1
+    sequence, entries = await store.revocations(VIN)
+    assert (sequence, len(entries)) == (1, 1)
+
+
+async def test_claim_holder_counts_claims_and_ledger_holders(store: Store) -> None:
+    def claim(n: int, *, expires_at: int = NOW + 100, now: int = NOW) -> object:
+        return store.claim_holder(VIN, bytes([n]) * 16, expires_at=expires_at, limit=3, now=now)
+
+    assert await claim(1)
+    assert await claim(2)
+    assert await claim(1)  # one already: extended, not counted twice
+    # a holder known only from the ledger counts too
+    await store.append_revocations(
+        VIN, [RevocationEntry(RevocationKind.HOLDER, bytes([9]) * 16, NOW, NOW + 50)]
+    )
+    assert not await claim(3)  # 1, 2 and 9
+    assert await claim(9)  # in the ledger: one of the three already
+    assert await store.claim_holder(
+        OTHER_VIN, bytes([3]) * 16, expires_at=NOW + 9, limit=3, now=NOW
+    )
+    # claims end: 1 and 2 at NOW + 100, 9's claim too; the ledger entry is pruned later
+    assert not await claim(3, now=NOW + 99)
+    assert await claim(3, now=NOW + 100, expires_at=NOW + 200)
+    assert await claim(4, now=NOW + 100, expires_at=NOW + 200)
+    assert not await claim(5, now=NOW + 100)  # 3, 4 and 9 (ledger)
+    await store.prune_revocations(VIN, before=NOW + 60)
+    assert await claim(5, now=NOW + 100)
+
+
+async def test_concurrent_claims_respect_the_limit(store: Store) -> None:
+    results = await asyncio.gather(
+        *(
+            store.claim_holder(VIN, bytes([n]) * 16, expires_at=NOW + 9, limit=4, now=NOW)
+            for n in range(12)
+        )
+    )
+    assert sum(results) == 4
 
 
 def command(

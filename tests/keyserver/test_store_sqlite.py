@@ -163,8 +163,9 @@ async def test_two_stores_on_one_file_claim_a_nonce_once(db_path: Path) -> None:
             )
         )
         assert claims.count(True) == 1
+        entries = [replace(entry, subject=bytes([n]) * 16) for n in range(20)]
         finals = await asyncio.gather(
-            *(stores[n % 2].append_revocations(VIN, [entry]) for n in range(20))
+            *(stores[n % 2].append_revocations(VIN, [entries[n]]) for n in range(20))
         )
         assert sorted(finals) == list(range(1, 21))
     finally:
