@@ -100,6 +100,10 @@ class Journal:
     @classmethod
     def open(cls, path: Path) -> Journal:
         path.parent.mkdir(parents=True, exist_ok=True)
+        # It names accounts, devices and keys: owner-only, like the store's own database.
+        # SQLite creates the -wal and -shm files with the database file's mode.
+        path.touch(mode=0o600)
+        path.chmod(0o600)  # a file left by an older version, or made under a loose umask
         db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")  # an answered 202 survives a power cut
@@ -177,6 +181,13 @@ class Journal:
         await asyncio.to_thread(self._execute,
             "UPDATE issued_lists SET settled = 1 WHERE vin = ? AND sequence <= ?", (vin, up_to),
         )  # fmt: skip
+
+    def counts(self) -> dict[str, int]:
+        """How many operations are in each state (pending, done, refused)."""
+        with self._lock:
+            rows = self._db.execute("SELECT state, COUNT(*) FROM operations GROUP BY state")
+            found = dict(rows.fetchall())
+        return {state: int(found.get(state, 0)) for state in (PENDING, DONE, REFUSED)}
 
     def has_work(self) -> bool:
         with self._lock:
