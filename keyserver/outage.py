@@ -57,15 +57,17 @@ async def outage_context(app: web.Application) -> AsyncIterator[None]:
     finally:
         # Runs once in-flight requests are done (a write journaled in the shutdown grace is
         # drained too) and after the hub bridge has closed, hence the announcement by hand.
-        await replayer.drain(deadline_s=config.journal_drain_s)
-        guard = app.get(STORE_GUARD)
-        if guard is not None and replayer.unannounced:
-            with contextlib.suppress(StoreUnavailable, TimeoutError):
-                async with asyncio.timeout(ANNOUNCE_DEADLINE_S):
-                    await announce(
-                        replayer.unannounced, channel=guard.hub_channel, publish=guard.publish
-                    )
-        journal.close()
+        try:
+            await replayer.drain(deadline_s=config.journal_drain_s)
+            guard = app.get(STORE_GUARD)
+            if guard is not None and replayer.unannounced:
+                with contextlib.suppress(StoreUnavailable, TimeoutError):
+                    async with asyncio.timeout(ANNOUNCE_DEADLINE_S):
+                        await announce(
+                            replayer.unannounced, channel=guard.hub_channel, publish=guard.publish
+                        )
+        finally:
+            journal.close()
 
 
 async def accept_withdrawal(

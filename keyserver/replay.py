@@ -33,6 +33,7 @@ log = logging.getLogger("keyserver.replay")
 FILLER_HOLDER = bytes(16)
 FILLER_LIFETIME_S = 60
 WITHDRAW = "withdraw"  # a journaled revocation or suspension (keyserver.outage)
+TASK_NAME = "journal-replay"
 
 
 class Replayer:
@@ -43,6 +44,7 @@ class Replayer:
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()  # one replay at a time, whoever asks
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
         self.replays = 0  # completed replays, for tests and metrics
         # vehicles whose ledger a replay grew while no hub bridge relayed it (at shutdown, after
         # the bridge has closed; in `keyserver journal replay`): they are announced by hand
@@ -53,38 +55,52 @@ class Replayer:
         self._wake.set()
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self.run(), name="journal-replay")
+        self._stopping = False
+        self._task = asyncio.create_task(self.run(), name=TASK_NAME)
 
     async def stop(self) -> None:
-        """End the background task, even in the middle of a replay: an operation applied but not
-        yet settled is applied again next time, with the same effect (keyserver.journal)."""
+        """End the background task once the replay in flight, if any, is over. Not by cancelling
+        it: that could cut an operation in two (an invitation taken from the store and not yet
+        held by the journal, keyserver.acceptance). Cancelled itself (a deadline), it cancels
+        the task too."""
+        self._stopping = True
+        self._wake.set()
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if task is None:
+            return
+        try:
+            await task
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     async def drain(self, *, deadline_s: float) -> bool:
         """The last replay of a stopping process, within ``deadline_s``: True if the journal
         holds no more work. With the store down (or too slow) the work stays in the journal,
         for the next keyserver that mounts it or ``keyserver journal replay``."""
-        await self.stop()
-        if not self.journal.has_work():
-            return True
         try:
             async with asyncio.timeout(deadline_s):
+                await self.stop()
+                if not self.journal.has_work():
+                    return True
                 await self.replay_once()
         except (StoreUnavailable, NotYet, TimeoutError) as error:
-            log.warning(
-                "journal kept at shutdown",
-                extra={"fields": {**self.journal.counts(), "why": type(error).__name__}},
-            )
-            return False
-        log.info("journal drained at shutdown", extra={"fields": self.journal.counts()})
-        return not self.journal.has_work()
+            why = type(error).__name__
+        except Exception:  # a bug must not hold the shutdown: the journal keeps the work
+            log.exception("journal drain failed")
+            why = "error"
+        else:
+            log.info("journal drained at shutdown", extra={"fields": self.journal.counts()})
+            return not self.journal.has_work()
+        log.warning(
+            "journal kept at shutdown", extra={"fields": {**self.journal.counts(), "why": why}}
+        )
+        return False
 
     async def run(self) -> None:
-        while True:
+        while not self._stopping:
             if self.journal.has_work():
                 try:
                     await self.replay_once()

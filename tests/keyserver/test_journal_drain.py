@@ -16,23 +16,29 @@ import pytest
 
 from keyserver.app import create_app
 from keyserver.config import Config, build
-from keyserver.journal import DONE, Journal
+from keyserver.errors import StoreUnavailable
+from keyserver.journal import Journal
 from keyserver.models import KeyStatus
 from keyserver.outage import REPLAYER
+from keyserver.replay import TASK_NAME
 from tests.keyserver.flaky_store import PROVISIONING_SECRET, FlakyStore
 from tests.keyserver.keys_harness import KEYS, REVOKE, VIN, Api, Clock
 
 HANG_GUARD_S = 30.0  # only against a hang: never a timing assertion
 
 
-class HangingStore:
-    """The flaky store, whose calls hang while ``hang`` is set (a black-holed Redis) until they
-    are cancelled; ``hung`` is set once one does."""
+class GatedStore:
+    """The flaky store, gated per caller. While ``holding``, a call waits for ``release`` (a
+    black-holed Redis); ``held`` is set once one does, ``cancelled`` if one was cancelled.
+    With ``shut_out`` set, the journal's replay task finds it down, whoever else calls."""
 
     def __init__(self, inner: FlakyStore) -> None:
         self.inner = inner
-        self.hang = False
-        self.hung = asyncio.Event()
+        self.holding = False
+        self.release = asyncio.Event()
+        self.held = asyncio.Event()
+        self.cancelled = False
+        self.shut_out = False
 
     async def close(self) -> None:
         await self.inner.close()
@@ -41,9 +47,18 @@ class HangingStore:
         operation = getattr(self.inner, name)
 
         async def call(*args: Any, **kwargs: Any) -> Any:
-            if self.hang:
-                self.hung.set()
-                await asyncio.Future()  # never done: only a cancellation ends it
+            task = asyncio.current_task()
+            if self.shut_out and task is not None and task.get_name() == TASK_NAME:
+                raise StoreUnavailable(
+                    f"down for the replay task ({name})", may_have_succeeded=False
+                )
+            if self.holding:
+                self.held.set()
+                try:
+                    await self.release.wait()
+                except asyncio.CancelledError:
+                    self.cancelled = True
+                    raise
             return await operation(*args, **kwargs)
 
         return call
@@ -56,7 +71,7 @@ def config(data_dir: Path, **settings: object) -> Config:
 
 
 async def started(
-    aiohttp_client: Any, clock: Clock, store: HangingStore, settings: Config
+    aiohttp_client: Any, clock: Clock, store: GatedStore, settings: Config
 ) -> tuple[Api, str]:
     """The app on ``store``, with a driver's key; returns the api and that key's id."""
     app = create_app(settings, store=store)  # type: ignore[arg-type]
@@ -84,19 +99,14 @@ def pending_after_stop(path: Path) -> list[str]:
         journal.close()
 
 
-async def test_a_stopping_keyserver_drains_what_its_replay_task_had_not_finished(
+async def test_a_stopping_keyserver_drains_what_its_replay_task_could_not_apply(
     tmp_path: Path, aiohttp_client: Any, clock: Clock, flaky: FlakyStore
 ) -> None:
-    store = HangingStore(flaky)
+    store = GatedStore(flaky)
     settings = config(tmp_path / "server")
     api, key_id = await started(aiohttp_client, clock, store, settings)
-    # the store is back, but the replay task's first call to it hangs, and SIGTERM comes now
-    store.hang = True
+    store.shut_out = True  # the replay task never gets through: only a drain can apply it
     flaky.recover()
-    api.app[REPLAYER].kick()
-    async with asyncio.timeout(HANG_GUARD_S):
-        await store.hung.wait()
-    store.hang = False  # later calls go through; the hung one waits for its cancellation
 
     await stopped(api)
 
@@ -104,9 +114,29 @@ async def test_a_stopping_keyserver_drains_what_its_replay_task_had_not_finished
     assert key is not None
     assert key.status is KeyStatus.REVOKED
     assert pending_after_stop(settings.journal_path) == []
-    journal = Journal.open(settings.journal_path)
-    assert journal.counts()[DONE] == 1
-    journal.close()
+
+
+async def test_the_drain_lets_the_replay_in_flight_finish_rather_than_cut_it(
+    tmp_path: Path, aiohttp_client: Any, clock: Clock, flaky: FlakyStore
+) -> None:
+    store = GatedStore(flaky)
+    settings = config(tmp_path / "server")
+    api, key_id = await started(aiohttp_client, clock, store, settings)
+    store.holding = True
+    flaky.recover()
+    api.app[REPLAYER].kick()
+    async with asyncio.timeout(HANG_GUARD_S):
+        await store.held.wait()  # the replay task is in the middle of an operation
+    store.holding = False
+    store.release.set()  # its call is answered, and SIGTERM comes before the task resumes
+
+    await stopped(api)
+
+    assert not store.cancelled
+    key = await flaky.inner.key(key_id)
+    assert key is not None
+    assert key.status is KeyStatus.REVOKED
+    assert pending_after_stop(settings.journal_path) == []
 
 
 async def test_with_the_store_still_down_the_journal_keeps_the_write(
@@ -117,15 +147,15 @@ async def test_with_the_store_still_down_the_journal_keeps_the_write(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     settings = config(tmp_path / "server")
-    api, key_id = await started(aiohttp_client, clock, HangingStore(flaky), settings)
+    api, key_id = await started(aiohttp_client, clock, GatedStore(flaky), settings)
     with caplog.at_level(logging.WARNING, logger="keyserver.replay"):
         await stopped(api)
     assert pending_after_stop(settings.journal_path) == ["withdraw"]
-    kept = [r for r in caplog.records if r.getMessage() == "journal kept at shutdown"]
-    assert [r.fields["pending"] for r in kept] == [1]  # type: ignore[attr-defined]
+    kept = [r.fields for r in caplog.records if r.getMessage() == "journal kept at shutdown"]  # type: ignore[attr-defined]
+    assert [(f["pending"], f["why"]) for f in kept] == [(1, "StoreUnavailable")]
     key = await flaky.inner.key(key_id)
     assert key is not None
-    assert key.status is KeyStatus.ACTIVE  # nothing half-applied: the replay had not begun
+    assert key.status is KeyStatus.ACTIVE  # nothing half-applied
     mode = stat.S_IMODE(os.stat(settings.journal_path).st_mode)
     assert mode == 0o600, oct(mode)
 
@@ -133,10 +163,10 @@ async def test_with_the_store_still_down_the_journal_keeps_the_write(
 async def test_a_hung_store_holds_the_shutdown_no_longer_than_the_drain_deadline(
     tmp_path: Path, aiohttp_client: Any, clock: Clock, flaky: FlakyStore
 ) -> None:
-    store = HangingStore(flaky)
+    store = GatedStore(flaky)
     settings = config(tmp_path / "server", journal_drain_s=0.05)
     api, _ = await started(aiohttp_client, clock, store, settings)
     flaky.recover()
-    store.hang = True  # up, but every call hangs: the drain gives up at its deadline
+    store.holding = True  # up, but no call is ever answered: the drain gives up at its deadline
     await stopped(api)  # returns: the hang guard is never what ends it
     assert pending_after_stop(settings.journal_path) == ["withdraw"]
