@@ -1,13 +1,17 @@
 """The local durable journal: writes accepted while the store is down, replayed once it is back.
 
-One SQLite file per keyserver process (``<data_dir>/journal.db``, WAL, ``synchronous=FULL``: a
-202 is answered only after the row is on disk). Each accepted write is one row with a sequence
-(the replay order) and an operation id (the same request twice is one row: ``append`` returns the
-existing one). Replay (keyserver.replay) applies pending rows in sequence order and records each
-as ``done`` or ``refused`` (a business refusal, e.g. the key is gone: never retried); a store
-failure (or ``NotYet``) stops the replay, which resumes later from the same row. Applying an
-operation twice has the effect of applying it once (revocation appends holder entries, which
-merge; a share acceptance creates a key whose id is in the journal).
+One SQLite file per keyserver process (``<data_dir>/journal.db``, mode 0600, WAL,
+``synchronous=FULL``: a 202 is answered only after the row is on disk). The data directory must
+outlive the process (deploy/ gives each keyserver its own volume): until it is replayed, an
+accepted write exists nowhere else. Who replays it: keyserver.replay.
+
+Each accepted write is one row with a sequence (the replay order) and an operation id (the same
+request twice is one row: ``append`` returns the existing one). Replay (keyserver.replay)
+applies pending rows in sequence order and records each as ``done`` or ``refused`` (a business
+refusal, e.g. the key is gone: never retried); a store failure (or ``NotYet``) stops the replay,
+which resumes later from the same row. Applying an operation twice has the effect of applying it
+once (revocation appends holder entries, which merge; a share acceptance creates a key whose id
+is in the journal).
 
 Revocations pushed to cars during the outage (``issued_lists``). A revocation accepted here must
 reach the cars connected to this process at once (G4), but the ledger, which numbers lists, is in
