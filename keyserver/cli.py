@@ -13,6 +13,7 @@ from pathlib import Path
 from aiohttp import web
 
 from keycore import ROLE_MAX_LIFETIME
+from keyserver import journal_cli
 from keyserver.app import create_app
 from keyserver.config import load as load_config
 from keyserver.errors import KeyserverError
@@ -38,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--json", action="store_true")
     retire = which.add_parser("retire", help="stop trusting a key at once (e.g. compromised)")
     retire.add_argument("kid", help="key id, 16 hex digits")
+    journal_cli.register(commands)
     return parser
 
 
@@ -45,6 +47,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         return serve(args.config)
+    if args.command == "journal":
+        return journal_cli.main(args)
     store = KeyRingStore(args.dir)
     now = int(time.time())
     try:

@@ -65,6 +65,8 @@ class Config:
     last_known_entries: int = 100_000  # records kept per process to answer reads from
     last_known_max_age_s: int = DAY  # older last known data is not served
     shutdown_grace_s: float = 10.0
+    # at shutdown, after the grace: time to replay the journal into the store, if it answers
+    journal_drain_s: float = 5.0
     log_level: str = "info"
 
     @property
@@ -104,6 +106,7 @@ _BOUNDS: dict[str, tuple[float, float]] = {
     "last_known_entries": (0, 10_000_000),
     "last_known_max_age_s": (0, 7 * DAY),
     "shutdown_grace_s": (0, 300),
+    "journal_drain_s": (0, 300),
 }
 _LOG_LEVELS = {"debug", "info", "warning", "error"}
 _SECRETS = {"provisioning_secret"}  # never echoed in an error message

@@ -1,13 +1,17 @@
 """The local durable journal: writes accepted while the store is down, replayed once it is back.
 
-One SQLite file per keyserver process (``<data_dir>/journal.db``, WAL, ``synchronous=FULL``: a
-202 is answered only after the row is on disk). Each accepted write is one row with a sequence
-(the replay order) and an operation id (the same request twice is one row: ``append`` returns the
-existing one). Replay (keyserver.replay) applies pending rows in sequence order and records each
-as ``done`` or ``refused`` (a business refusal, e.g. the key is gone: never retried); a store
-failure (or ``NotYet``) stops the replay, which resumes later from the same row. Applying an
-operation twice has the effect of applying it once (revocation merges holder entries, one per
-holder; a share acceptance creates a key whose id is in the journal).
+One SQLite file per keyserver process (``<data_dir>/journal.db``, mode 0600, WAL,
+``synchronous=FULL``: a 202 is answered only after the row is on disk). The data directory must
+outlive the process (deploy/ gives each keyserver its own volume): until it is replayed, an
+accepted write exists nowhere else. Who replays it: keyserver.replay.
+
+Each accepted write is one row with a sequence (the replay order) and an operation id (the same
+request twice is one row: ``append`` returns the existing one). Replay (keyserver.replay)
+applies pending rows in sequence order and records each as ``done`` or ``refused`` (a business
+refusal, e.g. the key is gone: never retried); a store failure (or ``NotYet``) stops the replay,
+which resumes later from the same row. Applying an operation twice has the effect of applying it
+once (revocation merges holder entries, one per holder; a share acceptance creates a key whose
+id is in the journal).
 
 Revocations pushed to cars during the outage (``issued_lists``). A revocation accepted here must
 reach the cars connected to this process at once (G4), but the ledger, which numbers lists, is in
@@ -100,6 +104,10 @@ class Journal:
     @classmethod
     def open(cls, path: Path) -> Journal:
         path.parent.mkdir(parents=True, exist_ok=True)
+        # It names accounts, devices and keys: owner-only, like the store's own database.
+        # SQLite creates the -wal and -shm files with the database file's mode.
+        path.touch(mode=0o600)
+        path.chmod(0o600)  # a file left by an older version, or made under a loose umask
         db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")  # an answered 202 survives a power cut
@@ -177,6 +185,13 @@ class Journal:
         await asyncio.to_thread(self._execute,
             "UPDATE issued_lists SET settled = 1 WHERE vin = ? AND sequence <= ?", (vin, up_to),
         )  # fmt: skip
+
+    def counts(self) -> dict[str, int]:
+        """How many operations are in each state (pending, done, refused)."""
+        with self._lock:
+            rows = self._db.execute("SELECT state, COUNT(*) FROM operations GROUP BY state")
+            found = dict(rows.fetchall())
+        return {state: int(found.get(state, 0)) for state in (PENDING, DONE, REFUSED)}
 
     def has_work(self) -> bool:
         with self._lock:

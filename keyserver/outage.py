@@ -1,12 +1,13 @@
 """What one keyserver process keeps for store outages, and the writes it accepts during one.
 
 ``outage_context`` (a cleanup_ctx, after the store's) wraps the app's store in
-``LastKnownStore``, opens the local journal and runs its replay task. ``accept_withdrawal`` is the
-degraded twin of ``keyserver.issuance.revoke_keys`` / ``suspend_keys``: the write goes into the
-journal (202 accepted_pending), the keys' last known status changes at once on this process (so a
-degraded refresh here refuses them), and each connected car gets a revocation list signed here
-(the sequence scheme is in keyserver.journal's docstring). ``accept_share`` journals an
-invitation's acceptance (keyserver.acceptance).
+``LastKnownStore``, opens the local journal and runs its replay task; at shutdown it drains the
+journal into the store if the store answers (within ``journal_drain_s``). ``accept_withdrawal``
+is the degraded twin of ``keyserver.issuance.revoke_keys`` / ``suspend_keys``: the write goes
+into the journal (202 accepted_pending), the keys' last known status changes at once on this
+process (so a degraded refresh here refuses them), and each connected car gets a revocation list
+signed here (the sequence scheme is in keyserver.journal's docstring). ``accept_share`` journals
+an invitation's acceptance (keyserver.acceptance).
 """
 
 from __future__ import annotations
@@ -24,19 +25,19 @@ from keycore import RevokedHolder, sign_revocation_list
 from keycore.cose import holder_id
 from keyserver import auth, degraded
 from keyserver.acceptance import ACCEPT, Acceptance
-from keyserver.app import CONFIG, HUB, KEYRING, STORE
+from keyserver.app import CONFIG, HUB, KEYRING, STORE, STORE_GUARD
 from keyserver.errors import StoreUnavailable
 from keyserver.issuance import MAX_TOKEN_LIFETIME
 from keyserver.journal import Journal, Operation
 from keyserver.lastknown import LastKnown, LastKnownStore
 from keyserver.models import Invitation, KeyRecord, KeyStatus
-from keyserver.replay import Replayer
+from keyserver.replay import WITHDRAW, Replayer, announce
 from keyserver.store import Store
 
 LAST_KNOWN = web.AppKey("last_known", LastKnownStore)
 JOURNAL = web.AppKey("journal", Journal)
 REPLAYER = web.AppKey("replayer", Replayer)
-WITHDRAW = "withdraw"
+ANNOUNCE_DEADLINE_S = 1.0
 log = logging.getLogger("keyserver.outage")
 
 
@@ -50,14 +51,23 @@ async def outage_context(app: web.Application) -> AsyncIterator[None]:
     app[JOURNAL] = journal
     replayer = Replayer(app, journal)
     app[REPLAYER] = replayer
-    task = asyncio.create_task(replayer.run())
+    replayer.start()
     try:
         yield
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        journal.close()
+        # Runs once in-flight requests are done (a write journaled in the shutdown grace is
+        # drained too) and after the hub bridge has closed, hence the announcement by hand.
+        try:
+            await replayer.drain(deadline_s=config.journal_drain_s)
+            guard = app.get(STORE_GUARD)
+            if guard is not None and replayer.unannounced:
+                with contextlib.suppress(StoreUnavailable, TimeoutError):
+                    async with asyncio.timeout(ANNOUNCE_DEADLINE_S):
+                        await announce(
+                            replayer.unannounced, channel=guard.hub_channel, publish=guard.publish
+                        )
+        finally:
+            journal.close()
 
 
 async def accept_withdrawal(

@@ -1,9 +1,12 @@
 """Replaying the journal once the store is back (keyserver.journal says what and why).
 
-``Replayer.run`` is the background task: whenever the journal has work it tries a replay, and
-waits for ``kick()`` or ``interval_s`` between tries. ``replay_once`` applies pending operations in
-order (a store failure stops it at that operation, to resume later), then moves each vehicle's
-ledger past the lists signed during the outage and tells the hub.
+``Replayer.run`` is the background task (``start``/``stop``): whenever the journal has work it
+tries a replay, and waits for ``kick()`` or ``interval_s`` between tries. ``replay_once`` applies
+pending operations in order (a store failure stops it at that operation, to resume later), then
+moves each vehicle's ledger past the lists signed during the outage and tells the hub. ``drain``
+is the last replay of a process that stops (keyserver.outage), bounded by a deadline; it and
+``keyserver journal replay`` (keyserver.journal_cli) run with no hub bridge, so they ``announce``
+the vehicles whose ledger grew to the other instances themselves.
 """
 
 from __future__ import annotations
@@ -11,18 +14,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 from collections import defaultdict
+from collections.abc import Awaitable, Callable, Iterable
 
 from aiohttp import web
 
 from keyserver import acceptance
 from keyserver.app import HUB, STORE
 from keyserver.errors import StoreUnavailable
+from keyserver.hub_bridge import REVOKED, Notice
 from keyserver.issuance import revoke_keys, suspend_keys
 from keyserver.journal import DONE, REFUSED, IssuedList, Journal, NotYet, Operation
 from keyserver.models import KeyStatus
 
 log = logging.getLogger("keyserver.replay")
+WITHDRAW = "withdraw"  # a journaled revocation or suspension (keyserver.outage)
+TASK_NAME = "journal-replay"
 
 
 class Replayer:
@@ -32,14 +40,64 @@ class Replayer:
         self.interval_s = interval_s
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()  # one replay at a time, whoever asks
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
         self.replays = 0  # completed replays, for tests and metrics
+        # vehicles whose ledger a replay grew while no hub bridge relayed it (at shutdown, after
+        # the bridge has closed; in `keyserver journal replay`): they are announced by hand
+        self.unannounced: set[str] = set()
 
     def kick(self) -> None:
         """Try now (the store is known to be back, or new work was accepted)."""
         self._wake.set()
 
+    def start(self) -> None:
+        self._stopping = False
+        self._task = asyncio.create_task(self.run(), name=TASK_NAME)
+
+    async def stop(self) -> None:
+        """End the background task once the replay in flight, if any, is over. Not by cancelling
+        it: that could cut an operation in two (an invitation taken from the store and not yet
+        held by the journal, keyserver.acceptance). Cancelled itself (a deadline), it cancels
+        the task too."""
+        self._stopping = True
+        self._wake.set()
+        task, self._task = self._task, None
+        if task is None:
+            return
+        try:
+            await task
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    async def drain(self, *, deadline_s: float) -> bool:
+        """The last replay of a stopping process, within ``deadline_s``: True if the journal
+        holds no more work. With the store down (or too slow) the work stays in the journal,
+        for the next keyserver that mounts it or ``keyserver journal replay``."""
+        try:
+            async with asyncio.timeout(deadline_s):
+                await self.stop()
+                if not self.journal.has_work():
+                    return True
+                await self.replay_once()
+        except (StoreUnavailable, NotYet, TimeoutError) as error:
+            why = type(error).__name__
+        except Exception:  # a bug must not hold the shutdown: the journal keeps the work
+            log.exception("journal drain failed")
+            why = "error"
+        else:
+            log.info("journal drained at shutdown", extra={"fields": self.journal.counts()})
+            return not self.journal.has_work()
+        log.warning(
+            "journal kept at shutdown", extra={"fields": {**self.journal.counts(), "why": why}}
+        )
+        return False
+
     async def run(self) -> None:
-        while True:
+        while not self._stopping:
             if self.journal.has_work():
                 try:
                     await self.replay_once()
@@ -62,6 +120,8 @@ class Replayer:
     async def _replay(self) -> None:
         for operation in self.journal.pending():
             state, outcome = await self._apply(operation)
+            if state == DONE and operation.kind == WITHDRAW:
+                self._grown(operation.vin)
             await self.journal.settle(operation.seq, state, outcome)
             log.info(
                 "journal replayed",
@@ -77,7 +137,7 @@ class Replayer:
     async def _apply(self, operation: Operation) -> tuple[str, str]:
         if operation.kind == acceptance.ACCEPT:
             return await acceptance.replay(self.app, self.journal, operation)
-        if operation.kind != "withdraw":
+        if operation.kind != WITHDRAW:
             return REFUSED, f"unknown operation {operation.kind}"
         store = self.app[STORE]
         status = KeyStatus(operation.payload["status"])
@@ -105,3 +165,20 @@ class Replayer:
         await store.renumber_revocations(vin, since=lowest_base, above=highest)
         await self.journal.settle_lists(vin, up_to=highest)
         self.app[HUB].revoked(vin)
+        self._grown(vin)
+
+    def _grown(self, vin: str) -> None:
+        if self.app[HUB].relay is None:
+            self.unannounced.add(vin)
+
+
+async def announce(
+    vins: Iterable[str], *, channel: str, publish: Callable[[str, bytes], Awaitable[int]]
+) -> None:
+    """Tell every keyserver instance that these vehicles' ledgers grew, with the hub bridge's
+    own notice (keyserver.hub_bridge): the instance holding a car pushes it the delta now, rather
+    than at the car's next reconnect. Raises StoreUnavailable; a notice is a doorbell, the
+    ledger in the store is what the car gets either way."""
+    origin = f"journal-{secrets.token_hex(4)}"  # not any instance's: none ignores it as its own
+    for vin in sorted(vins):
+        await publish(channel, Notice(origin, REVOKED, vin).encode())

@@ -146,8 +146,13 @@ def compose_keyservers() -> dict[str, Config]:
     }
 
 
+def k8s_keyserver_workload() -> dict[str, Any]:
+    """A StatefulSet: each pod's data directory (its outage journal) is its own volume claim."""
+    return one(k8s("StatefulSet", "keyserver"))
+
+
 def k8s_keyserver() -> tuple[dict[str, Any], Config]:
-    deployment = one(k8s("Deployment", "keyserver"))
+    deployment = k8s_keyserver_workload()
     container = one(deployment["spec"]["template"]["spec"]["containers"])
     env: dict[str, str] = {}
     for source in container.get("envFrom", []):
@@ -246,6 +251,47 @@ def test_compose_keyservers_load_their_settings_and_face_the_network() -> None:
         assert all(int(container) == config.port for _, container in published), name
 
 
+def holding(mounts: Mapping[str, Any], path: Path) -> Any:
+    """Of ``mounts`` by mount path, the one ``path`` is on (the deepest that contains it)."""
+    on = [m for m in mounts if path.is_relative_to(m)]
+    assert on, f"{path} is on no mounted volume: the container's own layer dies with it"
+    return mounts[max(on, key=len)]
+
+
+def test_compose_keyservers_keep_their_journal_on_a_named_volume_each() -> None:
+    services, declared = compose()["services"], compose()["volumes"]
+    volumes = []
+    for name, config in compose_keyservers().items():
+        mounts = {m[1]: m for m in (str(v).split(":") for v in services[name]["volumes"])}
+        source, target, *mode = holding(mounts, config.journal_path)
+        assert target == str(config.data_dir), name
+        assert source in declared, f"{name}: {source} is not a named volume"
+        assert "ro" not in mode, name
+        volumes.append(source)
+        grace = services[name]["stop_grace_period"]
+        assert grace.endswith("s")
+        assert float(grace[:-1]) > config.shutdown_grace_s + config.journal_drain_s, name
+    assert len(set(volumes)) == len(volumes), "a journal is one process's, never shared"
+
+
+def test_k8s_keyserver_keeps_its_journal_on_a_volume_claim_that_outlives_the_pod() -> None:
+    container, config = k8s_keyserver()
+    workload = k8s_keyserver_workload()
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    mount = holding(mounts, config.journal_path)
+    assert mount["mountPath"] == str(config.data_dir)
+    assert not mount.get("readOnly")
+    claims = {c["metadata"]["name"]: c["spec"] for c in workload["spec"]["volumeClaimTemplates"]}
+    pod_volumes = {v["name"]: v for v in workload["spec"]["template"]["spec"]["volumes"]}
+    assert mount["name"] not in pod_volumes, pod_volumes.get(mount["name"])  # e.g. an emptyDir
+    assert mount["name"] in claims
+    assert claims[mount["name"]]["accessModes"] == ["ReadWriteOnce"]  # one keyserver's journal
+    retention = workload["spec"]["persistentVolumeClaimRetentionPolicy"]
+    assert retention == {"whenScaled": "Retain", "whenDeleted": "Retain"}
+    governing = one(k8s("Service", workload["spec"]["serviceName"]))
+    assert governing["spec"]["clusterIP"] == "None"
+
+
 def test_the_image_exposes_and_health_checks_the_keyserver_port() -> None:
     config = keyserver_settings(dockerfile_env())
     instructions = dict(dockerfile())
@@ -338,7 +384,7 @@ def test_k8s_keyserver_probes_ports_and_settings_match_the_app() -> None:
     for probe in [*probes.values(), container["startupProbe"]["httpGet"]]:
         assert probe["path"] in get_routes()
         assert resolve(probe["port"]) == config.port
-    deployment = one(k8s("Deployment", "keyserver"))
+    deployment = k8s_keyserver_workload()
     pod = deployment["spec"]["template"]
     service = one(k8s("Service", "keyserver"))
     assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
@@ -347,7 +393,8 @@ def test_k8s_keyserver_probes_ports_and_settings_match_the_app() -> None:
     annotations = pod["metadata"]["annotations"]
     assert int(annotations["prometheus.io/port"]) == config.port
     assert annotations["prometheus.io/path"] in get_routes()
-    assert pod["spec"]["terminationGracePeriodSeconds"] > config.shutdown_grace_s
+    drained = config.shutdown_grace_s + config.journal_drain_s
+    assert pod["spec"]["terminationGracePeriodSeconds"] > drained
     secret = one([e for e in container["env"] if e["name"] == "PHONEKEY_PROVISIONING_SECRET"])
     assert "secretKeyRef" in secret["valueFrom"]
     mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
@@ -355,14 +402,14 @@ def test_k8s_keyserver_probes_ports_and_settings_match_the_app() -> None:
 
 
 def test_k8s_scaling_and_disruption_budget_fit_the_deployment() -> None:
-    deployment = one(k8s("Deployment", "keyserver"))
+    deployment = k8s_keyserver_workload()
     labels = deployment["spec"]["template"]["metadata"]["labels"]
     assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
     assert deployment["spec"]["replicas"] >= 2
     hpa = one(k8s("HorizontalPodAutoscaler"))
     assert hpa["apiVersion"] == "autoscaling/v2"
     target = hpa["spec"]["scaleTargetRef"]
-    assert (target["kind"], target["name"]) == ("Deployment", deployment["metadata"]["name"])
+    assert (target["kind"], target["name"]) == ("StatefulSet", deployment["metadata"]["name"])
     assert [m["resource"]["name"] for m in hpa["spec"]["metrics"]] == ["cpu"]
     container = one(deployment["spec"]["template"]["spec"]["containers"])
     assert "cpu" in container["resources"]["requests"], "CPU utilisation needs a CPU request"
