@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Final
 
-SCHEMA_VERSION: Final = 2  # 2: remote commands and audit events (sqlite_channel)
+SCHEMA_VERSION: Final = 3  # 2: commands and audit events (sqlite_channel); 3: vehicle_owners
 # Expired rows deleted per table per sweep: catching up after a long pause costs many small
 # sweeps, never one long stall of the only worker thread.
 SWEEP_BATCH: Final = 256
@@ -60,6 +60,10 @@ SCHEMA: Final = (
     event TEXT NOT NULL, batch_id TEXT NOT NULL, received_at INTEGER NOT NULL,
     PRIMARY KEY (vin, seq)) STRICT""",
     "CREATE INDEX IF NOT EXISTS audit_events_age ON audit_events (received_at)",
+    # version 3: ownership history (sqlite_ownership); a vehicle owned before it has no rows
+    """CREATE TABLE IF NOT EXISTS vehicle_owners (vin TEXT NOT NULL, owner_id TEXT NOT NULL,
+    since INTEGER NOT NULL, until INTEGER) STRICT""",
+    "CREATE INDEX IF NOT EXISTS vehicle_owners_of_vehicle ON vehicle_owners (vin, since)",
 )
 
 # Rows that are dead at ``now``, a batch at a time (parameters: now, batch).
