@@ -104,8 +104,9 @@ SCHEMAS: dict[str, Any] = {
                         "seq": {"type": "integer", "minimum": 0},
                         "event": {
                             "type": "object",
-                            "description": "the car's event: kind (decision, courier, command, "
-                            "revocations, ...), path (cloud/ble), action, code, at, ...",
+                            "description": "the car's event: kind (decision, courier, "
+                            "malformed, command, revocations, ...), path (cloud/ble), action, "
+                            "code, at, ...",
                         },
                     }
                 ),
