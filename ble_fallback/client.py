@@ -18,7 +18,18 @@ The fallback policy (``PhoneClient.command``), by what the cloud path came to:
 
 On the BLE path a ``CarBusy`` is retried after its ``retry_after`` and a failure before the
 request was sent is retried, both within ``busy_retries``; an error with ``may_have_succeeded``
-is never retried (vehicle-command's MayHaveSucceeded rule).
+is never retried (vehicle-command's MayHaveSucceeded rule). The car's Result is final and says
+what ran:
+
+    the car's Result        outcome
+    granted                 ok, status "granted"
+    malformed               nothing ran: counts as "nothing was sent" (status "not_sent",
+                            code "malformed"); the car could not read the request, so the
+                            same request is not sent again — a phone bug to fix, not a denial
+    any other code          nothing ran: status "denied", code = the car's reason
+
+(a cloud copy of the command still queued keeps ``may_have_succeeded`` in every row but the
+first, as below).
 
 Against overload (G6): every request carries its deadline (``PK-Deadline-Ms``); an adaptive
 throttle (SRE, K = 2) refuses cloud requests locally while the cloud answers 429/503 — a local
@@ -45,6 +56,7 @@ import aiohttp
 
 from ble_fallback.errors import BleError, CarBusy
 from ble_fallback.link import Link
+from ble_fallback.messages import MALFORMED
 from ble_fallback.phone import unlock_over_ble
 from ble_fallback.wallet import KeyWallet, WalletCorrupt, WalletEntry, read_token
 from keycore import cose
@@ -344,6 +356,9 @@ class PhoneClient:
                 if last:
                     return outcome(False, "failed", f"Bluetooth failed ({error.reason.value})")
                 continue
+            if result.code == MALFORMED:
+                return outcome(False, "not_sent", "the car could not read the phone's Bluetooth "
+                               "request (malformed), so nothing ran", code=result.code)  # fmt: skip
             if not result.granted:
                 return outcome(False, "denied", f"the car refused over Bluetooth ({result.code})",
                                code=result.code)  # fmt: skip

@@ -4,7 +4,9 @@
     ├── LocalProtocolError      we broke the protocol: sent in the wrong state, a frame too big
     │                           to chunk (a bug on our side; the session is dead)
     ├── RemoteProtocolError     the peer broke it: a bad chunk, a frame over the cap, a malformed
-    │                           message, a message in the wrong state (the session is dead)
+    │   │                       message, a message in the wrong state (the session is dead)
+    │   └── MalformedMessage    a message whose type was read but not the rest; the car answers
+    │                           a phone message of that kind with a ``malformed`` Result instead
     ├── LinkError               the link failed under us (raised by adapters, never by the core)
     │   ├── LinkClosed          disconnected or closed
     │   └── LinkTimeout         no answer within the attempts the link's policy allows
@@ -67,6 +69,15 @@ class LocalProtocolError(BleError):
 
 class RemoteProtocolError(BleError):
     pass
+
+
+class MalformedMessage(RemoteProtocolError):
+    """A well-formed CBOR map whose type (``message_type``, the number at key 1) was read, but
+    whose fields were not: a DER-encoded proof, a wrong-typed or missing field, an unknown key."""
+
+    def __init__(self, message_type: int, detail: str = "") -> None:
+        super().__init__(BleReason.MALFORMED, detail)
+        self.message_type = message_type
 
 
 class LinkError(BleError):

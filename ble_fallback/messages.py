@@ -2,8 +2,10 @@
 
 Key 1 is always the message type. Decoding reuses keycore's strict CBOR rules (one item in
 preferred serialization, no duplicate keys, no unknown or missing keys, every value typed and
-bounded) and raises RemoteProtocolError — the bytes always come from the peer. Specified, with
-test vectors, in docs/protocol.md, "BLE protocol".
+bounded) and raises RemoteProtocolError — the bytes always come from the peer; a
+MalformedMessage when the type was read but the rest was not, so the car can answer the phone
+``malformed`` instead of ending the session. Specified, with test vectors, in docs/protocol.md,
+"BLE protocol".
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
 
-from ble_fallback.errors import BleReason, RemoteProtocolError
+from ble_fallback.errors import BleReason, MalformedMessage, RemoteProtocolError
 from keycore.encoding import as_bytes, as_int, as_map, dumps, loads_strict
 from keycore.errors import KeycoreError, Reason
 from keycore.proof import CHALLENGE_BYTES
@@ -31,6 +33,8 @@ MAX_MESSAGE_BYTES = MAX_REVOCATION_BYTES + 16
 MAX_CAR_MESSAGE_BYTES = 512
 
 GRANTED, APPLIED, LATE = "granted", "applied", "late"
+#: The car could not read the phone's message (or, from ``decide``, its token): nothing ran.
+MALFORMED = Reason.MALFORMED.value
 #: Every code a Result may carry: an outcome, "late" (the answer missed its deadline), or a
 #: keycore reason code.
 RESULT_CODES = frozenset({GRANTED, APPLIED, LATE} | {r.value for r in Reason})
@@ -190,21 +194,25 @@ class _Malformed(KeycoreError):
 
 
 def decode(data: bytes, *, max_size: int = MAX_MESSAGE_BYTES) -> Message:
-    """Decode one message; raises RemoteProtocolError (``too_large`` or ``malformed``)."""
+    """Decode one message; raises RemoteProtocolError (``too_large`` or ``malformed``), and
+    MalformedMessage when ``data`` is one CBOR map of a known type whose fields are wrong."""
     try:
-        return _decode(data, max_size)
+        value = loads_strict(data, _Malformed, max_size=max_size)
+        if not isinstance(value, dict) or K_TYPE not in value:
+            raise _Malformed(Reason.MALFORMED, "not a message")
+        kind = _BY_NUMBER[as_int(value[K_TYPE], _Malformed, 1, len(MessageType))]
     except _Malformed as error:
         too_large = error.reason is Reason.TOO_LARGE
         reason = BleReason.TOO_LARGE if too_large else BleReason.MALFORMED
         raise RemoteProtocolError(reason, error.detail) from None
+    try:
+        return _message(kind, value)
+    except _Malformed as error:  # the size was checked above: only fields are left to fail
+        raise MalformedMessage(int(kind), error.detail) from None
 
 
-def _decode(data: bytes, max_size: int) -> Message:
+def _message(kind: MessageType, value: dict[Any, Any]) -> Message:
     err = _Malformed
-    value = loads_strict(data, err, max_size=max_size)
-    if not isinstance(value, dict) or K_TYPE not in value:
-        raise err(Reason.MALFORMED, "not a message")
-    kind = _BY_NUMBER[as_int(value[K_TYPE], err, 1, len(MessageType))]
     if kind is MessageType.CHALLENGE:
         body = as_map(value, err, _STATUS_KEYS, _STATUS_KEYS)
         return Challenge(*_status(body))
@@ -255,9 +263,12 @@ def _result(body: dict[Any, Any]) -> Result:
         raise err(Reason.MALFORMED, "a Result answers a phone message")
     if code in ((APPLIED,) if is_unlock else (GRANTED, LATE)):
         raise err(Reason.MALFORMED, "result code does not fit the subject")
-    if is_unlock != (K_ACTION in body):
-        raise err(Reason.MALFORMED, "an action is given exactly for an unlock request")
-    action = _action(body[K_ACTION]) if is_unlock else None
+    # A request the car could not read has no action it could name: ``malformed`` may omit it.
+    if K_ACTION in body and not is_unlock:
+        raise err(Reason.MALFORMED, "an action is given only for an unlock request")
+    if is_unlock and K_ACTION not in body and code != MALFORMED:
+        raise err(Reason.MALFORMED, "an unlock result names its action")
+    action = _action(body[K_ACTION]) if K_ACTION in body else None
     return Result(subject, code, action, nonce, time_nonce, status)
 
 

@@ -4,7 +4,9 @@ One exchange at a time: the phone sends, then re-sends the same frame every retr
 until the car's Result arrives (the car answers a repeat from its cache, so nothing runs twice).
 When a command was sent and no result came back, the error says ``may_have_succeeded`` and the
 phone must not replay it. A ``late`` refusal is retried with the car's fresh challenge: the car
-refused it before deciding anything.
+refused it before deciding anything. Any Result is the car's word that it handled the message:
+only ``granted`` ran anything; ``malformed`` says the car could not even read the request (a
+DER-encoded proof, a wrong-typed field), so sending the same bytes again cannot help.
 """
 
 from __future__ import annotations

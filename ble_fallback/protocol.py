@@ -2,9 +2,10 @@
 
 ``CarSession`` serves one phone connection: it sends a Challenge on ``start``, then answers every
 phone message with one Result, deciding unlock requests with keycore and applying courier
-documents to the car's state. ``PhoneSession`` is the other end. No I/O and no clock: ``now`` is
-the caller's monotonic time in seconds. Retransmission is the caller's timer calling
-``retransmit()``; a repeated request is answered from the cached reply, never executed twice.
+documents to the car's state; a phone message it cannot read is answered ``malformed``.
+``PhoneSession`` is the other end. No I/O and no clock: ``now`` is the caller's monotonic time in
+seconds. Retransmission is the caller's timer calling ``retransmit()``; a repeated request is
+answered from the cached reply, never executed twice.
 """
 
 from __future__ import annotations
@@ -16,11 +17,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
-from ble_fallback.errors import BleError, BleReason, LocalProtocolError, RemoteProtocolError
+from ble_fallback.errors import (
+    BleError,
+    BleReason,
+    LocalProtocolError,
+    MalformedMessage,
+    RemoteProtocolError,
+)
 from ble_fallback.framing import MIN_CHUNK, Frame, FrameReader, FrameWriter
 from ble_fallback.messages import (
     APPLIED,
     LATE,
+    MALFORMED,
     MAX_CAR_MESSAGE_BYTES,
     MAX_MESSAGE_BYTES,
     TIME_NONCE_BYTES,
@@ -43,6 +51,17 @@ from keycore import UnlockRequest as DecisionRequest
 from keycore.decision import UnlockDecision
 from keycore.errors import InvalidProof, KeycoreError
 from keycore.roles import Action
+
+#: The messages a phone sends, by type number: the ones a car answers with a Result.
+_PHONE_MESSAGES = {
+    int(kind): kind
+    for kind in (
+        MessageType.UNLOCK_REQUEST,
+        MessageType.REVOCATION_LIST,
+        MessageType.TRUST_UPDATE,
+        MessageType.TIME_ANSWER,
+    )
+}
 
 
 class SessionState(Enum):
@@ -97,6 +116,15 @@ class CourierHandled:
 
 
 @dataclass(frozen=True, slots=True)
+class RequestMalformed:
+    """A well-framed phone message of a known type the car could not read (a DER-encoded proof,
+    a wrong-typed field): answered ``malformed``, nothing decided or applied, nothing to actuate."""
+
+    kind: MessageType
+    code: str = MALFORMED
+
+
+@dataclass(frozen=True, slots=True)
 class ReplyRepeated:
     """The phone sent its last frame again: the cached reply went out again, nothing ran."""
 
@@ -104,7 +132,7 @@ class ReplyRepeated:
 
 
 PhoneEvent = ChallengeReceived | ResultReceived | BusyReceived
-CarEvent = RequestHandled | CourierHandled | ReplyRepeated
+CarEvent = RequestHandled | CourierHandled | RequestMalformed | ReplyRepeated
 
 
 @dataclass(slots=True)
@@ -291,17 +319,32 @@ class CarSession(_Session):
             self._outbox.extend(self._writer.last())
             self._events.append(ReplyRepeated(frame.seq))
             return
-        message = decode(frame.payload)
+        try:
+            message = decode(frame.payload)
+        except MalformedMessage as error:
+            # The phone framed a request the car cannot read. Saying so, rather than ending the
+            # session, tells the phone that nothing ran (a silent close reads "may have
+            # succeeded"); the session goes on with a fresh challenge, like after any refusal.
+            kind = _PHONE_MESSAGES.get(error.message_type)
+            if kind is None:  # a car's message type: the peer is not a phone of this protocol
+                raise
+            self._events.append(RequestMalformed(kind))
+            self._answer(kind, MALFORMED, None, now)
+            return
         if isinstance(message, UnlockRequest):
             code = self._unlock(message, now)
         elif isinstance(message, RevocationList | TrustUpdate | TimeAnswer):
             code = self._courier(message, now)
         else:
             raise self._unexpected(message)
-        self._next_challenge(now)
         action = message.action if isinstance(message, UnlockRequest) else None
+        self._answer(message_type(message), code, action, now)
+
+    def _answer(self, subject: MessageType, code: str, action: Action | None, now: float) -> None:
+        """Queue the Result, carrying a fresh challenge for the phone's next message."""
+        self._next_challenge(now)
         nonces = (self._nonce, self._time_nonce, self.car.status(now))
-        self._send(Result(message_type(message), code, action, *nonces))
+        self._send(Result(subject, code, action, *nonces))
 
     def _unlock(self, request: UnlockRequest, now: float) -> str:
         car = self.car

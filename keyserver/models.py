@@ -161,6 +161,18 @@ AUDIT_RETENTION_S = 30 * 86_400
 
 
 @dataclass(frozen=True, slots=True)
+class Tenure:
+    """One account's time as a vehicle's owner, ``since`` ≤ t < ``until`` (None: still owner).
+
+    It decides which part of the car's audit trail the account may read (keyserver.tenure).
+    """
+
+    owner_id: str
+    since: int
+    until: int | None
+
+
+@dataclass(frozen=True, slots=True)
 class CommandRecord:
     """A remote command: who asked the car for what, its signed document, and its state.
 

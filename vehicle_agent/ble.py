@@ -3,10 +3,11 @@
 ``VehicleBleEndpoint`` serves phone connections with ``ble_fallback.car.CarEndpoint`` over the
 agent's ``Vehicle``: every unlock is decided by keycore against the car's own trust store,
 revocation state, trusted clock and challenge book; each decision is audited in the outbox
-(path "ble") and granted actions move the car's actuator. Courier documents a phone brings
-(revocation lists, trust updates, signed time to the car's nonce) are verified and ordered by
-keycore inside the session, and what it accepts is persisted through the Vehicle before the car
-answers "applied". ``start_peripheral`` puts it on the air with bless.
+(path "ble") and granted actions move the car's actuator; a request the car could not read is
+audited as ``malformed``. Courier documents a phone brings (revocation lists, trust updates,
+signed time to the car's nonce) are verified and ordered by keycore inside the session, and what
+it accepts is persisted through the Vehicle before the car answers "applied".
+``start_peripheral`` puts it on the air with bless.
 """
 
 from __future__ import annotations
@@ -21,7 +22,13 @@ from ble_fallback.bless_link import BlessPeripheral, ServerFactory
 from ble_fallback.car import CarEndpoint
 from ble_fallback.errors import LinkError
 from ble_fallback.link import Link, LinkPolicy
-from ble_fallback.protocol import CarEvent, CarState, CourierHandled, RequestHandled
+from ble_fallback.protocol import (
+    CarEvent,
+    CarState,
+    CourierHandled,
+    RequestHandled,
+    RequestMalformed,
+)
 from keycore import ChallengeBook, RevocationState, TrustedClock, TrustStore
 from vehicle_agent.vehicle import Vehicle
 
@@ -136,6 +143,13 @@ class VehicleBleEndpoint:
                 )
                 task.add_done_callback(_log_failure)
                 self._actuating = task
+        elif isinstance(event, RequestMalformed):
+            # A phone sent what the car could not read (e.g. a DER-encoded proof): recorded, so
+            # a phone app that does it to every car shows up in the audit trail.
+            message = event.kind.name.lower()
+            vehicle.state.add_audit(
+                {"kind": "malformed", "path": "ble", "message": message, "code": event.code}
+            )
         elif isinstance(event, CourierHandled):
             document = event.kind.name.lower()
             vehicle.state.add_audit(

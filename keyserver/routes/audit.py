@@ -1,11 +1,18 @@
-"""The car's audit trail, for its owner: every decision the car took (cloud or Bluetooth), the
+"""The car's audit trail, for its owners: every decision the car took (cloud or Bluetooth), the
 documents phones carried to it and the remote commands it ran, as the car uploaded them.
 
-``GET /v1/vehicles/{vin}/audit?since=SEQ`` needs a bearer session of the car's owner (anyone else
-is told the car does not exist, 404). Events come in the car's own order (its outbox sequence),
-those after ``since`` (0: from the start), at most ``MAX_PAGE`` at a time; ``more`` says whether
-another page follows (ask again with ``since`` = the last ``seq``). A car uploads what it did
-offline once it is back online, so the trail of an outage arrives when the car reconnects.
+``GET /v1/vehicles/{vin}/audit?since=SEQ`` needs a bearer session of an account that owns or
+owned the car (anyone else is told the car does not exist, 404). Each reads only the events the
+car recorded during its own tenure (``tenures`` in the answer; keyserver.tenure): after a
+transfer the new owner sees nothing from before it, and the seller keeps read access to its
+own tenure — its own trips, and those of the keys it shared, which it could read then — for as
+long as the trail is kept (``AUDIT_RETENTION_S``), and nothing after it. A car's first owner
+reads it from the start (before, nobody held a key to it).
+
+Events come in the car's own order (its outbox sequence), those after ``since`` (0: from the
+start), at most ``MAX_PAGE`` at a time; ``more`` says whether another page follows (ask again
+with ``since`` = the last ``seq``). A car uploads what it did offline once it is back online, so
+the trail of an outage arrives when the car reconnects.
 """
 
 from __future__ import annotations
@@ -19,6 +26,8 @@ from aiohttp import web
 from keyserver import auth, fields, openapi
 from keyserver.app import STORE
 from keyserver.http import ApiError
+from keyserver.models import AUDIT_RETENTION_S
+from keyserver.tenure import CarEvent, tenures_of, within
 
 PATH = "/v1/vehicles/{vin}/audit"
 MAX_PAGE = 500
@@ -39,12 +48,22 @@ async def audit(request: web.Request) -> web.Response:
         raise ApiError(400, "invalid_since", "since must be a sequence number, 0 for all")
     since = int(raw_since)
     vehicle = await store.vehicle(vin)
-    if vehicle is None or vehicle.owner_id != caller.account_id:
+    history = [] if vehicle is None else await store.ownership(vin)
+    owner_id = None if vehicle is None else vehicle.owner_id
+    tenures = tenures_of(caller.account_id, history, owner_id)
+    if not tenures:
         raise ApiError(404, "unknown_vehicle", "no such vehicle among yours")
-    after = [event for event in await store.audit_events(vin) if event.seq > since]
+    trail = [CarEvent(e.seq, _parsed(e.event)) for e in await store.audit_events(vin)]
+    after = [event for event in within(trail, tenures) if event.seq > since]
     page = after[:MAX_PAGE]
-    events = [{"seq": event.seq, "event": _parsed(event.event)} for event in page]
-    return web.json_response({"vin": vin, "events": events, "more": len(after) > len(page)})
+    return web.json_response(
+        {
+            "vin": vin,
+            "tenures": [{"since": t.since, "until": t.until} for t in tenures],
+            "events": [{"seq": event.seq, "event": event.event} for event in page],
+            "more": len(after) > len(page),
+        }
+    )
 
 
 def _parsed(text: str) -> dict[str, Any]:
@@ -62,6 +81,21 @@ SCHEMAS: dict[str, Any] = {
     "AuditTrail": openapi.strict_object(
         {
             "vin": {"type": "string", "pattern": "^[A-HJ-NPR-Z0-9]{17}$"},
+            "tenures": {
+                "type": "array",
+                "description": "the caller's tenures as the car's owner, oldest first: the "
+                "events shown are those the car recorded within one of them, by its own clock "
+                "(an event's at; an event without one, by the timed events around it)",
+                "items": openapi.strict_object(
+                    {
+                        "since": {"type": "integer", "minimum": 0},
+                        "until": {
+                            "type": ["integer", "null"],
+                            "description": "null while the caller owns the car",
+                        },
+                    }
+                ),
+            },
             "events": {
                 "type": "array",
                 "maxItems": MAX_PAGE,
@@ -70,8 +104,9 @@ SCHEMAS: dict[str, Any] = {
                         "seq": {"type": "integer", "minimum": 0},
                         "event": {
                             "type": "object",
-                            "description": "the car's event: kind (decision, courier, command, "
-                            "revocations, ...), path (cloud/ble), action, code, at, ...",
+                            "description": "the car's event: kind (decision, courier, "
+                            "malformed, command, revocations, ...), path (cloud/ble), action, "
+                            "code, at, ...",
                         },
                     }
                 ),
@@ -84,7 +119,13 @@ SCHEMAS: dict[str, Any] = {
 PATHS: dict[str, Any] = {
     PATH: {
         "get": {
-            "summary": "The car's audit trail as it uploaded it (the owner)",
+            "summary": "The car's audit trail as it uploaded it, within the caller's tenure as "
+            "its owner",
+            "description": "The current owner reads the events the car recorded since it became "
+            "the owner (the first owner: from the start). A former owner keeps read access to "
+            "the events of its own tenure, and to nothing after it, for as long as the trail "
+            f"is kept ({AUDIT_RETENTION_S // 86_400} days after upload). Anyone else is told "
+            "the car does not exist.",
             "security": [{"bearer": []}],
             "parameters": [
                 {
@@ -105,7 +146,10 @@ PATHS: dict[str, Any] = {
                 "200": openapi.json_response("the events, oldest first", "AuditTrail"),
                 "400": openapi.error("invalid_vin, invalid_since"),
                 "401": openapi.error("unauthorized: no bearer session, or an expired one"),
-                "404": openapi.error("unknown_vehicle: no such vehicle among the caller's"),
+                "404": openapi.error(
+                    "unknown_vehicle: the caller never owned the vehicle (or its tenure ended "
+                    "more than the retention ago)"
+                ),
             },
         }
     }

@@ -144,7 +144,7 @@ async def pair_owner(request: web.Request) -> web.Response:
     if result is not PairingResult.PAIRED:
         status, error, message = _PAIRING_REFUSALS[result]
         raise ApiError(status, error, message)
-    if not await store.set_owner(vin, owner_id=caller.account_id, expected=None):
+    if not await store.set_owner(vin, owner_id=caller.account_id, expected=None, now=auth.now()):
         raise ApiError(409, "already_owned", "this vehicle has an owner")
     return web.json_response({"vin": vin, "owner_id": caller.account_id})
 
@@ -165,7 +165,9 @@ async def transfer(request: web.Request) -> web.Response:
     # crash in between leaves the seller owner without keys (safe; retry the transfer), never a
     # sold car that still opens for the seller.
     await revoke_keys(request.app, vin, await store.keys_of_vehicle(vin))
-    moved = await store.set_owner(vin, owner_id=recipient.account_id, expected=caller.account_id)
+    moved = await store.set_owner(
+        vin, owner_id=recipient.account_id, expected=caller.account_id, now=auth.now()
+    )
     if not moved:
         raise ApiError(409, "ownership_changed", "the vehicle's owner changed meanwhile")
     return web.json_response({"vin": vin, "owner_id": recipient.account_id})

@@ -28,6 +28,7 @@ from keyserver.models import (
     RefreshContext,
     RevocationEntry,
     Session,
+    Tenure,
     Vehicle,
 )
 
@@ -92,8 +93,21 @@ class Store(Protocol):
 
     async def vehicle(self, vin: str) -> Vehicle | None: ...
 
-    async def set_owner(self, vin: str, *, owner_id: str | None, expected: str | None) -> bool:
-        """Compare and set the owner: True if the owner was ``expected`` and is now ``owner_id``."""
+    async def set_owner(
+        self, vin: str, *, owner_id: str | None, expected: str | None, now: int
+    ) -> bool:
+        """Compare and set the owner: True if the owner was ``expected`` and is now ``owner_id``.
+
+        In the same atomic step the ownership history closes ``expected``'s tenure at ``now``
+        (one from before the history was kept is recorded as since 0) and opens ``owner_id``'s
+        at ``now`` — at 0 for the car's first owner (no history yet: before it nobody held a
+        key, so the trail holds nobody's data) — and drops closed tenures that ended more than
+        ``AUDIT_RETENTION_S`` before ``now``, always keeping the latest entry (so "no history"
+        keeps meaning "never owned")."""
+
+    async def ownership(self, vin: str) -> list[Tenure]:
+        """The vehicle's ownership history, oldest first; the current owner's tenure, if
+        recorded, is the last and open (``until`` None)."""
 
     async def put_pairing(self, pairing: Pairing) -> None:
         """Store the pending pairing for a vehicle, replacing any earlier one."""

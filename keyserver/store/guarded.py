@@ -54,6 +54,7 @@ READS = frozenset(
         "command",
         "pending_commands",
         "audit_events",
+        "ownership",
         "car_instance",
         "publish",  # a hub notice: receivers deliver the same notice twice harmlessly
     }

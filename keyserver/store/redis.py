@@ -6,6 +6,7 @@ Key layout, all under the store's prefix ``P``::
     P session:{hex}     hash    Session (expires)  P device:{id}       hash    Device
     P devices:{acc}     zset    device ids by created_at
     P vehicle:{vin}     hash    Vehicle            P pairing:{vin}     hash    Pairing (expires)
+    P owners:{vin}      list    ownership history, "since:until:owner_id" (until empty while open)
     P key:{id}          hash    KeyRecord          P keys:{vin}        zset    key ids by created_at
     P invitation:{id}   hash    Invitation (expires)
     P nonce:{scope}:{hex}       string  the nonce's expires_at (expires)
@@ -71,6 +72,7 @@ from keyserver.models import (
     RevocationEntry,
     RevocationKind,
     Session,
+    Tenure,
     Vehicle,
 )
 from keyserver.store import redis_lua as lua
@@ -140,6 +142,7 @@ class RedisStore(RedisHub):
         self._create_account = client.register_script(lua.CREATE_ACCOUNT)
         self._insert = client.register_script(lua.INSERT)
         self._compare_and_set = client.register_script(lua.COMPARE_AND_SET)
+        self._set_owner = client.register_script(lua.SET_OWNER)
         self._try_pairing = client.register_script(lua.TRY_PAIRING)
         self._claim_nonce = client.register_script(lua.CLAIM_NONCE)
         self._refresh_contexts = SharedTrips(
@@ -366,10 +369,24 @@ class RedisStore(RedisHub):
     async def vehicle(self, vin: str) -> Vehicle | None:
         return await self._hash(Vehicle, self._key("vehicle", vin), "vehicle")
 
-    async def set_owner(self, vin: str, *, owner_id: str | None, expected: str | None) -> bool:
-        args = ["owner_id", _present(owner_id), _present(expected)]
+    async def set_owner(
+        self, vin: str, *, owner_id: str | None, expected: str | None, now: int
+    ) -> bool:
+        keys = [self._key("vehicle", vin), self._key("owners", vin)]
+        args: list[str | int] = [
+            _present(owner_id), _present(expected), now, now - AUDIT_RETENTION_S
+        ]  # fmt: skip
         with _failures("set_owner", write=True):
-            return bool(await self._compare_and_set([self._key("vehicle", vin)], args))
+            return bool(await self._set_owner(keys, args))
+
+    async def ownership(self, vin: str) -> list[Tenure]:
+        with _failures("ownership", write=False):
+            raw = await self._client.lrange(self._key("owners", vin), 0, -1)
+        tenures = []
+        for entry in raw:
+            since, until, owner_id = _text(entry).split(":", 2)
+            tenures.append(Tenure(owner_id, int(since), int(until) if until else None))
+        return tenures
 
     async def put_pairing(self, pairing: Pairing) -> None:
         key = self._key("pairing", pairing.vin)

@@ -37,6 +37,37 @@ for i = 3, #ARGV do
 end
 return 0
 """
+# KEYS: the vehicle's hash, its ownership history (a list of "since:until:owner", until empty
+# while open); ARGV: new owner, expected owner (each '' or '=' .. id), now, retention horizon.
+# The rules are the Store contract's (set_owner). (Lua: ``until`` is a keyword, hence ``ended``.)
+SET_OWNER = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local current = redis.call('HGET', KEYS[1], 'owner_id')
+current = current and ('=' .. current) or ''
+if current ~= ARGV[2] then return 0 end
+if ARGV[1] == '' then redis.call('HDEL', KEYS[1], 'owner_id')
+else redis.call('HSET', KEYS[1], 'owner_id', string.sub(ARGV[1], 2)) end
+local now = ARGV[3]
+local first = redis.call('LLEN', KEYS[2]) == 0
+local last = redis.call('LINDEX', KEYS[2], -1)
+local since, ended, owner
+if last then since, ended, owner = string.match(last, '^(%d+):(%d*):(.*)$') end
+if last and ended == '' then
+  redis.call('LSET', KEYS[2], -1, since .. ':' .. now .. ':' .. owner)
+elseif current ~= '' then
+  redis.call('RPUSH', KEYS[2], '0:' .. now .. ':' .. string.sub(current, 2))
+  first = false
+end
+if ARGV[1] ~= '' then
+  redis.call('RPUSH', KEYS[2], (first and '0' or now) .. '::' .. string.sub(ARGV[1], 2))
+end
+while redis.call('LLEN', KEYS[2]) > 1 do
+  local _, head_ended = string.match(redis.call('LINDEX', KEYS[2], 0), '^(%d+):(%d*):')
+  if head_ended == '' or tonumber(head_ended) >= tonumber(ARGV[4]) then break end
+  redis.call('LPOP', KEYS[2])
+end
+return 1
+"""
 TRY_PAIRING = """
 local p = redis.call('HMGET', KEYS[1], 'code_hash', 'expires_at', 'attempts_left')
 if not p[1] then return 'none' end

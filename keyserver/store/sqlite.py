@@ -36,9 +36,11 @@ from keyserver.models import (
     RevocationEntry,
     RevocationKind,
     Session,
+    Tenure,
     Vehicle,
 )
 from keyserver.store import sqlite_channel as channel
+from keyserver.store import sqlite_ownership as owners
 from keyserver.store.sqlite_schema import SCHEMA, SCHEMA_VERSION, SWEEP_BATCH, SWEEPS
 
 if TYPE_CHECKING:
@@ -358,12 +360,15 @@ class SQLiteStore:
         )
         return None if row is None else Vehicle(*row)
 
-    async def set_owner(self, vin: str, *, owner_id: str | None, expected: str | None) -> bool:
-        changed = await self._change(
-            "UPDATE vehicles SET owner_id = ? WHERE vin = ? AND owner_id IS ?",
-            (owner_id, vin, expected),
+    async def set_owner(
+        self, vin: str, *, owner_id: str | None, expected: str | None, now: int
+    ) -> bool:
+        return await self._run(
+            lambda conn: owners.set_owner(conn, vin, owner_id, expected, now), write=True
         )
-        return changed == 1
+
+    async def ownership(self, vin: str) -> list[Tenure]:
+        return await self._run(lambda conn: owners.ownership(conn, vin), write=False)
 
     async def put_pairing(self, pairing: Pairing) -> None:
         await self._change(

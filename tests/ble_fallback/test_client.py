@@ -14,11 +14,12 @@ from typing import Any
 import aiohttp
 import pytest
 
+import ble_fallback.phone
 from ble_fallback.client import DEGRADED_HEADER, ClientPolicy, CommandOutcome, PhoneClient
 from ble_fallback.link import LinkConditions
 from ble_fallback.phone import CarConnection
 from ble_fallback.wallet import KeyWallet
-from keycore import Action, SoftwareSigner, TrustStore
+from keycore import Action, SoftwareSigner, TrustStore, prove
 from keycore.breaker import BreakerConfig, BreakerState, CircuitBreaker
 from keyserver.app import create_app
 from keyserver.config import build
@@ -30,6 +31,7 @@ from tests.ble_fallback.client_harness import (
     stub_cloud,
 )
 from tests.keyserver.keys_harness import DAY, SUSPEND, VIN, Api, Clock, Person, token_bytes
+from tests.vectors.ble import der
 from tests.vehicle_agent.channel_harness import (
     GatedActuator,
     applied_results,
@@ -420,6 +422,35 @@ async def test_a_busy_car_is_asked_again_after_its_retry_after(
     assert car.connections == 3  # the other phone, the busy answer, the retry
     assert car.executed == [Action.LOCK]
     await car.aclose()
+
+
+async def test_a_request_the_car_cannot_read_counts_as_nothing_sent(
+    api: Api,
+    owner: Person,
+    key: dict[str, Any],
+    http: aiohttp.ClientSession,
+    wallet: KeyWallet,
+    ble_car: BleCar,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A phone app that signs with the platform's default DER encoding: the car answers
+    ``malformed``, so the phone knows nothing ran — not "may have succeeded"."""
+
+    def prove_der(*args: Any, **kwargs: Any) -> bytes:
+        return der(prove(*args, **kwargs))
+
+    monkeypatch.setattr(ble_fallback.phone, "prove", prove_der)
+    client = filled(phone(api, owner, http, wallet, ble_car, url=closed_port_url()), api, key)
+
+    outcome = await client.command(VIN, Action.UNLOCK)
+
+    assert (outcome.path, outcome.ok, outcome.status) == ("ble", False, "not_sent")
+    assert (outcome.code, outcome.may_have_succeeded) == ("malformed", False)
+    assert outcome.reason.endswith("could not read the phone's Bluetooth request (malformed), "
+                                   "so nothing ran")  # fmt: skip
+    assert ble_car.connections == 1  # the same bytes again cannot help: not retried
+    assert ble_car.executed == []
+    assert [type(e).__name__ for e in ble_car.events] == ["RequestMalformed"]
 
 
 async def test_a_car_that_refuses_the_key_says_why(

@@ -14,7 +14,7 @@ from keyserver.store import Store
 
 _READS = {
     "ping", "account", "account_by_email", "session", "device", "devices_of", "vehicle", "key",
-    "keys_of_vehicle", "revocations", "command", "pending_commands", "audit_events",
+    "keys_of_vehicle", "revocations", "command", "pending_commands", "audit_events", "ownership",
 }  # fmt: skip
 
 

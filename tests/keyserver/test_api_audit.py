@@ -1,5 +1,6 @@
 """The car's audit trail over HTTP (``GET /v1/vehicles/{vin}/audit``): the owner reads what the car
-uploaded, in the car's order, page by page; nobody else learns the car exists."""
+uploaded, in the car's order, page by page; after a transfer each owner reads only its own
+tenure, by the car's clock; nobody else learns the car exists."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from keyserver.routes.audit import MAX_PAGE
 from tests.keyserver.keys_harness import VIN, Api, Clock, Person
 
 AUDIT = "/v1/vehicles/{vin}/audit"
+TRANSFER = "/v1/vehicles/{vin}/transfer"
 
 
 @pytest.fixture
@@ -85,3 +87,68 @@ async def test_a_bad_since_is_a_clear_400(api: Api, owner: Person, since: str) -
 async def test_without_a_session_nothing_is_shown(api: Api, owner: Person) -> None:
     response = await api.client.get(AUDIT.format(vin=VIN))
     assert response.status == 401
+
+
+def at(seconds: float, code: str = "granted") -> str:
+    return json.dumps({"kind": "decision", "path": "ble", "action": "unlock", "code": code,
+                       "at": seconds})  # fmt: skip
+
+
+UNTIMED = json.dumps({"kind": "courier", "path": "ble", "document": "revocation_list"})
+
+
+async def sell(api: Api, seller: Person, buyer: Person) -> None:
+    body = {"to_email": f"{buyer.name}@example.com"}
+    reply = await api.call(seller, "POST", TRANSFER, body, vin=VIN)
+    assert reply.status == 200
+
+
+async def seqs(api: Api, reader: Person) -> tuple[list[int], list[dict[str, Any]]]:
+    reply = await api.call(reader, "GET", AUDIT, proof=False, vin=VIN)
+    assert reply.status == 200
+    return [e["seq"] for e in reply.body["events"]], reply.body["tenures"]
+
+
+async def test_after_a_transfer_each_owner_reads_only_its_own_tenure(
+    api: Api, owner: Person
+) -> None:
+    sold_at = api.clock.now
+    buyer = await api.person("buyer")
+    await sell(api, owner, buyer)
+    # The car was offline at the sale: the seller's last trips arrive after it, with the buyer's.
+    trail = [
+        AuditEvent(1, at(sold_at - 100)),  # the seller's
+        AuditEvent(2, UNTIMED),  # between two of the seller's: the seller's
+        AuditEvent(3, at(sold_at - 10)),
+        AuditEvent(4, UNTIMED),  # somewhere around the sale: shown to neither side
+        AuditEvent(5, at(sold_at + 50)),  # the buyer's
+        AuditEvent(6, UNTIMED),  # after the buyer's: the buyer's
+    ]
+    api.clock.advance(3600)
+    await api.store.add_audit_batch(VIN, "1-6", trail, now=api.clock.now)
+
+    assert await seqs(api, buyer) == ([5, 6], [{"since": sold_at, "until": None}])
+    assert await seqs(api, owner) == ([1, 2, 3], [{"since": 0, "until": sold_at}])
+    stranger = await api.person("stranger")
+    reply = await api.call(stranger, "GET", AUDIT, proof=False, vin=VIN)
+    assert (reply.status, reply.code) == (404, "unknown_vehicle")
+
+
+async def test_an_owner_who_buys_the_car_back_reads_both_tenures_not_the_one_between(
+    api: Api, owner: Person
+) -> None:
+    first_sale = api.clock.now
+    buyer = await api.person("buyer")
+    await sell(api, owner, buyer)
+    api.clock.advance(1000)
+    bought_back = api.clock.now
+    await sell(api, buyer, owner)
+    trail = [AuditEvent(1, at(first_sale - 1)), AuditEvent(2, at(first_sale + 1)),
+             AuditEvent(3, at(bought_back + 1))]  # fmt: skip
+    await api.store.add_audit_batch(VIN, "1-3", trail, now=api.clock.now)
+
+    assert await seqs(api, owner) == (
+        [1, 3],
+        [{"since": 0, "until": first_sale}, {"since": bought_back, "until": None}],
+    )
+    assert await seqs(api, buyer) == ([2], [{"since": first_sale, "until": bought_back}])

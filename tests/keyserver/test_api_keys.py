@@ -574,7 +574,9 @@ async def test_accept_refusals_keep_the_invitation_when_nothing_was_granted(
 async def test_an_invitation_dies_with_its_inviter_s_ownership(api: Api, owner: Person) -> None:
     invitation_id = await api.invite(owner)
     new_owner = await api.person("buyer")
-    assert await api.store.set_owner(VIN, owner_id=new_owner.account_id, expected=owner.account_id)
+    assert await api.store.set_owner(
+        VIN, owner_id=new_owner.account_id, expected=owner.account_id, now=api.clock.now
+    )
     reply = await api.accept(await api.person("friend"), invitation_id)
     assert (reply.status, reply.code) == (404, "invitation_not_found")
 

@@ -10,6 +10,7 @@ from keycore import Action, Role
 from keycore.channel import AuditEvent
 from keyserver.errors import Conflict
 from keyserver.models import (
+    AUDIT_RETENTION_S,
     Account,
     CommandRecord,
     CommandStatus,
@@ -25,6 +26,7 @@ from keyserver.models import (
     RevocationEntry,
     RevocationKind,
     Session,
+    Tenure,
     Vehicle,
 )
 from keyserver.store import Store
@@ -237,11 +239,72 @@ async def test_vehicles_and_owner_compare_and_set(store: Store) -> None:
     assert await store.vehicle("1HGCM82633A004352") is None
     with pytest.raises(Conflict):
         await store.add_vehicle(Vehicle(VIN, b"\x06" * 64, None, NOW))
-    assert await store.set_owner(VIN, owner_id="acc1", expected=None)
-    assert not await store.set_owner(VIN, owner_id="acc2", expected=None)
+    assert await store.set_owner(VIN, owner_id="acc1", expected=None, now=NOW)
+    assert not await store.set_owner(VIN, owner_id="acc2", expected=None, now=NOW)
     assert (await store.vehicle(VIN)) == Vehicle(VIN, b"\x05" * 64, "acc1", NOW)
-    assert await store.set_owner(VIN, owner_id="acc2", expected="acc1")  # transfer
-    assert not await store.set_owner("1HGCM82633A004352", owner_id="acc1", expected=None)
+    assert await store.set_owner(VIN, owner_id="acc2", expected="acc1", now=NOW)  # transfer
+    assert not await store.set_owner("1HGCM82633A004352", owner_id="acc1", expected=None, now=NOW)
+
+
+async def test_each_change_of_owner_closes_one_tenure_and_opens_the_next(store: Store) -> None:
+    await store.add_vehicle(Vehicle(VIN, b"\x05" * 64, None, NOW))
+    assert await store.ownership(VIN) == []
+    assert await store.set_owner(VIN, owner_id="acc1", expected=None, now=NOW + 10)
+    # the first owner's tenure starts at 0: before it, nobody held a key to the car
+    assert await store.ownership(VIN) == [Tenure("acc1", 0, None)]
+    assert not await store.set_owner(VIN, owner_id="acc3", expected="acc2", now=NOW + 15)
+    assert await store.set_owner(VIN, owner_id="acc2", expected="acc1", now=NOW + 20)
+    assert await store.set_owner(VIN, owner_id="acc1", expected="acc2", now=NOW + 30)  # bought back
+    assert await store.ownership(VIN) == [
+        Tenure("acc1", 0, NOW + 20),
+        Tenure("acc2", NOW + 20, NOW + 30),
+        Tenure("acc1", NOW + 30, None),
+    ]
+    assert await store.set_owner(VIN, owner_id=None, expected="acc1", now=NOW + 40)  # released
+    assert (await store.ownership(VIN))[-1] == Tenure("acc1", NOW + 30, NOW + 40)
+    # a car that has had owners never gives the next one a tenure from 0
+    assert await store.set_owner(VIN, owner_id="acc4", expected=None, now=NOW + 50)
+    assert (await store.ownership(VIN))[-1] == Tenure("acc4", NOW + 50, None)
+
+
+async def test_tenures_past_the_audit_retention_are_dropped_but_never_the_latest(
+    store: Store,
+) -> None:
+    await store.add_vehicle(Vehicle(VIN, b"\x05" * 64, None, NOW))
+    assert await store.set_owner(VIN, owner_id="acc1", expected=None, now=NOW)
+    assert await store.set_owner(VIN, owner_id="acc2", expected="acc1", now=NOW + 10)
+    later = NOW + 10 + AUDIT_RETENTION_S
+    assert await store.set_owner(VIN, owner_id=None, expected="acc2", now=later)
+    assert await store.ownership(VIN) == [
+        Tenure("acc1", 0, NOW + 10),
+        Tenure("acc2", NOW + 10, later),
+    ]
+    much_later = later + AUDIT_RETENTION_S + 1
+    assert await store.set_owner(VIN, owner_id="acc3", expected=None, now=much_later)
+    assert await store.ownership(VIN) == [Tenure("acc3", much_later, None)]
+    assert await store.set_owner(VIN, owner_id=None, expected="acc3", now=much_later * 2)
+    assert await store.ownership(VIN) == [Tenure("acc3", much_later, much_later * 2)]
+
+
+async def test_an_owner_from_before_the_history_gets_a_tenure_from_0_when_it_ends(
+    store: Store,
+) -> None:
+    await store.add_vehicle(Vehicle(VIN, b"\x05" * 64, "legacy", NOW))  # owned, no history
+    assert await store.set_owner(VIN, owner_id="acc2", expected="legacy", now=NOW + 10)
+    assert await store.ownership(VIN) == [
+        Tenure("legacy", 0, NOW + 10),
+        Tenure("acc2", NOW + 10, None),
+    ]
+
+
+async def test_concurrent_transfers_record_one_tenure(store: Store) -> None:
+    await store.add_vehicle(Vehicle(VIN, b"\x05" * 64, None, NOW))
+    assert await store.set_owner(VIN, owner_id="acc1", expected=None, now=NOW)
+    moves = await asyncio.gather(
+        *(store.set_owner(VIN, owner_id=f"to{i}", expected="acc1", now=NOW + 1) for i in range(8))
+    )
+    (winner,) = [f"to{i}" for i, moved in enumerate(moves) if moved]
+    assert await store.ownership(VIN) == [Tenure("acc1", 0, NOW + 1), Tenure(winner, NOW + 1, None)]
 
 
 async def test_pairing_attempts(store: Store) -> None:

@@ -21,6 +21,8 @@ from keyserver.models import (
     RevocationEntry,
     RevocationKind,
     Session,
+    Tenure,
+    Vehicle,
 )
 from keyserver.store.sqlite import SCHEMA_VERSION, SQLiteStore
 
@@ -123,6 +125,25 @@ async def test_a_version_1_database_gains_the_channel_tables(db_path: Path) -> N
         await second.close()
     with closing(sqlite3.connect(db_path)) as conn:
         assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+
+
+async def test_a_version_2_database_gains_the_ownership_history(db_path: Path) -> None:
+    first = await SQLiteStore.open(db_path)
+    await first.add_vehicle(Vehicle(VIN, b"\x05" * 64, "acc1", NOW))
+    await first.close()
+    with closing(sqlite3.connect(db_path)) as conn:  # as version 2 left it
+        conn.execute("DROP TABLE vehicle_owners")
+        conn.execute("PRAGMA user_version = 2")
+    second = await SQLiteStore.open(db_path)
+    try:
+        assert await second.ownership(VIN) == []  # owned from before the history was kept
+        assert await second.set_owner(VIN, owner_id="acc2", expected="acc1", now=NOW + 1)
+        assert await second.ownership(VIN) == [
+            Tenure("acc1", 0, NOW + 1),
+            Tenure("acc2", NOW + 1, None),
+        ]
+    finally:
+        await second.close()
 
 
 async def test_a_closed_store_refuses_calls(db_path: Path) -> None:

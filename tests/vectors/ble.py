@@ -2,7 +2,9 @@
 and frames cut into chunks at the smallest and a typical MTU.
 
 Valid messages are built with ble_fallback's own encoder from the fixed keys of common.py; the
-refusals are written byte by byte with cbor2 so each fails for exactly one stated reason.
+refusals are written byte by byte with cbor2 so each fails for exactly one stated reason. Each
+refusal also says how a car answers it when a phone sends it (``car_answer``): a ``malformed``
+Result for one CBOR map naming a phone message's type, else a protocol error that ends the session.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 import cbor2
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from ble_fallback.framing import chunk_size_for, split_frame
 from ble_fallback.messages import (
@@ -28,6 +31,8 @@ from ble_fallback.messages import (
     message_type,
 )
 from keycore import Action, RevokedToken, prove, sign_revocation_list, sign_time
+from keycore.encoding import loads_strict
+from keycore.errors import KeycoreError
 from tests.vectors.common import (
     BASE_TRUST_UPDATE,
     CHALLENGE,
@@ -85,6 +90,9 @@ def messages() -> dict[str, Message]:
         ),
         "result_late": Result(
             unlock, "late", Action.UNLOCK, OTHER_CHALLENGE, BLE_TIME_NONCE, STATUS
+        ),
+        "result_malformed_unlock_request": Result(
+            unlock, "malformed", None, OTHER_CHALLENGE, BLE_TIME_NONCE, STATUS
         ),
         "result_revocation_applied": Result(
             MessageType.REVOCATION_LIST, "applied", None, OTHER_CHALLENGE, BLE_TIME_NONCE, later
@@ -146,6 +154,8 @@ def refusals(valid: dict[str, Message]) -> list[dict[str, Any]]:
         ("unlock_request_unknown_action", cbor2.dumps({**req, 3: 6})),
         ("unlock_request_action_as_boolean", cbor2.dumps({**req, 3: False})),
         ("unlock_request_proof_63_bytes", cbor2.dumps({**req, 4: request.proof[:63]})),
+        ("unlock_request_der_proof", cbor2.dumps({**req, 4: der(request.proof)})),
+        ("unlock_request_token_as_text", cbor2.dumps({**req, 2: request.token.hex()})),
         ("unlock_request_empty_token", cbor2.dumps({**req, 2: b""})),
         ("unlock_request_token_over_1024_bytes", cbor2.dumps({**req, 2: bytes(1025)})),
         ("unlock_request_with_a_challenge", cbor2.dumps({**req, 5: CHALLENGE})),
@@ -162,9 +172,32 @@ def refusals(valid: dict[str, Message]) -> list[dict[str, Any]]:
         ("time_answer_over_512_bytes", cbor2.dumps({1: 7, 2: bytes(513)})),
         ("time_answer_as_text", cbor2.dumps({1: 7, 2: "d284"})),
     ]
-    cases = [case(name, data, "malformed") for name, data in malformed]
-    cases.append(too_large("over_the_message_cap", encode(valid["busy"]), MAX_MESSAGE_BYTES))
+    cases = [case(name, data, "malformed", car_answer=car_answer(data)) for name, data in malformed]
+    over_cap = too_large("over_the_message_cap", encode(valid["busy"]), MAX_MESSAGE_BYTES)
+    cases.append({**over_cap, "car_answer": "protocol_error"})  # refused by the frame's cap
     return cases
+
+
+def der(proof: bytes) -> bytes:
+    """The proof's r ‖ s as the DER SEQUENCE that iOS and Android signing APIs return."""
+    r, s = int.from_bytes(proof[:32]), int.from_bytes(proof[32:])
+    return encode_dss_signature(r, s)
+
+
+class _NotAMap(KeycoreError):
+    pass
+
+
+def car_answer(data: bytes) -> str:
+    """A car answers ``malformed`` when it can tell which phone message it could not read: one
+    CBOR map (§3 rules) whose key 1 is 2, 5, 6 or 7. Anything else ends the session."""
+    try:
+        value = loads_strict(data, _NotAMap, max_size=MAX_MESSAGE_BYTES)
+    except _NotAMap:
+        return "protocol_error"
+    kind = value.get(1) if isinstance(value, dict) else None
+    phone = type(kind) is int and kind in (2, 5, 6, 7)
+    return "malformed_result" if phone else "protocol_error"
 
 
 def frames(valid: dict[str, Message]) -> list[dict[str, Any]]:
@@ -196,7 +229,9 @@ def ble_vectors() -> dict[str, Any]:
         "description": (
             "BLE protocol messages and frames (docs/protocol.md, BLE protocol). Decode each "
             "case's input as one message: expected is 'valid' (decoded holds its fields; "
-            "encoding them again gives input) or the BLE reason code of the refusal. Each frame "
+            "encoding them again gives input) or the BLE reason code of the refusal; a "
+            "refusal's car_answer says whether a car answers it, sent by a phone, with a Result "
+            "coded malformed (malformed_result) or ends the session (protocol_error). Each frame "
             "is message cut into chunks for seq at the MTU's chunk size; reassembling the "
             "chunks gives message."
         ),

@@ -13,13 +13,15 @@ from pathlib import Path
 
 import pytest
 
+import ble_fallback.phone
 from ble_fallback.errors import CarBusy
 from ble_fallback.link import LinkConditions, LinkPolicy, SimulatedLink
 from ble_fallback.phone import CarConnection, carry_over_ble, unlock_over_ble
 from ble_fallback.virtual_time import run_simulated
-from keycore import Action, Role, sign_time
+from keycore import Action, Role, prove, sign_time
 from tests.ble_fallback.harness import random_source, revocation_of
 from tests.conftest import NOW, VIN, World
+from tests.vectors.ble import der
 from tests.vehicle_agent.test_vehicle import provisioned
 from vehicle_agent.actuator import SimulatedActuator
 from vehicle_agent.ble import VehicleBleEndpoint
@@ -98,6 +100,27 @@ def test_a_couriered_revocation_is_durable_and_denies(tmp_path: Path, world: Wor
         assert car.actuator.performed == []
         assert [e["code"] for e in car.audit("courier")] == ["applied"]
         assert [e["code"] for e in car.audit("decision")] == ["revoked"]
+
+    run_simulated(scenario(), start=START)
+
+
+def test_a_der_proof_is_answered_malformed_audited_and_never_actuated(
+    tmp_path: Path, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state = provisioned(tmp_path, world)
+    monkeypatch.setattr(ble_fallback.phone, "prove", lambda *a, **k: der(prove(*a, **k)))
+
+    async def scenario() -> None:
+        car = Car(state)
+        async with car.connect() as link:
+            result = await unlock_over_ble(link, world.token(), world.phone, Action.UNLOCK)
+        await car.ble.settled()
+        assert (result.granted, result.code, result.attempts) == (False, "malformed", 1)
+        assert car.actuator.performed == []
+        assert car.audit("decision") == []
+        assert car.audit("malformed") == [
+            {"kind": "malformed", "path": "ble", "message": "unlock_request", "code": "malformed"}
+        ]
 
     run_simulated(scenario(), start=START)
 
