@@ -26,9 +26,9 @@ MAX_ENTRIES = 10_000
 #: while the issuer still lists them. The issuer keeps one ledger entry per holder, so a list
 #: holds at most this many entries: ``WORST_CASE_LIST_BYTES``, far under what a car reads.
 MAX_VEHICLE_HOLDERS = 32
-#: The largest list an issuer that keeps the bound above can sign (docs/protocol.md §8;
+#: The largest list an issuer that keeps the bound above can sign (docs/protocol.md §12.1;
 #: tests/keycore/test_revocation_bound.py signs it with every field at its widest).
-WORST_CASE_LIST_BYTES = 1_400
+WORST_CASE_LIST_BYTES = 1_301
 MAX_STATE_ENTRIES = 2 * MAX_ENTRIES  # a car's merged state: a full list plus what it still keeps
 HOLDER_ID_BYTES = 16
 

@@ -133,7 +133,7 @@ async def create_key(
     the device holds a live key on the vehicle, 409 too_soon until its latest cutoff has passed
     (a token signed now would be dead on arrival), 409 too_many_holders if the vehicle has
     ``MAX_VEHICLE_HOLDERS`` holders already (the bound on its revocation list, docs/protocol.md
-    §8). Every key is created here: this is the one place a vehicle gains a holder."""
+    §12.1). Every key is created here: this is the one place a vehicle gains a holder."""
     if any(k.device_id == device.device_id and k.status in _LIVE for k in keys):
         raise ApiError(409, "device_has_key", "this device already holds a key for the vehicle")
     _, cutoff = await holder_cutoff(app, key.vin, device.device_id)

@@ -174,6 +174,10 @@ _COMMON = {
     "415": openapi.error("unsupported_media_type: the body must be application/json"),
 }
 _TOO_SOON = "too_soon: the device's keys were withdrawn this second (see Retry-After)"
+_TOO_MANY = (
+    "too_many_holders: the car has keys for MAX_VEHICLE_HOLDERS (32) phones, counting phones "
+    "whose keys ended within the revocation list's retention (docs/protocol.md §12.1)"
+)
 
 
 def _conflict(description: str) -> dict[str, Any]:
@@ -222,7 +226,7 @@ PATHS: dict[str, Any] = {
                 "400": openapi.error(f"invalid_vin, bad_device_proof (malformed), {_BAD_BODY}"),
                 "403": openapi.error("not_owner, unknown_device"),
                 "404": openapi.error("unknown_vehicle: no such vehicle among the caller's"),
-                "409": _conflict(f"device_has_key, {_TOO_SOON}"),
+                "409": _conflict(f"device_has_key, {_TOO_SOON}, {_TOO_MANY}"),
                 **_COMMON,
             },
         },
@@ -267,7 +271,7 @@ PATHS: dict[str, Any] = {
                 "400": openapi.error(f"bad_device_proof (malformed), {_BAD_BODY}"),
                 "403": openapi.error("own_invitation, unknown_device"),
                 "404": openapi.error("invitation_not_found: unknown, used or expired"),
-                "409": _conflict(f"device_has_key, {_TOO_SOON}"),
+                "409": _conflict(f"device_has_key, {_TOO_SOON}, {_TOO_MANY}"),
                 **_COMMON,
             },
         }

@@ -1,6 +1,6 @@
 """The revocation ledger cannot be jammed: repeats change nothing, a withdrawal is one atomic
 step, a car has at most ``MAX_VEHICLE_HOLDERS`` holders, and a refresh racing a revocation never
-yields a token that outlives it (issue 12; docs/protocol.md §8)."""
+yields a token that outlives it (issue 12; docs/protocol.md §12.1)."""
 
 from __future__ import annotations
 
