@@ -96,9 +96,7 @@ class Stack:
             variant=spec.variant,
             dir=str(directory),
             started_at=time.time(),
-            root_key=base64.urlsafe_b64encode(point_bytes(ring.root_key))
-            .rstrip(b"=")
-            .decode(),
+            root_key=base64.urlsafe_b64encode(point_bytes(ring.root_key)).rstrip(b"=").decode(),
             provisioning_secret_file=str(secret_file),
             keys_dir=str(keys),
             events=str(events),

@@ -95,7 +95,7 @@ async def open_store(config: Config) -> Store:
         )
     from keyserver.store.sqlite import SQLiteStore
 
-    config.data_dir.mkdir(parents=True, exist_ok=True)
+    config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     return await SQLiteStore.open(config.sqlite_path)
 
 

@@ -13,12 +13,14 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import ec
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from keycore import ROLE_MAX_LIFETIME, IssuerKeyRing, KeyStatus, TrustStore
+from keycore.waiting import PredicateWaiters
 from keyserver.config import Config
 from keyserver.errors import KeyRingError
 from keyserver.keyring import RING_FILE, ROOT_PUBLIC_FILE, TRUST_FILE, KeyRingState, KeyRingStore
@@ -74,13 +76,16 @@ class ServedKeyRing:
         self._state = state
         self._seen: Fingerprint | None = None  # None: the first look reads the directory
         self._doubted: Fingerprint | None = None  # failed once; judged at the next look
-        self._verdict = asyncio.Event()
+        self.refused = 0  # directory changes refused since start
+        self._waiters = PredicateWaiters()
         self._reloads = Counter(
             "keyserver_keyring_reloads",
             "Key directory changes: loaded (a newer ring served) or refused (old ring kept)",
             ["outcome"],
             registry=registry,
         )
+        for outcome in ("loaded", "refused"):  # both series from the start, at 0
+            self._reloads.labels(outcome)
         self._sequence = Gauge(
             "keyserver_trust_sequence", "The trust-store update served", registry=registry
         )
@@ -137,9 +142,10 @@ class ServedKeyRing:
             except Exception:  # a bug here must not stop the looking, nor the serving
                 log.exception("key directory check failed")
 
-    async def next_verdict(self) -> None:
-        """Wait until a look at a changed directory has decided (loaded, unchanged, refused)."""
-        await self._verdict.wait()
+    async def wait_for(self, predicate: Callable[[], bool]) -> None:
+        """Return once ``predicate()`` holds; checked after every verdict on a changed directory
+        (tests and drills wait on a reload or a refusal; nothing sleeps)."""
+        await self._waiters.wait_for(predicate)
 
     def check(self) -> bool:
         """Look at the key directory once; True if a newer ring is served from now on.
@@ -159,6 +165,7 @@ class ServedKeyRing:
                 self._doubted = seen
                 return False
             self._seen = seen
+            self.refused += 1
             self._reloads.labels("refused").inc()
             log.warning(
                 "key ring not reloaded: keeping the one served",
@@ -170,7 +177,7 @@ class ServedKeyRing:
                     }
                 },
             )
-            self._settle()
+            self._waiters.notify()
             return False
         self._seen, self._doubted = seen, None
         swapped = state.trust_sequence > self.trust_sequence
@@ -180,7 +187,7 @@ class ServedKeyRing:
             self._reloads.labels("loaded").inc()
             fields = {"key_dir": str(self._store.directory), **_described(state)}
             log.info("key ring reloaded", extra={"fields": fields})
-        self._settle()
+        self._waiters.notify()
         return swapped
 
     def _admissible(self, state: KeyRingState) -> None:
@@ -201,10 +208,6 @@ class ServedKeyRing:
             raise KeyRingError(
                 f"a different trust-store update under the served sequence {state.trust_sequence}"
             )
-
-    def _settle(self) -> None:
-        self._verdict.set()
-        self._verdict = asyncio.Event()
 
 
 def _described(state: KeyRingState) -> dict[str, object]:

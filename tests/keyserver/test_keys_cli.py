@@ -129,8 +129,9 @@ def test_rotate_and_retire_reach_a_car_that_only_sees_updates(
         (lambda d: (d / "ring.json").unlink(), "ring.json missing"),
         (
             lambda d: (d / "root-public.pem").write_bytes(
-                SoftwareSigner.generate()
-                .public_key.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+                SoftwareSigner.generate().public_key.public_bytes(
+                    Encoding.PEM, PublicFormat.SubjectPublicKeyInfo
+                )
             ),
             "trust-update.cbor does not verify under the root key (unknown_key)",
         ),
