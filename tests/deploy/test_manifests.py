@@ -311,6 +311,9 @@ def test_compose_keyservers_never_mount_the_root_private_key() -> None:
     admin, serving = _ring_commands(command_text(init))
     volume_at = {m.split(":")[1]: m.split(":")[0] for m in map(str, init["volumes"])}
     admin_volume, serving_volume = volume_at[admin], volume_at[serving]
+    made = " ".join(args for instruction, args in dockerfile() if instruction == "RUN")
+    for path in (admin, serving):  # a named volume takes its owner from the image's directory
+        assert path in made.split(), f"the image does not make {path} for user phonekey"
     for name, service in services.items():
         mounted = {m.split(":")[0]: m.split(":")[1:] for m in map(str, service.get("volumes", []))}
         if name != "keyring-init":
