@@ -140,7 +140,7 @@ class OwnKeyserver:
             self.server = None
 
     def root(self) -> ec.EllipticCurvePublicKey:
-        return KeyRingStore(self.work / "keyserver" / "keys").load().root.public_key
+        return KeyRingStore(self.work / "keyserver" / "keys").load().root_key
 
 
 @contextmanager

@@ -51,7 +51,10 @@ QUORUM = 2
 STOP_TIMEOUT_S = 10.0
 RESTART_TIMEOUT_S = 30.0
 # what up creates in DIR (and removes there before a fresh start)
-OWNED = ("stack.json", "secret", "keyserver.toml", "events.jsonl", "logs", "keys", "data", "world")
+OWNED = (
+    "stack.json", "secret", "keyserver.toml", "events.jsonl", "logs", "keys-admin", "keys", "data",
+    "world",
+)  # fmt: skip
 # down stops the world first and Redis last: each stage still has what it depends on
 _STAGES = ("world", "edge", "keyserver", "sentinel", "redis-path", "redis")
 
@@ -77,21 +80,23 @@ class Stack:
         _write_private(secret_file, secret)
         config_file = directory / "keyserver.toml"
         _write_private(config_file, f'provisioning_secret = "{secret}"\n')
-        keys = directory / "keys"
-        ring = KeyRingStore(keys).init(
+        # as an operator would: the ring (with the root key) in an admin directory, and only
+        # its serving part where the keyservers read it
+        admin = KeyRingStore(directory / "keys-admin")
+        admin.init(
             now=int(time.time()),
             key_lifetime=365 * 86_400,
             max_token_lifetime=max(ROLE_MAX_LIFETIME.values()),
         )
+        keys = directory / "keys"
+        ring = admin.publish(keys)
         events = directory / "events.jsonl"
         events.touch()
         state = StackState(
             variant=spec.variant,
             dir=str(directory),
             started_at=time.time(),
-            root_key=base64.urlsafe_b64encode(point_bytes(ring.root.public_key))
-            .rstrip(b"=")
-            .decode(),
+            root_key=base64.urlsafe_b64encode(point_bytes(ring.root_key)).rstrip(b"=").decode(),
             provisioning_secret_file=str(secret_file),
             keys_dir=str(keys),
             events=str(events),

@@ -2,12 +2,14 @@
 
 Resources are ``cleanup_ctx`` generators (the store, the issuer key ring), reached through typed
 ``web.AppKey``s. The zero-configuration default is one node on the embedded SQLite store with a key
-ring created on first start.
+ring created on first start; a configured ``key_dir`` must hold one (``keyserver keys``), and a
+rotation published there is served without a restart (``keyserver.keyring_reload``).
 """
 
 from __future__ import annotations
 
-import time
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from importlib.metadata import version
 from typing import Any, cast
@@ -15,7 +17,6 @@ from typing import Any, cast
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from keycore import ROLE_MAX_LIFETIME
 from keycore.breaker_metrics import BreakerCollector
 from keycore.channel import CLOSE_GOING_AWAY
 from keyserver import admission, openapi
@@ -25,7 +26,7 @@ from keyserver.degraded import STORE_UNAVAILABLE, degraded_json
 from keyserver.errors import StoreUnavailable
 from keyserver.http import ApiError, error_middleware
 from keyserver.hub import ChannelHub
-from keyserver.keyring import KeyRingState, KeyRingStore
+from keyserver.keyring_reload import ServedKeyRing
 from keyserver.observability import MeasuredStore, Metrics
 from keyserver.store import Store
 from keyserver.store.guarded import GuardedStore, store_breaker
@@ -33,7 +34,7 @@ from keyserver.store.guarded import GuardedStore, store_breaker
 CONFIG = web.AppKey("config", Config)
 METRICS = web.AppKey("metrics", Metrics)
 STORE = web.AppKey("store", Store)
-KEYRING = web.AppKey("keyring", KeyRingState)
+KEYRING = web.AppKey("keyring", ServedKeyRing)
 INJECTED_STORE = web.AppKey("injected_store", Store)
 OPENAPI = web.AppKey("openapi", dict[str, Any])
 DEVICE_KEYS = web.AppKey("device_keys", DeviceKeys)
@@ -94,7 +95,7 @@ async def open_store(config: Config) -> Store:
         )
     from keyserver.store.sqlite import SQLiteStore
 
-    config.data_dir.mkdir(parents=True, exist_ok=True)
+    config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     return await SQLiteStore.open(config.sqlite_path)
 
 
@@ -112,15 +113,16 @@ async def _store_context(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _keyring_context(app: web.Application) -> AsyncIterator[None]:
-    ring = KeyRingStore(app[CONFIG].keys_path)
-    if not ring.exists():  # first start of a single node: make its keys
-        ring.init(
-            now=int(time.time()),
-            key_lifetime=365 * 86_400,
-            max_token_lifetime=max(ROLE_MAX_LIFETIME.values()),
-        )
-    app[KEYRING] = ring.load()
-    yield
+    config = app[CONFIG]
+    served = ServedKeyRing.start(config, app[METRICS].registry)
+    app[KEYRING] = served
+    watching = asyncio.create_task(served.watch(config.key_poll_s))
+    try:
+        yield
+    finally:
+        watching.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watching
 
 
 async def _close_channels(app: web.Application) -> None:

@@ -1,4 +1,8 @@
-"""The ``keyserver`` command: ``serve`` the REST API, and ``keys …`` to manage issuer keys."""
+"""The ``keyserver`` command: ``serve`` the REST API, and ``keys …`` to manage issuer keys.
+
+``keys`` runs where the root private key lives (an admin directory); ``keys publish`` hands a
+keyserver's key directory the serving part only, which running keyservers pick up by themselves.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ from keyserver.app import create_app
 from keyserver.config import load as load_config
 from keyserver.errors import KeyserverError
 from keyserver.keyring import KeyRingState, KeyRingStore
+from keyserver.keyring_reload import open_key_ring
 from keyserver.observability import configure_logging
 
 DAY = 86_400
@@ -29,8 +34,11 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the REST server")
     serve.add_argument("--config", type=Path, help="TOML file; PHONEKEY_* variables override it")
-    keys = commands.add_parser("keys", help="issuer key ring: init, rotate, list, retire")
-    keys.add_argument("--dir", type=Path, default=Path("keys"), help="key directory (./keys)")
+    keys = commands.add_parser("keys", help="issuer key ring: init, rotate, list, retire, publish")
+    keys.add_argument(
+        "--dir", type=Path, help="key directory (default: the one `keyserver serve` would use)"
+    )
+    keys.add_argument("--config", type=Path, help="`keyserver serve`'s TOML file, for --dir")
     which = keys.add_subparsers(dest="keys_command", required=True)
     init = which.add_parser("init", help="create the root key and an issuer ring (active + next)")
     init.add_argument("--key-lifetime-days", type=int, default=365)
@@ -39,6 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--json", action="store_true")
     retire = which.add_parser("retire", help="stop trusting a key at once (e.g. compromised)")
     retire.add_argument("kid", help="key id, 16 hex digits")
+    publish = which.add_parser(
+        "publish", help="write the serving part (no root private key) to a key directory"
+    )
+    publish.add_argument("target", type=Path, help="the key directory keyservers read")
     journal_cli.register(commands)
     return parser
 
@@ -49,7 +61,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return serve(args.config)
     if args.command == "journal":
         return journal_cli.main(args)
-    store = KeyRingStore(args.dir)
+    try:
+        directory = args.dir or load_config(args.config).keys_path  # where serve looks
+    except KeyserverError as error:
+        print(f"keyserver: {error}", file=sys.stderr)
+        return 2
+    store = KeyRingStore(directory)
     now = int(time.time())
     try:
         if args.keys_command == "init":
@@ -68,6 +85,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             except ValueError:
                 raise KeyserverError(f"not a key id: {args.kid!r}") from None
             state = store.retire(kid, now=now)
+        elif args.keys_command == "publish":
+            state = store.publish(args.target)
+            print(f"published to {args.target}: the serving part, no root private key")
         else:
             state = store.load()
             if args.json:
@@ -88,6 +108,11 @@ def serve(config_path: Path | None) -> int:
         print(f"keyserver: {error}", file=sys.stderr)
         return 2
     configure_logging(config.log_level)
+    try:  # here, not in the app's start-up: a missing ring is one line and exit 2
+        open_key_ring(config)
+    except KeyserverError as error:
+        print(f"keyserver: {error}", file=sys.stderr)
+        return 2
     web.run_app(
         create_app(config),
         host=config.host,
@@ -101,7 +126,7 @@ def serve(config_path: Path | None) -> int:
 
 def _describe(state: KeyRingState) -> dict[str, object]:
     return {
-        "root_kid": state.root.kid.hex(),
+        "root_kid": state.root_kid.hex(),
         "trust_sequence": state.trust_sequence,
         "keys": [
             {

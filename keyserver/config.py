@@ -34,7 +34,9 @@ class Config:
     host: str = "127.0.0.1"
     port: int = 8080
     data_dir: Path = Path("var")  # SQLite database and keys, unless set apart
-    key_dir: Path | None = None  # default: <data_dir>/keys
+    # default <data_dir>/keys, made on first start; set, it must hold a ring (`keyserver keys`)
+    key_dir: Path | None = None
+    key_poll_s: float = 10.0  # how often the key directory is checked for a published rotation
     redis_url: str | None = None  # set to use Redis; unset means the embedded SQLite store
     redis_prefix: str = "pk:"
     redis_timeout_s: float = 0.5
@@ -88,6 +90,7 @@ class Config:
 _BOUNDS: dict[str, tuple[float, float]] = {
     "port": (0, 65535),
     "redis_timeout_s": (0.01, 30),
+    "key_poll_s": (0.01, 3600),
     "redis_wait_replicas": (0, 10),
     "session_ttl_s": (60, 30 * DAY),
     "refresh_ahead_s": (60, 30 * DAY),

@@ -48,6 +48,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from keyserver.store.sqlite import create_private
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS operations (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -103,11 +105,10 @@ class Journal:
 
     @classmethod
     def open(cls, path: Path) -> Journal:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # It names accounts, devices and keys: owner-only, like the store's own database.
-        # SQLite creates the -wal and -shm files with the database file's mode.
-        path.touch(mode=0o600)
-        path.chmod(0o600)  # a file left by an older version, or made under a loose umask
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # It names accounts, devices and keys: owner-only, like the store's own database
+        # (the store's create_private: 0600, an older file tightened).
+        create_private(path)
         db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")  # an answered 202 survives a power cut

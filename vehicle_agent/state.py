@@ -11,6 +11,7 @@ actuator moves; a command id already recorded is never begun again, whatever sta
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,6 +67,7 @@ class AgentState:
     @classmethod
     def open(cls, path: Path) -> AgentState:
         try:
+            _create_private(Path(path))
             db = sqlite3.connect(path, isolation_level=None)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
@@ -227,6 +229,22 @@ class AgentState:
                 " ON CONFLICT(name) DO UPDATE SET value = excluded.value",
                 list(values.items()),
             )
+
+
+def _create_private(path: Path) -> None:
+    """The state file for its owner only (0600), an older one tightened: it holds the car's
+    private key. SQLite gives the -wal and -shm files the database's mode. (The keyserver's
+    ``create_private`` does the same on the server; the car does not import the server.)"""
+    if str(path) == ":memory:":
+        return
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise sqlite3.OperationalError(f"cannot create the state file: {exc.strerror}") from None
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
 
 
 def _blob(value: bytes | None) -> bytes:

@@ -292,6 +292,60 @@ def test_k8s_keyserver_keeps_its_journal_on_a_volume_claim_that_outlives_the_pod
     assert governing["spec"]["clusterIP"] == "None"
 
 
+def _ring_commands(text: str) -> tuple[str, str]:
+    """(admin directory, serving directory) from `keyserver keys --dir A init` and `… publish S`."""
+    init = re.search(r"keyserver keys --dir (\S+) init", text)
+    assert init is not None, "no `keyserver keys --dir … init`"
+    admin = init.group(1)
+    publish = re.search(rf"keyserver keys --dir {re.escape(admin)} publish (\S+)", text)
+    assert publish is not None, f"the ring in {admin} is never published"
+    assert publish.group(1).rstrip("/") != admin.rstrip("/")
+    return admin.rstrip("/"), publish.group(1).rstrip("/")
+
+
+def test_compose_keyservers_never_mount_the_root_private_key() -> None:
+    """keyring-init makes the ring (root.pem) in an admin volume no keyserver mounts, and
+    publishes the serving part to the volume the keyservers read."""
+    services = compose()["services"]
+    init = services["keyring-init"]
+    admin, serving = _ring_commands(command_text(init))
+    volume_at = {m.split(":")[1]: m.split(":")[0] for m in map(str, init["volumes"])}
+    admin_volume, serving_volume = volume_at[admin], volume_at[serving]
+    made = " ".join(args for instruction, args in dockerfile() if instruction == "RUN")
+    for path in (admin, serving):  # a named volume takes its owner from the image's directory
+        assert path in made.split(), f"the image does not make {path} for user phonekey"
+    for name, service in services.items():
+        mounted = {m.split(":")[0]: m.split(":")[1:] for m in map(str, service.get("volumes", []))}
+        if name != "keyring-init":
+            assert admin_volume not in mounted, f"{name} mounts the root private key"
+    for name, config in compose_keyservers().items():
+        mounted = {m.split(":")[0]: m.split(":")[1:] for m in map(str, services[name]["volumes"])}
+        assert mounted[serving_volume] == [str(config.keys_path), "ro"], name
+
+
+def test_k8s_keyserver_pods_mount_only_the_published_ring() -> None:
+    """The Secret the pods mount is made from `keyserver keys publish`'s output, not from the
+    admin directory that holds root.pem, and it is mounted whole (a subPath never updates, so a
+    published rotation would never reach the pod)."""
+    text = (K8S / "keyserver.yaml").read_text()
+    _, serving = _ring_commands(text)
+    made = re.findall(r"kubectl create secret generic (\S+) --from-file=(\S+)", text)
+    assert made
+    assert {source.rstrip("/") for _, source in made} == {serving}
+    container, config = k8s_keyserver()
+    workload = k8s_keyserver_workload()
+    volumes = {v["name"]: v for v in workload["spec"]["template"]["spec"]["volumes"]}
+    mount = one([m for m in container["volumeMounts"] if m["mountPath"] == str(config.keys_path)])
+    assert mount["readOnly"] is True
+    assert "subPath" not in mount
+    assert volumes[mount["name"]]["secret"]["secretName"] in {name for name, _ in made}
+    for volume in volumes.values():
+        items = volume.get("secret", {}).get("items", [])
+        assert all(item["key"] != "root.pem" for item in items), volume["name"]
+    for secret in k8s("Secret"):
+        assert "root.pem" not in {**secret.get("data", {}), **secret.get("stringData", {})}
+
+
 def test_the_image_exposes_and_health_checks_the_keyserver_port() -> None:
     config = keyserver_settings(dockerfile_env())
     instructions = dict(dockerfile())

@@ -107,6 +107,10 @@ def test_embedded_stack_up_status_call_restart_down(
     secret = Path(shown["provisioning_secret_file"])
     assert stat.S_IMODE(secret.stat().st_mode) == 0o600
     assert len(secret.read_text()) >= 16
+    # the keyservers read the published serving part; the root key stays in keys-admin
+    assert (Path(shown["keys_dir"]) / "ring.json").exists()
+    assert not (Path(shown["keys_dir"]) / "root.pem").exists()
+    assert stat.S_IMODE((tmp_path / "keys-admin" / "root.pem").stat().st_mode) == 0o600
     assert Path(shown["events"]).exists()
     for process in shown["processes"]:
         assert process["alive"], process["name"]

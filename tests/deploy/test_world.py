@@ -73,7 +73,7 @@ class Keyserver:
         return f"http://{LOOPBACK}:{self.port}"
 
     def root_der(self) -> bytes:
-        root = KeyRingStore(self.work / "keyserver" / "keys").load().root.public_key
+        root = KeyRingStore(self.work / "keyserver" / "keys").load().root_key
         return root.public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
         )

@@ -36,7 +36,7 @@ async def test_health_ready_metrics_and_trust_update(
     assert response.content_type == "application/cbor"
     state = KeyRingStore(tmp_path / "keys").load()  # made on first start
     assert state.ring.active.kid == app[KEYRING].ring.active.kid
-    trust = TrustStore(state.root.public_key).apply(await response.read())
+    trust = TrustStore(state.root_key).apply(await response.read())
     assert trust.sequence == int(response.headers["PK-Trust-Sequence"]) == 1
 
     text = await (await client.get("/metrics")).text()

@@ -40,9 +40,10 @@ from keyserver.hub_bridge import (
 )
 from keyserver.hub_presence import CarPresence, PresencePolicy
 from keyserver.issuance import MAX_TOKEN_LIFETIME
+from keyserver.keyring import KeyRingStore
 from keyserver.models import RevocationEntry, RevocationKind
 from keyserver.observability import Metrics
-from tests.keyserver.keys_harness import REVOKE, VIN, Api, Clock, Person
+from tests.keyserver.keys_harness import DAY, REVOKE, VIN, Api, Clock, Person
 from tests.vehicle_agent.channel_harness import (
     HANG_GUARD_S,
     Car,
@@ -95,10 +96,13 @@ class Cluster:
 async def instance(
     redis: dict[str, str], tmp_path: Path, name: str, aiohttp_client: Any, clock: Clock
 ) -> Api:
+    keys = KeyRingStore(tmp_path / "keys")
+    if not keys.exists():  # one issuer key ring for every instance
+        keys.init(now=clock.now - 60, key_lifetime=365 * DAY, max_token_lifetime=30 * DAY)
     config = build(
         {
             "data_dir": str(tmp_path / name),
-            "key_dir": str(tmp_path / "keys"),  # one issuer key ring for every instance
+            "key_dir": str(keys.directory),
             **redis,
         }
     )

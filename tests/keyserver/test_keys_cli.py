@@ -7,6 +7,7 @@ import stat
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from keycore import (
     Action,
@@ -43,10 +44,11 @@ def test_init_writes_private_keys_0600_and_a_verifiable_update(
     assert code == 0
     assert "trust-store update sequence 1" in out
     assert stat.S_IMODE(keys.stat().st_mode) == 0o700
-    pems = sorted(keys.glob("*.pem"))
+    pems = sorted(p for p in keys.glob("*.pem") if p.name != "root-public.pem")
     assert len(pems) == 3  # root, active, next
     for pem in pems:
         assert stat.S_IMODE(pem.stat().st_mode) == 0o600
+    assert b"PUBLIC KEY" in (keys / "root-public.pem").read_bytes()
     for pem in pems:  # no private key material is ever printed
         body = pem.read_text().splitlines()[1]
         assert body not in out
@@ -124,8 +126,19 @@ def test_rotate_and_retire_reach_a_car_that_only_sees_updates(
     ("damage", "message"),
     [
         (lambda d: (d / "ring.json").write_text("{not json"), "unreadable key ring"),
-        (lambda d: (d / "root.pem").unlink(), "root.pem missing"),
-        (lambda d: (d / "trust-update.cbor").write_bytes(b"\x00"), "unreadable key ring"),
+        (lambda d: (d / "ring.json").unlink(), "ring.json missing"),
+        (
+            lambda d: (d / "root-public.pem").write_bytes(
+                SoftwareSigner.generate().public_key.public_bytes(
+                    Encoding.PEM, PublicFormat.SubjectPublicKeyInfo
+                )
+            ),
+            "trust-update.cbor does not verify under the root key (unknown_key)",
+        ),
+        (
+            lambda d: (d / "trust-update.cbor").write_bytes(b"\x00"),
+            "trust-update.cbor does not verify under the root key (malformed)",
+        ),
     ],
 )
 def test_damaged_ring_gives_one_line(
@@ -144,7 +157,7 @@ def test_trust_store_from_state_matches_a_fresh_car(tmp_path: Path) -> None:
     state = KeyRingStore(tmp_path).init(
         now=1_800_000_000, key_lifetime=86_400 * 30, max_token_lifetime=86_400
     )
-    fresh = TrustStore(state.root.public_key).apply(state.trust_update)
+    fresh = TrustStore(state.root_key).apply(state.trust_update)
     assert fresh.keys.keys() == state.trust_store().keys.keys()
 
 

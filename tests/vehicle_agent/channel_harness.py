@@ -90,7 +90,7 @@ def provision(
     """A car's state as the factory leaves it: identity, trust store, trusted time."""
     state = AgentState.open(path)
     ring = api.app[KEYRING]
-    state.set_identity(Identity(VIN, vehicle_key, ring.root.public_key, url))
+    state.set_identity(Identity(VIN, vehicle_key, ring.root_key, url))
     state.save_trust(ring.trust_store())
     mono = time.monotonic()
     clock = TrustedClock.provisioned(now=api.clock.now + clock_ahead, mono=mono, boot_id=BOOT_ID)

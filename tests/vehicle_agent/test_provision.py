@@ -36,7 +36,7 @@ async def server(tmp_path: Path) -> AsyncIterator[TestServer]:
 
 
 def agent_config(server: TestServer, tmp_path: Path, **changes: str) -> AgentConfig:
-    root = server.app[KEYRING].root.public_key
+    root = server.app[KEYRING].root_key
     values = {
         "vin": VIN,
         "keyserver_url": str(server.make_url("")),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import stat
 import subprocess
 import sys
 import textwrap
@@ -116,3 +117,19 @@ def test_a_finished_command_survives_kill_9(tmp_path: Path) -> None:
     state = AgentState.open(path)
     assert [(c.command_id, c.status) for c in state.unreported_commands()] == [("c9", "executed")]
     assert not state.begin_command("c9", "unlock", at=3.0)
+
+
+def test_the_state_file_is_the_owners_only(tmp_path: Path, world: World) -> None:
+    """It holds the car's private key: 0600 when made, and an older file is tightened."""
+    path = tmp_path / "agent.db"
+    state = AgentState.open(path)
+    state.set_identity(identity(world))
+    files = [p for p in tmp_path.iterdir() if p.name.startswith("agent.db")]
+    assert {p.name for p in files} >= {"agent.db", "agent.db-wal"}
+    for file in files:
+        assert stat.S_IMODE(file.stat().st_mode) == 0o600, file.name
+    state.close()
+    older = tmp_path / "older.db"
+    older.touch(mode=0o644)
+    AgentState.open(older).close()
+    assert stat.S_IMODE(older.stat().st_mode) == 0o600
