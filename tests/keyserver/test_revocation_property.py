@@ -40,7 +40,10 @@ from tests.keyserver.keys_harness import (
 )
 
 PEOPLE = MAX_VEHICLE_HOLDERS + 6  # more than a car may hold
-OPS = ("share", "share", "revoke", "own_revoke", "suspend", "resume", "transfer", "tick", "age")
+OPS = (
+    "share", "share", "crowd", "revoke", "own_revoke", "suspend", "resume", "transfer", "tick",
+    "age",
+)  # fmt: skip
 
 
 @dataclass
@@ -75,6 +78,9 @@ async def step(model: Model, op: str, who: int) -> None:
         assert accepted.status in (201, 409), accepted.data
         if accepted.status == 201:
             model.keys[who] = accepted.body["key_id"]
+    elif op == "crowd":  # eight more shares at once: the car's holder bound is reached
+        for n in range(who, who + 8):
+            await step(model, "share", 1 + n % (PEOPLE - 1))
     elif op in ("revoke", "suspend", "resume") and key_id is not None:
         path = {"revoke": REVOKE, "suspend": SUSPEND, "resume": RESUME}[op]
         reply = await api.call(model.owner, "POST", path, key_id=key_id)
@@ -145,6 +151,7 @@ async def check_lists(model: Model) -> None:
 async def test_no_operation_sequence_yields_a_list_the_car_refuses(
     ops: list[tuple[str, int]], clock: Clock
 ) -> None:
+    clock.now = Clock().now  # the fixture lives across examples; each starts at today
     with tempfile.TemporaryDirectory() as data_dir:
         app = create_app(build({"data_dir": str(Path(data_dir))}))
         client = TestClient(TestServer(app))
