@@ -78,6 +78,10 @@ from keycore.request_proof import HEADER, sign_request
 from keycore.roles import Action
 from keycore.token import check_vin
 
+__all__ = [
+    "DEGRADED_HEADER", "ClientPolicy", "CommandOutcome", "PhoneClient", "ReachCar",
+    "RefreshOutcome",
+]  # fmt: skip
 log = logging.getLogger(__name__)
 
 DAY = 86_400
