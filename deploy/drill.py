@@ -1,9 +1,9 @@
 """One chaos drill end to end: bring a staging stack up, measure a baseline, run the drill's
 Chaos Toolkit experiment (``deploy/chaos/NAME.json``) through chaoslib while a thread records the
-keyservers' breaker states, give the system a recover window (then wait, bounded, until every
-car is online and nothing the phones left unfinished is still queued), stop the world (which
-reconciles every car), compute the report from the event log, plot it, and take the stack
-down — always.
+keyservers' breaker states and another the machine's CPU use, give the system a recover window
+(then wait, bounded, until every car is online and nothing the phones left unfinished is still
+queued), stop the world (which reconciles every car), compute the report from the event log,
+plot it, and take the stack down — always.
 
 Phases are written to the event log as ``mark`` events; the report's measured window runs from
 "drill: baseline" to "drill: end".
@@ -23,6 +23,7 @@ from typing import Any
 from deploy.chaos import DRILLS, experiment_path
 from deploy.chaos.access import STOP_TIMEOUT_S, ChaosError, call_world
 from deploy.drill_breakers import BreakerScraper
+from deploy.drill_cpu import CpuSampler
 from deploy.drill_report import (
     MARK_BASELINE,
     MARK_END,
@@ -93,7 +94,11 @@ def run_drill(name: str, directory: Path, settings: DrillSettings | None = None)
     stack = Stack.up(spec, directory)
     errors: list[str] = []
     try:
-        with EventLog(Path(stack.state.events)) as log, BreakerScraper(stack.directory, log):
+        with (
+            EventLog(Path(stack.state.events)) as log,
+            BreakerScraper(stack.directory, log),
+            CpuSampler(log),
+        ):
             log.emit("mark", text=MARK_BASELINE)
             time.sleep(settings.baseline_s)  # the baseline is a span of time, not an event
             journal = _run_experiment(experiment, stack.directory)

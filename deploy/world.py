@@ -191,7 +191,9 @@ class World:
         # each kind of activity on its own loop: a hung listing does not hold up an unlock
         for phone in self.phones:
             for what, activity in phone_activities(self.scene, phone).items():
-                self._spawn(work(self.pace, {what: activity}, name=phone.name))
+                # at the car, people keep their own pace: a surge is the apps' cloud traffic
+                steady = what == "unlock"
+                self._spawn(work(self.pace, {what: activity}, name=phone.name, surges=not steady))
         for attacker in self.attackers:
             activities = attacker_activities(self.scene, attacker)
             self._spawn(work(self.pace, activities, name=attacker.holder.name))
