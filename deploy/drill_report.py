@@ -325,7 +325,7 @@ def summary_table(reports: Iterable[DrillReport]) -> str:
             "yes" if r.passed else "**no**",
             f"{r.unlock_ok}/{r.unlock_attempts}",
             _wait(r.wait_at_car["window"]),
-            f"{_figure(r.wait_at_car['fault']['p99'])} ({r.wait_at_car['fault']['n']})",
+            f"{_ms(r.wait_at_car['fault']['p99'])} ({r.wait_at_car['fault']['n']})",
             _remote(r.remote_commands),
             _cpu(r.cpu["fault"]),
             str(r.invalid_accepted),

@@ -210,7 +210,8 @@ def plot(events: Sequence[Event], path: Path, title: str) -> Path:
         cpu.set_ylabel("machine CPU, %")
         handles = remote.get_legend_handles_labels()
         extra = cpu.get_legend_handles_labels()
-        remote.legend(handles[0] + extra[0], handles[1] + extra[1], **LEGEND)
+        beside = {**LEGEND, "bbox_to_anchor": (1.07, 1.0)}  # clear of the CPU axis' labels
+        remote.legend(handles[0] + extra[0], handles[1] + extra[1], **beside)
         steps = breaker_steps(events, line.origin, line.seconds)
         for i, (source, (xs, ys)) in enumerate(steps.items()):
             lift = 0.025 * i  # sources in the same state stay apart
