@@ -270,10 +270,15 @@ class PhoneClient:
             entry = self.wallet.usable(vin, self._clock())
             if entry is not None:
                 return entry, ""
+        why = renewed.reason.removeprefix("kept the old token: ")
+        if why.startswith("HTTP "):  # the keyserver answered, and said no
+            return None, (
+                f"your key expired on {held.valid_until} and the keyserver would not renew it "
+                f"({why}): ask the car's owner"
+            )
         return None, (
             f"your key expired on {held.valid_until} while the phone was offline and could not "
-            f"be renewed ({renewed.reason.removeprefix('kept the old token: ')}): connect the "
-            "phone to the internet once to renew it"
+            f"be renewed ({why}): connect the phone to the internet once to renew it"
         )
 
     @property

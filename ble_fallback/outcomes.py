@@ -77,12 +77,17 @@ def after_bluetooth(
                               f"{near.why}; {cloud.why}, so nothing was sent")  # fmt: skip
     # The cloud holds the command for the car's next connection: it may yet run, so it is never
     # sent over Bluetooth as well; at the car, a new press goes over Bluetooth.
-    hint = "at the car, your phone key works over Bluetooth"
-    if entry is not None:
-        hint += f" (valid until {entry.valid_until})"
+    # The hint is only for a phone that holds a usable key.
+    hint = (
+        ""
+        if entry is None
+        else (
+            f"; at the car, your phone key works over Bluetooth (valid until {entry.valid_until})"
+        )
+    )
     return CommandOutcome(
         "cloud", False, "queued",
-        f"{cloud.why} and {near.why}; {STAYS_QUEUED}; {hint}",
+        f"{cloud.why} and {near.why}; {STAYS_QUEUED}{hint}",
         may_have_succeeded=True, command_id=str(cloud.queued["command_id"]), fell_back=not remote,
     )  # fmt: skip
 

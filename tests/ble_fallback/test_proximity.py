@@ -21,7 +21,7 @@ from keycore import Action, SoftwareSigner, TrustStore
 from keyserver.app import create_app
 from keyserver.config import build
 from tests.ble_fallback.client_harness import BleCar, closed_port_url, stub_cloud
-from tests.keyserver.keys_harness import DAY, VIN, Api, Clock, Person, token_bytes
+from tests.keyserver.keys_harness import DAY, SUSPEND, VIN, Api, Clock, Person, token_bytes
 from tests.vehicle_agent.channel_harness import base_url, frames_in, hub_until, register, start_car
 
 FAST = ClientPolicy(cloud_timeout_s=5.0, follow_deadline_s=10.0, poll_interval_s=0.02)
@@ -224,4 +224,27 @@ async def test_a_key_that_lapsed_offline_with_no_network_says_what_to_do(
         "cloud unreachable (connection refused), so nothing was sent"
     )
     assert car.connections == 0  # an expired key is not even tried: the car would refuse it
+    await car.aclose()
+
+
+async def test_a_lapsed_key_the_keyserver_will_not_renew_says_to_ask_the_owner(
+    api: Api, owner: Person, key: dict[str, Any], http: aiohttp.ClientSession, wallet: KeyWallet
+) -> None:
+    held = wallet.put(str(key["key_id"]), token_bytes(key["token"]), now=api.clock.now)
+    api.clock.advance(8 * DAY)
+    reply = await api.call(owner, "POST", SUSPEND, key_id=key["key_id"])
+    assert reply.status == 200
+    car = BleCar(api.trust(), now=api.clock.now)
+    client = phone(api, owner, http, wallet, car, base_url(api))
+
+    outcome = await client.command(VIN, Action.UNLOCK)
+
+    assert (outcome.path, outcome.status) == ("cloud", "queued")  # no car on the channel here
+    assert outcome.reason == (
+        f"the car is not reachable from the cloud and your key expired on {held.valid_until} and "
+        "the keyserver would not renew it (HTTP 403 key_suspended): ask the car's owner; the "
+        "command stays queued and runs only if the car connects before it expires"
+    )  # no Bluetooth hint: this phone holds no usable key
+    assert car.connections == 0
+    assert wallet.get(VIN) == held  # the refusal changed nothing
     await car.aclose()
