@@ -307,9 +307,10 @@ def failures(report: DrillReport, *, min_fault_samples: int = MIN_FAULT_SAMPLES)
 
 SUMMARY_COLUMNS = (
     "drill", "passed", "unlock ok/attempts", "wait at car p50/p99/max ms (n)",
-    "in fault p99 ms (n)", "remote executed/sent, p99 ms", "CPU % in fault mean/max",
-    "invalid accepted", "5xx", "commands lost/doubled", "revocations lost", "detect s",
-    "recover s", "second presses", "agent down: restart s, waits (n)",
+    "in fault p99 ms (n)", "p99 by path ms (n)", "remote executed/sent, p99 ms",
+    "CPU % in fault mean/max", "invalid accepted", "5xx", "commands lost/doubled",
+    "revocations lost", "detect s", "recover s", "second presses",
+    "agent down: restart s, waits (n)",
 )  # fmt: skip
 
 
@@ -326,6 +327,7 @@ def summary_table(reports: Iterable[DrillReport]) -> str:
             f"{r.unlock_ok}/{r.unlock_attempts}",
             _wait(r.wait_at_car["window"]),
             f"{_ms(r.wait_at_car['fault']['p99'])} ({r.wait_at_car['fault']['n']})",
+            _by_path(r.wait_at_car["paths"]),
             _remote(r.remote_commands),
             _cpu(r.cpu["fault"]),
             str(r.invalid_accepted),
@@ -351,6 +353,12 @@ def _ms(value: float | int | None) -> str:
 
 def _wait(stats: dict[str, Any]) -> str:
     return f"{_ms(stats['p50'])}/{_ms(stats['p99'])}/{_ms(stats['max'])} ({stats['n']})"
+
+
+def _by_path(paths: dict[str, Any]) -> str:
+    shown = [f"{path} {_ms(stats['p99'])} ({stats['n']})" for path, stats in paths.items()
+             if stats["n"]]  # fmt: skip
+    return " · ".join(shown) or "n/a"
 
 
 def _remote(remote: dict[str, Any]) -> str:

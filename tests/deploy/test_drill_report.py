@@ -343,7 +343,7 @@ def test_the_summary_has_a_row_per_drill() -> None:
     lines = summary_table([good, bad]).splitlines()
     assert len(lines) == 4
     assert lines[2].startswith(
-        "| redis-down | yes | 10/10 | 50/50/50 (10) | 50 (3) | 10/10, 100 | n/a | 0 | 0 | 0/0 "
-        "| 0 | 0.20 | 1.50 | 0 | – |"
+        "| redis-down | yes | 10/10 | 50/50/50 (10) | 50 (3) | ble 50 (10) | 10/10, 100 | n/a | 0 "
+        "| 0 | 0/0 | 0 | 0.20 | 1.50 | 0 | – |"
     )
     assert lines[3].startswith("| cloud-outage | **no** | 10/10 |")
