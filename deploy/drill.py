@@ -27,6 +27,8 @@ from deploy.drill_cpu import CpuSampler
 from deploy.drill_report import (
     MARK_BASELINE,
     MARK_END,
+    MAX_WAIT_P99_MS,
+    MIN_FAULT_SAMPLES,
     DrillReport,
     compute_report,
     fault_windows,
@@ -56,6 +58,10 @@ class DrillSettings:
     settle_max_s: float = 120.0  # then until every car is online with nothing left queued
     cars: int = 8
     phones: int = 16
+    #: the pass bars on the wait at the car: ≥ this many intents in the fault window, and a p99
+    #: at most this (None: not judged — the test suite's short drills assert no timings)
+    min_fault_samples: int = MIN_FAULT_SAMPLES
+    max_wait_p99_ms: float | None = MAX_WAIT_P99_MS
 
     def __post_init__(self) -> None:
         if min(self.fault_s, self.baseline_s, self.recover_s) <= 0:
@@ -119,6 +125,8 @@ def run_drill(name: str, directory: Path, settings: DrillSettings | None = None)
         experiment_status=str(journal.get("status")),
         deviated=bool(journal.get("deviated")),
         errors=[*activity_failures(journal), *errors],
+        min_fault_samples=settings.min_fault_samples,
+        max_wait_p99_ms=settings.max_wait_p99_ms,
     )
     return DrillOutcome(report, events, journal)
 
