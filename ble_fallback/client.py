@@ -1,35 +1,36 @@
-"""The reference phone client: a remote command goes through the cloud, or over Bluetooth with the
-wallet's key when the cloud cannot do it — never both for one command — and the wallet is kept
-refreshed while online.
+"""The reference phone client: proximity first. At the car, a command goes over Bluetooth with
+the wallet's key; the cloud is for a car out of range (remote commands) and for background work
+(token refresh) — and for a press whose Bluetooth path failed before anything was sent. A
+command is never sent on both paths once it may have run on one. A person standing at the car
+never waits on the cloud (G8: the car is the data plane).
 
-The fallback policy (``PhoneClient.command``), by what the cloud path came to:
+The policy (``PhoneClient.command``), by what the Bluetooth path came to first
+(``ble_fallback.proximity``: range is what the phone's radio finds, the car's advertisement):
 
-    cloud path came to                                  car in BLE range     car out of range
-    final: executed / failed / expired                  cloud result         cloud result
-    refused before acting: connection refused,          BLE                  none
-      connect timeout, breaker open, 429, 500,
-      503 (not outcome_unknown), 401 (session)
-    202 queued + ``car_unreachable`` hint, or a         BLE                  cloud: queued,
-      ``PK-Degraded`` header / ``degraded`` field                            may have succeeded
-    may have acted: POST sent and answer lost or        cloud: may have      cloud: may have
-      timed out, 502, 504, 503 outcome_unknown,         succeeded, no BLE    succeeded
-      unreadable 2xx, not final by the deadline
-    other 4xx (not entitled, unknown vehicle, ...)      cloud: refused       cloud: refused
+    Bluetooth path came to                          then
+    granted / refused by the car                    that is the answer; the cloud is not asked
+    request sent, no Result (may have run)          "may have succeeded: check the car"; the
+                                                    cloud is never asked (never twice)
+    out of range (no advertisement in the scan)     the cloud: a remote command (table below)
+    nothing sent: busy, a Result saying nothing     the cloud (fell_back): nothing can have run
+      ran (busy, malformed, late), a link failure
+      before the request went out
+    no usable key in the wallet                     a key that lapsed offline is renewed first
+                                                    (then Bluetooth); else the cloud, and an
+                                                    answer that says what to do
 
-On the BLE path a ``CarBusy`` is retried after its ``retry_after`` and a failure before the
-request was sent is retried, both within ``busy_retries``; an error with ``may_have_succeeded``
-is never retried (vehicle-command's MayHaveSucceeded rule). The car's Result is final and says
-what ran:
+The cloud path, by what the cloud came to:
 
-    the car's Result        outcome
-    granted                 ok, status "granted"
-    malformed               nothing ran: counts as "nothing was sent" (status "not_sent",
-                            code "malformed"); the car could not read the request, so the
-                            same request is not sent again — a phone bug to fix, not a denial
-    any other code          nothing ran: status "denied", code = the car's reason
-
-(a cloud copy of the command still queued keeps ``may_have_succeeded`` in every row but the
-first, as below).
+    final: executed / failed / expired              the cloud's result
+    refused before acting: connection refused,      nothing was sent (path none); near the car
+      connect timeout, breaker open, 429, 500,      Bluetooth was tried already
+      503 (not outcome_unknown), 401, 202 not_sent
+    202 queued + ``car_unreachable`` hint, or       queued: may yet run when the car connects,
+      degraded (``PK-Degraded`` / ``degraded``)     with the Bluetooth hint; never sent again
+    may have acted: answer lost or timed out,       may have succeeded: check the car
+      502, 504, 503 outcome_unknown, unreadable
+      2xx, 202 may_be_queued, not final in time
+    other 4xx (not entitled, unknown vehicle, ...)  refused
 
 Against overload (G6): every request carries its deadline (``PK-Deadline-Ms``); an adaptive
 throttle (SRE, K = 2) refuses cloud requests locally while the cloud answers 429/503 — a local
@@ -48,16 +49,27 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import aiohttp
 
-from ble_fallback.errors import BleError, CarBusy
-from ble_fallback.link import Link
-from ble_fallback.messages import MALFORMED
-from ble_fallback.phone import unlock_over_ble
+from ble_fallback.outcomes import (
+    DEGRADED_HEADER,
+    DONE,
+    FINAL,
+    CommandOutcome,
+    Fallback,
+    after_bluetooth,
+    at_car_outcome,
+    command_view,
+    error_code,
+    final,
+    in_doubt,
+    when,
+)
+from ble_fallback.proximity import AtCar, BleTries, ReachCar, command_at_car
 from ble_fallback.wallet import KeyWallet, WalletCorrupt, WalletEntry, read_token
 from keycore import cose
 from keycore.breaker import CallNotPermitted, CircuitBreaker
@@ -66,22 +78,14 @@ from keycore.request_proof import HEADER, sign_request
 from keycore.roles import Action
 from keycore.token import check_vin
 
+__all__ = [
+    "DEGRADED_HEADER", "ClientPolicy", "CommandOutcome", "PhoneClient", "ReachCar",
+    "RefreshOutcome",
+]  # fmt: skip
 log = logging.getLogger(__name__)
 
 DAY = 86_400
-DEGRADED_HEADER = "PK-Degraded"
 MAX_ANSWER_BYTES = 64 * 1024  # a keyserver answer is a small JSON object
-#: Connects the phone to the car over BLE; None when the car is out of range.
-ReachCar = Callable[[str], Awaitable[Link | None]]
-CommandPath = Literal["cloud", "ble", "none"]
-
-_FINAL = ("executed", "failed", "expired")
-_DONE = {
-    Action.UNLOCK: "unlocked", Action.LOCK: "locked", Action.START: "started",
-    Action.TRUNK: "opened the trunk", Action.CLIMATE: "turned on the climate",
-}  # fmt: skip
-_CHECK = "it may have succeeded: check the car before trying again"
-_STAYS_QUEUED = "the command stays queued and runs only if the car connects before it expires"
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,20 +97,6 @@ class ClientPolicy:
     busy_retries: int = 2  # further BLE connections after a busy car or a safe failure
     max_busy_wait_s: float = 5.0  # a car asking for a longer wait is not waited for
     max_retry_after_s: float = 60.0  # the cloud's Retry-After is honoured up to this
-
-
-@dataclass(frozen=True, slots=True)
-class CommandOutcome:
-    """What happened to one command, and a sentence for the user saying which path and why."""
-
-    path: CommandPath
-    ok: bool
-    status: str  # the cloud command's state, or granted / denied / unknown / busy / not_sent
-    reason: str
-    fell_back: bool = False
-    may_have_succeeded: bool = False
-    command_id: str | None = None
-    code: str | None = None  # the car's reason code on a BLE denial, the keyserver's on a refusal
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,14 +120,6 @@ class _Reply:
     status: int
     headers: Mapping[str, str]
     body: Any  # parsed JSON, or None
-
-
-@dataclass(frozen=True, slots=True)
-class _Fallback:
-    """The cloud cannot do it and has not done it: the BLE path may run."""
-
-    why: str
-    queued: Mapping[str, Any] | None = None  # the cloud's queued command, when there is one
 
 
 class PhoneClient:
@@ -215,7 +197,7 @@ class PhoneClient:
         except _CloudFailure as failure:
             return kept(failure.why)
         if reply.status != 200:
-            return kept(f"HTTP {reply.status} {_error_code(reply.body) or ''}".rstrip())
+            return kept(f"HTTP {reply.status} {error_code(reply.body) or ''}".rstrip())
         try:
             fresh = self.remember(reply.body, now=now, vin=entry.vin)
         except ValueError:
@@ -226,12 +208,22 @@ class PhoneClient:
     # -- commands --------------------------------------------------------------------------
 
     async def command(self, vin: str, action: Action | str) -> CommandOutcome:
-        """Do ``action`` on the car: through the cloud, or over BLE when the cloud cannot and
-        has not done it. Raises ValueError for a bad VIN or action, nothing else."""
+        """Do ``action`` on the car: over Bluetooth when it is in range, through the cloud when
+        it is not (or when Bluetooth failed before anything was sent). Raises ValueError for a
+        bad VIN or action, nothing else."""
         check_vin(vin)
         act = _action(action)
-        cloud = await self._cloud_command(vin, act)
-        outcome = cloud if isinstance(cloud, CommandOutcome) else await self._ble(vin, act, cloud)
+        entry, no_key = await self._key_for(vin)
+        if entry is None:
+            near = AtCar("not_sent", no_key)
+        else:
+            near = await command_at_car(self._reach_car, entry.token, self._device, vin, act,
+                                        tries=self._tries, sleep=self._sleep)  # fmt: skip
+        if not near.cloud_may_run:
+            outcome = at_car_outcome(near, act, entry)
+        else:
+            cloud = await self._cloud_command(vin, act)
+            outcome = after_bluetooth(near, cloud, entry)
         log.info(
             "event=phone_command vin=%s action=%s path=%s status=%s fell_back=%s "
             "may_have_succeeded=%s command_id=%s",
@@ -241,13 +233,59 @@ class PhoneClient:
         return outcome
 
     async def over_ble(self, vin: str, action: Action | str) -> CommandOutcome:
-        """Do ``action`` over BLE only: for a user who checked the car after an outcome that
-        may have succeeded, and asks again knowingly."""
+        """Do ``action`` over BLE only, never the cloud: for a user who checked the car after an
+        outcome that may have succeeded, and asks again knowingly."""
         check_vin(vin)
         act = _action(action)
-        return await self._ble(vin, act, _Fallback("you asked for Bluetooth"))
+        entry, no_key = await self._key_for(vin)
+        if entry is None:
+            return CommandOutcome("none", False, "not_sent", f"{no_key}, so nothing was sent")
+        near = await command_at_car(self._reach_car, entry.token, self._device, vin, act,
+                                    tries=self._tries, sleep=self._sleep)  # fmt: skip
+        if near.cloud_may_run:
+            return CommandOutcome("none", False, "not_sent", f"{near.why}, so nothing was sent")
+        return at_car_outcome(near, act, entry)
 
-    async def _cloud_command(self, vin: str, action: Action) -> CommandOutcome | _Fallback:
+    async def _key_for(self, vin: str) -> tuple[WalletEntry | None, str]:
+        """The wallet's usable token for ``vin``, renewing one that lapsed while the phone was
+        offline; else None and what the person should do about it."""
+        now = self._clock()
+        try:
+            entry = self.wallet.usable(vin, now)
+            held = self.wallet.get(vin) if entry is None else entry
+        except WalletCorrupt:
+            log.error("event=wallet_corrupt vin=%s", vin)  # an unreadable row holds no key
+            return None, "the phone's key store is damaged: sign in again to fetch your key"
+        if held is None:
+            return None, (
+                "this phone holds no key for this car yet: open the app online once to fetch "
+                "it (or ask the owner to share one)"
+            )
+        if entry is not None:
+            return entry, ""
+        if now < held.not_before:
+            return None, f"your key for this car is not valid yet (it starts {when(held)})"
+        renewed = await self._refresh(held, int(now))  # it lapsed while the phone was offline
+        if renewed.refreshed:
+            entry = self.wallet.usable(vin, self._clock())
+            if entry is not None:
+                return entry, ""
+        why = renewed.reason.removeprefix("kept the old token: ")
+        if why.startswith("HTTP "):  # the keyserver answered, and said no
+            return None, (
+                f"your key expired on {held.valid_until} and the keyserver would not renew it "
+                f"({why}): ask the car's owner"
+            )
+        return None, (
+            f"your key expired on {held.valid_until} while the phone was offline and could not "
+            f"be renewed ({why}): connect the phone to the internet once to renew it"
+        )
+
+    @property
+    def _tries(self) -> BleTries:
+        return BleTries(self.policy.busy_retries, self.policy.max_busy_wait_s)
+
+    async def _cloud_command(self, vin: str, action: Action) -> CommandOutcome | Fallback:
         deadline = asyncio.get_running_loop().time() + self.policy.follow_deadline_s
         key = secrets.token_urlsafe(16)  # fresh per command: a repeat is never a new command
         body = json.dumps({"action": action.name.lower(), "idempotency_key": key}).encode()
@@ -258,32 +296,32 @@ class PhoneClient:
             )  # fmt: skip
         except _CloudFailure as failure:
             if failure.in_doubt:
-                return _in_doubt(f"the cloud {failure.why} after the command was sent")
-            return _Fallback(f"cloud unreachable ({failure.why})")
+                return in_doubt(f"the cloud {failure.why} after the command was sent")
+            return Fallback(f"cloud unreachable ({failure.why})")
         if reply.status == 401:
-            return _Fallback("the cloud refused the session (sign in again)")
+            return Fallback("the cloud refused the session (sign in again)")
         if reply.status == 202 and isinstance(reply.body, dict):
             status, command_id = reply.body.get("status"), reply.body.get("command_id")
             if status == "not_sent":  # the store write certainly failed: nothing will run
-                return _Fallback("the cloud could not record the command (degraded)")
+                return Fallback("the cloud could not record the command (degraded)")
             if status == "may_be_queued":
-                return _in_doubt(
+                return in_doubt(
                     "the cloud may have queued the command (degraded)",
                     status="queued", command_id=command_id if isinstance(command_id, str) else None,
                 )  # fmt: skip
-        view = _command_view(reply.body)
+        view = command_view(reply.body)
         if reply.status not in (200, 202):
-            code = _error_code(reply.body)
+            code = error_code(reply.body)
             why = f"the cloud refused the command (HTTP {reply.status}{f' {code}' if code else ''})"
             return CommandOutcome("cloud", False, "refused", why, code=code)
         if view is None:
-            return _in_doubt("the cloud's answer to the command was unreadable")
+            return in_doubt("the cloud's answer to the command was unreadable")
         degraded = DEGRADED_HEADER in reply.headers or isinstance(reply.body.get("degraded"), dict)
         hint = view.get("hint")
         unreachable = isinstance(hint, dict) and hint.get("code") == "car_unreachable"
         if view["status"] == "queued" and (unreachable or degraded):
             why = "the car is not reachable from the cloud" if unreachable else "cloud degraded"
-            return _Fallback(why, queued=view)
+            return Fallback(why, queued=view)
         return await self._follow(action, view, deadline)
 
     async def _follow(
@@ -293,10 +331,10 @@ class PhoneClient:
         loop = asyncio.get_running_loop()
         command_id = str(view["command_id"])
         failed = False
-        while view["status"] not in _FINAL:
+        while view["status"] not in FINAL:
             remaining = deadline - loop.time()
             if remaining <= 0:
-                return _in_doubt(
+                return in_doubt(
                     f"the cloud accepted the command but it was still {view['status']} after "
                     f"{self.policy.follow_deadline_s:g} s",
                     status=str(view["status"]), command_id=command_id,
@@ -311,60 +349,9 @@ class PhoneClient:
             with contextlib.suppress(_CloudFailure):  # a lost read changes nothing: read again
                 reply = await self._send("GET", f"/v1/commands/{command_id}", None, budget_s=budget)
                 failed = False
-                read = _command_view(reply.body) if reply.status == 200 else None
+                read = command_view(reply.body) if reply.status == 200 else None
                 view = view if read is None else read
-        return _final(action, view)
-
-    async def _ble(self, vin: str, action: Action, fallback: _Fallback) -> CommandOutcome:
-        why, queued = fallback.why, fallback.queued
-        command_id = None if queued is None else str(queued["command_id"])
-
-        def outcome(ok: bool, status: str, reason: str, **more: Any) -> CommandOutcome:
-            if queued is not None and not ok:  # the cloud's copy may still run
-                reason += f"; {_STAYS_QUEUED}"
-                more["may_have_succeeded"] = True
-            return CommandOutcome("ble", ok, status, f"{why}; {reason}", True,
-                                  command_id=command_id, **more)  # fmt: skip
-
-        try:
-            entry = self.wallet.usable(vin, self._clock())
-        except WalletCorrupt:
-            entry = None  # an unreadable row holds no key we could use
-            log.error("event=wallet_corrupt vin=%s", vin)
-        if entry is None:
-            return _nothing_sent(why, "the phone holds no valid key for this car", queued)
-        for attempt in range(self.policy.busy_retries + 1):
-            last = attempt == self.policy.busy_retries
-            try:
-                link = await self._reach_car(vin)
-            except BleError:
-                link = None
-            if link is None:
-                return _nothing_sent(why, "the car is not in Bluetooth range", queued)
-            try:
-                async with _closing(link):
-                    result = await unlock_over_ble(link, entry.token, self._device, action, vin=vin)
-            except CarBusy as busy:
-                if last or busy.retry_after > self.policy.max_busy_wait_s:
-                    return outcome(False, "busy", "the car is busy with other phones; try again")
-                await self._sleep(busy.retry_after)
-                continue
-            except BleError as error:
-                if error.may_have_succeeded:
-                    return outcome(False, "unknown", f"the Bluetooth link failed: {_CHECK}",
-                                   may_have_succeeded=True)  # fmt: skip
-                if last:
-                    return outcome(False, "failed", f"Bluetooth failed ({error.reason.value})")
-                continue
-            if result.code == MALFORMED:
-                return outcome(False, "not_sent", "the car could not read the phone's Bluetooth "
-                               "request (malformed), so nothing ran", code=result.code)  # fmt: skip
-            if not result.granted:
-                return outcome(False, "denied", f"the car refused over Bluetooth ({result.code})",
-                               code=result.code)  # fmt: skip
-            done = f"{_DONE[action]} over Bluetooth with your key valid until {entry.valid_until}"
-            return outcome(True, "granted", done, code=result.code)
-        raise AssertionError("unreachable")  # pragma: no cover
+        return final(action, view)
 
     # -- HTTP ------------------------------------------------------------------------------
 
@@ -394,7 +381,7 @@ class PhoneClient:
                     reply = _Reply(response.status, response.headers, await _read_json(response))
                 self._note_overload(reply, loop.time())
                 if reply.status >= 500 or reply.status == 429:
-                    code = _error_code(reply.body)
+                    code = error_code(reply.body)
                     in_doubt = reply.status in (502, 504) or code == "outcome_unknown"
                     in_doubt |= code == "deadline_exceeded" and method != "GET"
                     raise _CloudFailure(f"answered HTTP {reply.status}", in_doubt=in_doubt)
@@ -424,53 +411,9 @@ class PhoneClient:
         return contextlib.nullcontext() if self.breaker is None else self.breaker.guard()
 
 
-@contextlib.asynccontextmanager
-async def _closing(link: Link) -> AsyncIterator[Link]:
-    try:
-        yield link
-    finally:
-        with contextlib.suppress(BleError):
-            await link.close()
-
-
-def _in_doubt(
-    why: str, *, status: str = "unknown", command_id: str | None = None
-) -> CommandOutcome:
-    return CommandOutcome("cloud", False, status, f"{why}: {_CHECK}", may_have_succeeded=True,
-                          command_id=command_id)  # fmt: skip
-
-
-def _nothing_sent(why: str, reason: str, queued: Mapping[str, Any] | None) -> CommandOutcome:
-    if queued is None:
-        return CommandOutcome("none", False, "not_sent", f"{why}; {reason}, so nothing was sent")
-    # The cloud holds the command for the car's next connection: it may yet run.
-    return CommandOutcome(
-        "cloud", False, "queued",
-        f"{why} and {reason}; {_STAYS_QUEUED}",
-        may_have_succeeded=True, command_id=str(queued["command_id"]),
-    )  # fmt: skip
-
-
-def _final(action: Action, view: Mapping[str, Any]) -> CommandOutcome:
-    status, detail, command_id = (
-        str(view["status"]),
-        str(view.get("detail", "")),
-        view["command_id"],
-    )
-    if status == "executed":
-        return CommandOutcome("cloud", True, status, f"{_DONE[action]} through the cloud",
-                              command_id=command_id)  # fmt: skip
-    # "failed" may still mean the car moved (its detail says so); an expired command may have
-    # run with its result lost on the way back.
-    doubt = status == "expired" or detail.startswith("may have moved") or detail == "interrupted"
-    reason = f"the command {status} ({detail})" if detail else f"the command {status}"
-    return CommandOutcome("cloud", False, status, f"{reason}: {_CHECK}" if doubt else reason,
-                          may_have_succeeded=doubt, command_id=command_id)  # fmt: skip
-
-
 def _action(action: Action | str) -> Action:
     act = Action.parse(action) if isinstance(action, str) else Action(action)
-    if act not in _DONE:
+    if act not in DONE:
         raise ValueError(f"{act.name.lower()} is not a command")
     return act
 
@@ -486,21 +429,6 @@ async def _read_json(response: aiohttp.ClientResponse) -> Any:
         return json.loads(data)
     except (ValueError, UnicodeDecodeError):
         return None
-
-
-def _command_view(body: Any) -> Mapping[str, Any] | None:
-    """The keyserver's Command object, if ``body`` is one."""
-    if not isinstance(body, dict) or not isinstance(body.get("command_id"), str):
-        return None
-    if body.get("status") not in ("queued", "delivered", *_FINAL):
-        return None
-    return body
-
-
-def _error_code(body: Any) -> str | None:
-    error = body.get("error") if isinstance(body, dict) else None
-    code = error.get("code") if isinstance(error, dict) else None
-    return code if isinstance(code, str) else None
 
 
 def _token_of(answer: object) -> bytes:

@@ -5,8 +5,11 @@ keys and provisioning secret, a fixed loopback port so it can come back on the s
 is the real vehicle agent in this process: file-backed ``AgentState``, ``Vehicle`` with a simulated
 actuator, a ``CloudLink`` reaching the keyserver through the car's "cellular link" (a
 ``deploy.faultproxy.FaultProxy``, so the car can lose its signal while the cloud is up), and a
-``VehicleBleEndpoint`` that phones reach over ble_fallback's simulated link. The phones are the
-reference ``PhoneClient`` with a ``KeyWallet`` each, set up through the REST API as people would.
+``VehicleBleEndpoint`` advertising on a ``SimulatedRadio`` while it runs: a phone finds it only
+when its person stands next to the car (``DemoStack.walk``), and connects over ble_fallback's
+simulated link. The phones are the reference ``PhoneClient`` with a ``KeyWallet`` each, set up
+through the REST API as people would; each reads its own clock (``DemoPhone.days_ahead`` moves
+it on, for an owner who was offline for days).
 
 The car's reconnect waits are the production policy scaled down (a second instead of a minute),
 and the phones open a fresh connection per request, so a killed cloud shows as "connection
@@ -29,6 +32,7 @@ import aiohttp
 
 from ble_fallback.client import ClientPolicy, PhoneClient
 from ble_fallback.link import Link, LinkConditions, LinkPolicy, SimulatedLink
+from ble_fallback.radio import SimulatedRadio
 from ble_fallback.wallet import KeyWallet
 from deploy.api import call
 from deploy.faultproxy import FaultProxy
@@ -60,6 +64,8 @@ DEMO_RECONNECT = ReconnectPolicy(
 PHONE_POLICY = ClientPolicy(cloud_timeout_s=3.0, follow_deadline_s=10.0, poll_interval_s=0.05)
 #: the simulated radio: a few milliseconds per chunk, as a BLE connection interval gives
 RADIO = LinkConditions(latency=0.008, jitter=0.004)
+SCAN_S = 0.5  # how long a phone looks for the car's advertisement at a press
+DAY = 86_400
 
 
 def demo_vin() -> str:
@@ -82,11 +88,9 @@ class DemoCar:
     serving: list[asyncio.Task[None]] = field(default_factory=list)
     rng: random.Random = field(default_factory=lambda: random.Random(7))  # noqa: S311 — radio noise
 
-    async def reach(self, vin: str) -> Link | None:
-        """What a phone's radio finds next to the car: a connected link, or None for another
-        car. Each connection is served by the car's BLE endpoint until the phone leaves."""
-        if vin != self.vin:
-            return None
+    def accept(self) -> Link:
+        """A phone that found the car's advertisement connects: the car's BLE endpoint serves
+        the connection until the phone leaves."""
         phone_end, car_end = SimulatedLink.pair(LinkPolicy(), RADIO, rng=self.rng)
         self.serving.append(asyncio.create_task(self.ble.serve(car_end)))
         return phone_end
@@ -128,6 +132,10 @@ class DemoPhone:
     wallet: KeyWallet
     client: PhoneClient
     key_id: str = ""  # of the key it holds on the car
+    days_ahead: float = 0.0  # the phone's own clock, moved on (offline for days)
+
+    def clock(self) -> float:
+        return time.time() + self.days_ahead * DAY
 
     @property
     def signer(self) -> tuple[SoftwareSigner, str]:
@@ -142,6 +150,7 @@ class DemoStack:
     phones_http: aiohttp.ClientSession  # the phone clients' session
     car: DemoCar | None = None
     phones: dict[str, DemoPhone] = field(default_factory=dict)
+    radio: SimulatedRadio = field(default_factory=lambda: SimulatedRadio(rng=random.Random(11)))  # noqa: S311
 
     @classmethod
     async def start(cls, work: Path) -> DemoStack:
@@ -202,7 +211,17 @@ class DemoStack:
         link.start()
         ble = VehicleBleEndpoint(vehicle, retry_after=0.25)
         self.car = DemoCar(vin, key, state, vehicle, actuator, link, cellular, ble)
+        self.radio.advertise(vin, self.car.accept)
         return self.car
+
+    def walk(self, phone: DemoPhone, *, to_car: bool) -> None:
+        """The phone's person walks up to the car, or away from it."""
+        assert self.car is not None
+        self.radio.move(phone.name, self.car.vin if to_car else None)
+
+    async def reach(self, phone: DemoPhone, vin: str) -> Link | None:
+        """The phone's radio: the car's advertisement within its scan, then a connection."""
+        return await self.radio.reach(phone.name, vin, scan_s=SCAN_S)
 
     async def add_phone(self, name: str) -> DemoPhone:
         """Register an account, log in, enrol the phone's device key; an empty wallet."""
@@ -218,9 +237,15 @@ class DemoStack:
         await call(self.api, "/v1/devices", enrolment, bearer=bearer, signer=(device, device_id))
         wallet = KeyWallet.open(self.work / f"{name}-wallet.db")
         assert self.car is not None
+        phone: DemoPhone
+
+        async def reach(vin: str) -> Link | None:
+            return await self.reach(phone, vin)
+
         client = PhoneClient(
             base_url=self.keyserver.url, session_token=bearer, device=device,
-            http=self.phones_http, wallet=wallet, reach_car=self.car.reach, policy=PHONE_POLICY,
+            http=self.phones_http, wallet=wallet, reach_car=reach, policy=PHONE_POLICY,
+            clock=lambda: phone.clock(),
         )  # fmt: skip
         phone = DemoPhone(name, email, device, device_id, bearer, wallet, client)
         self.phones[name] = phone

@@ -1,9 +1,9 @@
 """One chaos drill end to end: bring a staging stack up, measure a baseline, run the drill's
 Chaos Toolkit experiment (``deploy/chaos/NAME.json``) through chaoslib while a thread records the
-keyservers' breaker states, give the system a recover window (then wait, bounded, until every
-car is online and nothing the phones left unfinished is still queued), stop the world (which
-reconciles every car), compute the report from the event log, plot it, and take the stack
-down — always.
+keyservers' breaker states and another the machine's CPU use, give the system a recover window
+(then wait, bounded, until every car is online and nothing the phones left unfinished is still
+queued), stop the world (which reconciles every car), compute the report from the event log,
+plot it, and take the stack down — always.
 
 Phases are written to the event log as ``mark`` events; the report's measured window runs from
 "drill: baseline" to "drill: end".
@@ -23,9 +23,12 @@ from typing import Any
 from deploy.chaos import DRILLS, experiment_path
 from deploy.chaos.access import STOP_TIMEOUT_S, ChaosError, call_world
 from deploy.drill_breakers import BreakerScraper
+from deploy.drill_cpu import CpuSampler
 from deploy.drill_report import (
     MARK_BASELINE,
     MARK_END,
+    MAX_WAIT_P99_MS,
+    MIN_FAULT_SAMPLES,
     DrillReport,
     compute_report,
     fault_windows,
@@ -55,6 +58,10 @@ class DrillSettings:
     settle_max_s: float = 120.0  # then until every car is online with nothing left queued
     cars: int = 8
     phones: int = 16
+    #: the pass bars on the wait at the car: ≥ this many intents in the fault window, and a p99
+    #: at most this (None: not judged — the test suite's short drills assert no timings)
+    min_fault_samples: int = MIN_FAULT_SAMPLES
+    max_wait_p99_ms: float | None = MAX_WAIT_P99_MS
 
     def __post_init__(self) -> None:
         if min(self.fault_s, self.baseline_s, self.recover_s) <= 0:
@@ -93,7 +100,11 @@ def run_drill(name: str, directory: Path, settings: DrillSettings | None = None)
     stack = Stack.up(spec, directory)
     errors: list[str] = []
     try:
-        with EventLog(Path(stack.state.events)) as log, BreakerScraper(stack.directory, log):
+        with (
+            EventLog(Path(stack.state.events)) as log,
+            BreakerScraper(stack.directory, log),
+            CpuSampler(log),
+        ):
             log.emit("mark", text=MARK_BASELINE)
             time.sleep(settings.baseline_s)  # the baseline is a span of time, not an event
             journal = _run_experiment(experiment, stack.directory)
@@ -114,6 +125,8 @@ def run_drill(name: str, directory: Path, settings: DrillSettings | None = None)
         experiment_status=str(journal.get("status")),
         deviated=bool(journal.get("deviated")),
         errors=[*activity_failures(journal), *errors],
+        min_fault_samples=settings.min_fault_samples,
+        max_wait_p99_ms=settings.max_wait_p99_ms,
     )
     return DrillOutcome(report, events, journal)
 

@@ -19,30 +19,33 @@ breaker scraper and the chaos actions — see ``deploy.events``):
   an accepted command without an id cannot be traced and counts as lost.
 - revocations_lost: accepted ``revocation`` events whose key id the target car does not enforce
   at reconcile (so all of them when there is no ``reconcile`` event).
-- detect_s: first fault start → the first breaker opening or the first valid unlock over BLE at or
-  after it, whichever comes first; None without either (a fault no defence has to notice).
-- recover_s: last fault end → the first valid cloud unlock that succeeded after every breaker is
-  closed for good (each breaker's last state is closed; from its last change on); None if that
-  never happened.
-- latency: per path ("cloud", "ble"), p50 / p99 in milliseconds (nearest rank) and n over the
-  valid unlocks of the measured window.
+- detect_s: first fault start → the first breaker opening or the first remote command (a
+  ``command`` event, from afar) that did not execute, at or after it, whichever comes first;
+  None without either (a fault no defence has to notice and nobody far away felt).
+- recover_s: last fault end → the first remote command executed after every breaker is closed for
+  good (each breaker's last state is closed; from its last change on); None if that never
+  happened.
+- wait_at_car, remote_commands, cpu: ``deploy.drill_waits`` (p50 / p99 / max in ms, nearest
+  rank, and n; the wait at the car over the window, the fault window and per path).
 
-A drill passes only if unlock_ok / unlock_attempts >= 99.9 % (and there was an attempt), nothing
-invalid was accepted, no 5xx, no command lost or doubled, no revocation lost, the experiment's
-status is "completed" without deviating, and no activity of it failed (``errors``).
+A drill passes only if unlock_ok / unlock_attempts >= 99.9 % (and there was an attempt), the wait
+at the car is at most 1 s at p99 over the window and over the fault window, with at least
+``MIN_FAULT_SAMPLES`` intents in the fault window (fewer and its p99 is one person's bad luck),
+nothing invalid was accepted, no 5xx, no command lost or doubled, no revocation lost, the
+experiment's status is "completed" without deviating, and no activity of it failed
+(``errors``).
 """
 
 from __future__ import annotations
 
 import json
-import math
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from typing import Any
 
-from deploy.bench import percentile
+from deploy.drill_waits import cpu_use, remote_commands, wait_at_car
 
 MARK_BASELINE = "drill: baseline"
 MARK_END = "drill: end"
@@ -50,7 +53,8 @@ MIN_UNLOCK_RATE = Fraction(999, 1000)  # exact: no float rounding at the bar
 OPEN_STATES = frozenset({"open", "forced_open"})
 CLOSED_STATES = frozenset({"closed", "disabled"})  # a disabled breaker lets every call through
 FINAL_NOT_EXECUTED = frozenset({"failed", "expired"})
-LATENCY_PATHS = ("cloud", "ble")
+MAX_WAIT_P99_MS = 1000.0  # G8: a person at the car never waits on the cloud
+MIN_FAULT_SAMPLES = 100  # intents at the car inside the fault window: p99 is then a real rank
 MAX_LISTED = 20  # ids listed in the report for a person to look up; the counts are exact
 
 Event = Mapping[str, Any]
@@ -80,7 +84,9 @@ class DrillReport:
     revocations_lost: int
     detect_s: float | None
     recover_s: float | None
-    latency: dict[str, dict[str, float | int | None]]  # path -> {"p50", "p99" (ms), "n"}
+    wait_at_car: dict[str, Any]  # window / fault / paths: {"p50", "p99", "max" (ms), "n"}
+    remote_commands: dict[str, Any]  # from afar: n, by status and path, executed latency
+    cpu: dict[str, Any]  # "window" / "fault": the machine's busy %, mean and max
     fault_window: list[float | None] | None  # [start, end], unix seconds
     window: list[float]  # the measured window, unix seconds
     experiment_status: str  # chaoslib's journal status
@@ -134,14 +140,6 @@ def valid_unlocks(events: Iterable[Event], start: float, end: float) -> list[Eve
     ]
 
 
-def path_latency(unlocks: Sequence[Event], path: str) -> dict[str, float | int | None]:
-    samples = [float(e["latency_s"]) * 1000.0 for e in unlocks if e.get("path") == path]
-    if not samples:
-        return {"p50": None, "p99": None, "n": 0}
-    p50, p99 = percentile(samples, 0.50), percentile(samples, 0.99)
-    return {"p50": round(p50, 3), "p99": round(p99, 3), "n": len(samples)}
-
-
 def _executions(events: Sequence[Event], reconcile: Event | None) -> Counter[str]:
     """Times each command id was executed: the larger of the car's count and the actuations."""
     by_car: Counter[str] = Counter()
@@ -188,12 +186,12 @@ def detect_after(events: Sequence[Event], fault_start: float) -> float | None:
         for e in of_kind(events, "breaker")
         if e.get("state") in OPEN_STATES and float(e["t"]) >= fault_start
     ]
-    over_ble = [
+    felt = [
         float(e["t"])
-        for e in valid_unlocks(events, fault_start, math.inf)
-        if e.get("path") == "ble" and e.get("ok")
+        for e in of_kind(events, "command")
+        if e.get("status") != "executed" and float(e["t"]) >= fault_start
     ]
-    first = min(opened + over_ble, default=None)
+    first = min(opened + felt, default=None)
     return None if first is None else round(first - fault_start, 3)
 
 
@@ -206,8 +204,8 @@ def recover_after(events: Sequence[Event], fault_end: float) -> float | None:
     closed_for_good = max([fault_end, *(float(e["t"]) for e in last_change.values())])
     served = [
         float(e["t"])
-        for e in valid_unlocks(events, closed_for_good, math.inf)
-        if e.get("path") == "cloud" and e.get("ok")
+        for e in of_kind(events, "command")
+        if e.get("status") == "executed" and float(e["t"]) >= closed_for_good
     ]
     return round(min(served) - fault_end, 3) if served else None
 
@@ -219,6 +217,8 @@ def compute_report(
     experiment_status: str = "completed",
     deviated: bool = False,
     errors: Sequence[str] = (),
+    min_fault_samples: int = MIN_FAULT_SAMPLES,
+    max_wait_p99_ms: float | None = MAX_WAIT_P99_MS,
 ) -> DrillReport:
     """The report of one drill from every event of its stack's log (any order)."""
     events = sorted(events, key=lambda e: float(e["t"]))
@@ -233,6 +233,7 @@ def compute_report(
     doubled = sorted(cid for cid, times in executed.items() if times > 1)
     windows = fault_windows(events)
     fault_end = max((w.end for w in windows if w.end is not None), default=None)
+    fault = (windows[0].start, fault_end if fault_end is not None else end) if windows else None
     report = DrillReport(
         drill=drill,
         passed=False,
@@ -251,7 +252,9 @@ def compute_report(
         revocations_lost=len(lost_revocations),
         detect_s=detect_after(events, windows[0].start) if windows else None,
         recover_s=recover_after(events, fault_end) if fault_end is not None else None,
-        latency={path: path_latency(unlocks, path) for path in LATENCY_PATHS},
+        wait_at_car=wait_at_car(unlocks, fault, events),
+        remote_commands=remote_commands(events, start, end),
+        cpu={"window": cpu_use(events, (start, end)), "fault": cpu_use(events, fault)},
         fault_window=[windows[0].start, fault_end] if windows else None,
         window=[start, end],
         experiment_status=experiment_status,
@@ -264,7 +267,9 @@ def compute_report(
         unlock_presses=sum(_presses(e) for e in unlocks),
         unlock_second_press=sum(1 for e in unlocks if _presses(e) > 1),
     )
-    report.failures = failures(report)
+    report.failures = failures(
+        report, min_fault_samples=min_fault_samples, max_wait_p99_ms=max_wait_p99_ms
+    )
     report.passed = not report.failures
     return report
 
@@ -274,13 +279,29 @@ def _presses(unlock: Event) -> int:
     return presses if isinstance(presses, int) and not isinstance(presses, bool) else 1
 
 
-def failures(report: DrillReport) -> list[str]:
+def failures(
+    report: DrillReport,
+    *,
+    min_fault_samples: int = MIN_FAULT_SAMPLES,
+    max_wait_p99_ms: float | None = MAX_WAIT_P99_MS,
+) -> list[str]:
     """Why the report does not pass; empty when it does."""
     found: list[str] = []
     if report.unlock_attempts == 0:
         found.append("no valid unlock attempt in the measured window")
     elif Fraction(report.unlock_ok, report.unlock_attempts) < MIN_UNLOCK_RATE:
         found.append(f"valid unlocks {report.unlock_ok}/{report.unlock_attempts} under 99.9 %")
+    for span in ("window", "fault"):
+        p99 = report.wait_at_car[span]["p99"]
+        if max_wait_p99_ms is not None and p99 is not None and p99 > max_wait_p99_ms:
+            found.append(
+                f"wait at the car p99 {p99:.0f} ms over the {span}: over {max_wait_p99_ms:g} ms"
+            )
+    in_fault = report.wait_at_car["fault"]["n"]
+    if report.fault_window is not None and in_fault < min_fault_samples:
+        found.append(
+            f"{in_fault} intents at the car in the fault window, under {min_fault_samples}"
+        )
     for name in ("invalid_accepted", "http_5xx", "commands_lost", "commands_doubled"):
         if getattr(report, name):
             found.append(f"{name} = {getattr(report, name)}")
@@ -295,8 +316,11 @@ def failures(report: DrillReport) -> list[str]:
 
 
 SUMMARY_COLUMNS = (
-    "drill", "passed", "unlock ok/attempts", "invalid accepted", "5xx", "commands lost/doubled",
-    "revocations lost", "detect s", "recover s", "p99 cloud ms", "p99 ble ms", "second presses",
+    "drill", "passed", "unlock ok/attempts", "wait at car p50/p99/max ms (n)",
+    "in fault p99 ms (n)", "p99 by path ms (n)", "remote executed/sent, p99 ms",
+    "CPU % in fault mean/max", "invalid accepted", "5xx", "commands lost/doubled",
+    "revocations lost", "detect s", "recover s", "second presses",
+    "agent down: restart s, waits (n)",
 )  # fmt: skip
 
 
@@ -311,15 +335,19 @@ def summary_table(reports: Iterable[DrillReport]) -> str:
             r.drill,
             "yes" if r.passed else "**no**",
             f"{r.unlock_ok}/{r.unlock_attempts}",
+            _wait(r.wait_at_car["window"]),
+            f"{_ms(r.wait_at_car['fault']['p99'])} ({r.wait_at_car['fault']['n']})",
+            _by_path(r.wait_at_car["paths"]),
+            _remote(r.remote_commands),
+            _cpu(r.cpu["fault"]),
             str(r.invalid_accepted),
             str(r.http_5xx),
             f"{r.commands_lost}/{r.commands_doubled}",
             str(r.revocations_lost),
             _figure(r.detect_s),
             _figure(r.recover_s),
-            _figure(r.latency["cloud"]["p99"]),
-            _figure(r.latency["ble"]["p99"]),
             str(r.unlock_second_press),
+            _agent_down(r.wait_at_car),
         )
         rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows) + "\n"
@@ -327,3 +355,35 @@ def summary_table(reports: Iterable[DrillReport]) -> str:
 
 def _figure(value: float | int | None) -> str:
     return "n/a" if value is None else f"{value:.2f}" if isinstance(value, float) else str(value)
+
+
+def _ms(value: float | int | None) -> str:
+    return "n/a" if value is None else f"{value:.0f}"
+
+
+def _wait(stats: dict[str, Any]) -> str:
+    return f"{_ms(stats['p50'])}/{_ms(stats['p99'])}/{_ms(stats['max'])} ({stats['n']})"
+
+
+def _by_path(paths: dict[str, Any]) -> str:
+    shown = [f"{path} {_ms(stats['p99'])} ({stats['n']})" for path, stats in paths.items()
+             if stats["n"]]  # fmt: skip
+    return " · ".join(shown) or "n/a"
+
+
+def _remote(remote: dict[str, Any]) -> str:
+    executed = remote["executed"]
+    return f"{executed['n']}/{remote['n']}, {_ms(executed['p99'])}"
+
+
+def _cpu(cpu: dict[str, Any]) -> str:
+    return "n/a" if cpu["mean"] is None else f"{cpu['mean']:.0f}/{cpu['max']:.0f}"
+
+
+def _agent_down(wait: dict[str, Any]) -> str:
+    restarts = wait["agent_restart_s"]
+    if not restarts:
+        return "–"
+    down = wait["agent_down"]
+    seconds = ", ".join(f"{s:.2f}" for s in restarts)
+    return f"{seconds}; max {_ms(down['max'])} ms ({down['n']})"

@@ -17,7 +17,9 @@ from typing import Any
 
 # kind -> the fields every event of that kind carries (besides "t" and "kind"); events may carry
 # more: a valid-key ``unlock`` (one person's intent at the car) also has ``presses`` (1 or 2) and
-# ``first`` (the first press's status, path and command id), a failed one ``detail``
+# ``first`` (the first press's status, path and command id), a failed one ``detail``; the
+# ``mark`` of an agent killed or restarted has ``vin`` and ``agent`` ("killed" / "restarted").
+# ``cpu``: the share of the machine's time not idle over the last second, and its cores.
 KINDS: Mapping[str, frozenset[str]] = {
     "unlock": frozenset({"phone", "vin", "key", "path", "ok", "latency_s", "reason"}),
     "command": frozenset(
@@ -30,6 +32,7 @@ KINDS: Mapping[str, frozenset[str]] = {
     "fault": frozenset({"name", "phase"}),
     "reconcile": frozenset({"cars", "commands"}),
     "mark": frozenset({"text"}),
+    "cpu": frozenset({"busy", "cores"}),
 }
 MAX_LINE = 4096  # bytes; O_APPEND writes this small are not interleaved on Linux
 # the values some fields take (the report and the timeline read these)

@@ -1,5 +1,6 @@
-"""A drill's timeline: per-second series computed from the event log (valid-unlock success,
-latency per path, breaker state per source) and a PNG of them with the fault windows shaded.
+"""A drill's timeline: per-second series computed from the event log (valid-unlock success, the
+wait at the car per path, remote commands' latency beside the machine's CPU use, breaker state per
+source) and a PNG of them with the fault windows shaded.
 
 Second ``k`` of a series covers [origin + k, origin + k + 1). The series are pure functions of the
 events; ``plot`` draws them with matplotlib's Agg backend (no screen needed).
@@ -29,6 +30,8 @@ class Timeline:
     seconds: int
     success: list[float | None]  # valid-unlock success fraction per second; None: no attempt
     latency_ms: dict[str, tuple[list[float | None], list[float | None]]]  # path -> (p50, p99)
+    remote_ms: tuple[list[float | None], list[float | None]]  # executed remote commands
+    cpu: list[float | None]  # the machine's busy %, per second
     breakers: dict[str, list[float]]  # source -> 0 closed, 0.5 half-open, 1 open (worst of it)
     faults: list[tuple[str, float, float]]  # (name, start, end) in seconds from the origin
 
@@ -62,6 +65,30 @@ def unlock_latency(
     p50 = [percentile(s, 0.50) if s else None for s in samples]
     p99 = [percentile(s, 0.99) if s else None for s in samples]
     return p50, p99
+
+
+def remote_latency(
+    events: Iterable[Event], origin: float, seconds: int
+) -> tuple[list[float | None], list[float | None]]:
+    """Per second: p50 and p99 in ms of the remote commands that executed (``command`` events)."""
+    samples: list[list[float]] = [[] for _ in range(seconds)]
+    for event in of_kind(events, "command"):
+        k = _bin(float(event["t"]), origin, seconds)
+        if k is not None and event.get("status") == "executed":
+            samples[k].append(float(event["latency_s"]) * 1000.0)
+    p50 = [percentile(s, 0.50) if s else None for s in samples]
+    p99 = [percentile(s, 0.99) if s else None for s in samples]
+    return p50, p99
+
+
+def cpu_busy(events: Iterable[Event], origin: float, seconds: int) -> list[float | None]:
+    """Per second: the machine's busy share in percent (``cpu`` events), None without a sample."""
+    busy: list[float | None] = [None] * seconds
+    for event in of_kind(events, "cpu"):
+        k = _bin(float(event["t"]), origin, seconds)
+        if k is not None:
+            busy[k] = max(busy[k] or 0.0, float(event["busy"]) * 100.0)
+    return busy
 
 
 def breaker_states(events: Iterable[Event], origin: float, seconds: int) -> dict[str, list[float]]:
@@ -130,6 +157,8 @@ def timeline(events: Sequence[Event]) -> Timeline:
         seconds=seconds,
         success=unlock_success(events, origin, seconds),
         latency_ms={path: unlock_latency(events, origin, seconds, path) for path in PATHS},
+        remote_ms=remote_latency(events, origin, seconds),
+        cpu=cpu_busy(events, origin, seconds),
         breakers=breaker_states(events, origin, seconds),
         faults=faults,
     )
@@ -146,7 +175,8 @@ def save_png(figure: Any, path: Path, title: str) -> Path:
 
 
 def plot(events: Sequence[Event], path: Path, title: str) -> Path:
-    """Write the three-panel PNG (unlock success, latency per path, breaker state) to ``path``."""
+    """Write the four-panel PNG (unlock success, the wait at the car per path, remote commands
+    and CPU, breaker state) to ``path``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -154,7 +184,7 @@ def plot(events: Sequence[Event], path: Path, title: str) -> Path:
 
     line = timeline(events)
     xs = [k + 0.5 for k in range(line.seconds)]
-    figure, (top, middle, bottom) = pyplot.subplots(3, 1, figsize=(12, 8.5), sharex=True)
+    figure, (top, middle, remote, bottom) = pyplot.subplots(4, 1, figsize=(12, 11), sharex=True)
     try:
         top.plot(xs, [math.nan if v is None else 100.0 * v for v in line.success], "o-", ms=3)
         top.set_ylim(-5, 105)
@@ -166,7 +196,22 @@ def plot(events: Sequence[Event], path: Path, title: str) -> Path:
         if any(v is not None for pair in line.latency_ms.values() for v in pair[1]):
             middle.set_yscale("log")
             middle.legend(**LEGEND)
-        middle.set_ylabel("unlock latency, ms")
+        middle.axhline(1000.0, color="tab:red", linestyle=":", linewidth=1)  # the 1 s bar
+        middle.set_ylabel("wait at the car, ms")
+        p50, p99 = line.remote_ms
+        remote.plot(xs, _nan(p50), ".-", color="tab:green", ms=4, label="remote p50")
+        remote.plot(xs, _nan(p99), "x--", color="tab:green", ms=4, label="remote p99")
+        if any(v is not None for v in p99):
+            remote.set_yscale("log")
+        remote.set_ylabel("remote command, ms")
+        cpu = remote.twinx()
+        cpu.plot(xs, _nan(line.cpu), "-", color="grey", linewidth=1, label="CPU %")
+        cpu.set_ylim(0, 105)
+        cpu.set_ylabel("machine CPU, %")
+        handles = remote.get_legend_handles_labels()
+        extra = cpu.get_legend_handles_labels()
+        beside = {**LEGEND, "bbox_to_anchor": (1.07, 1.0)}  # clear of the CPU axis' labels
+        remote.legend(handles[0] + extra[0], handles[1] + extra[1], **beside)
         steps = breaker_steps(events, line.origin, line.seconds)
         for i, (source, (xs, ys)) in enumerate(steps.items()):
             lift = 0.025 * i  # sources in the same state stay apart
@@ -181,7 +226,7 @@ def plot(events: Sequence[Event], path: Path, title: str) -> Path:
         bottom.set_ylabel("breaker state")
         bottom.set_xlabel("seconds since the baseline began")
         bottom.set_xlim(0, line.seconds)
-        for axes in (top, middle, bottom):
+        for axes in (top, middle, remote, bottom):
             axes.grid(True, alpha=0.3)
             for _name, start, end in line.faults:
                 axes.axvspan(start, end, color="tab:red", alpha=0.15)

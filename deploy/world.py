@@ -25,6 +25,7 @@ import aiohttp
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from ble_fallback.client import ClientPolicy
+from ble_fallback.radio import SimulatedRadio
 from ble_fallback.wallet import read_token
 from deploy.events import EventLog
 from deploy.world_agent import write_factory_state
@@ -87,6 +88,7 @@ class World:
         self.tally = HttpTally(self.metrics)
         self.rng = random.Random(settings.seed)  # noqa: S311 — jitter and choices, not secrets
         self.pace = Pace(self.rng)
+        self.radio = SimulatedRadio(rng=random.Random(self.rng.random()))  # noqa: S311
         self.ledger = Ledger(self.events, self.metrics)
         self.changes = PredicateWaiters()  # notified on every car's link change and move
         self.cars: dict[str, WorldCar] = {}
@@ -189,7 +191,9 @@ class World:
         # each kind of activity on its own loop: a hung listing does not hold up an unlock
         for phone in self.phones:
             for what, activity in phone_activities(self.scene, phone).items():
-                self._spawn(work(self.pace, {what: activity}, name=phone.name))
+                # at the car, people keep their own pace: a surge is the apps' cloud traffic
+                steady = what == "unlock"
+                self._spawn(work(self.pace, {what: activity}, name=phone.name, surges=not steady))
         for attacker in self.attackers:
             activities = attacker_activities(self.scene, attacker)
             self._spawn(work(self.pace, activities, name=attacker.holder.name))
@@ -227,7 +231,7 @@ class World:
             self.cars[vin] = car = WorldCar(
                 vin, path, events=self.events, metrics=self.metrics, tally=self.tally,
                 policy=s.reconnect, rng=random.Random(self.rng.random()),  # noqa: S311
-                notify=self.changes.notify,
+                notify=self.changes.notify, radio=self.radio,
             )  # fmt: skip
             car.boot()
         mallory = population.mallory
@@ -237,7 +241,7 @@ class World:
             self.ledger.revocation(vin, key_id, token, status)
         wallets, http = s.state_dir / "phones", self.http
         self.phones = [
-            make_phone(h, self.cars, base_url=s.phones_url, http=http, policy=s.client,
+            make_phone(h, self.radio, base_url=s.phones_url, http=http, policy=s.client,
                        wallet_dir=wallets)
             for h in population.phones
         ]  # fmt: skip
@@ -248,8 +252,8 @@ class World:
             Attacker("foreign", mallory["foreign"], dict.fromkeys(population.vins, foreign)),
             Attacker("replayed", mallory["replayed"], {}),
         ]
-        self.scene = Scene(self.cars, self.api, self.ledger, self.events, self.pace, s.rates,
-                           population.visitor)  # fmt: skip
+        self.scene = Scene(self.cars, self.radio, self.api, self.ledger, self.events, self.pace,
+                           s.rates, population.visitor)  # fmt: skip
 
     async def _warm_up(self) -> None:
         await self.changes.wait_for(lambda: all(car.online for car in self.cars.values()))

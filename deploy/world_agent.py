@@ -31,12 +31,18 @@ BOOT_ID = "world-car"
 
 @dataclass
 class Attempt:
-    """One unlock attempt over BLE: how many times the car moved for it."""
+    """One unlock attempt over BLE: how many times the car moved for it, and when it first did
+    (``time.monotonic()``)."""
 
     moved: int = 0
+    moved_at: float | None = None
 
 
+#: the attempt a car's BLE connection serves (set in the connection's task, on the car's side)
 ATTEMPT: ContextVar[Attempt | None] = ContextVar("world_ble_attempt", default=None)
+#: the press a phone's connection is made for (set around the press, on the phone's side): the
+#: world's bookkeeping of which press moved the car, never a hint of where the phone is
+PRESS: ContextVar[Attempt | None] = ContextVar("world_press", default=None)
 
 
 def write_factory_state(

@@ -5,8 +5,9 @@
   whose connection it was granted on (a context variable set in the connection's task, which the
   endpoint's actuation task inherits), or to the remote command the agent began (its state says
   which, ``WorldAgentState``). The actuator is the car's hardware: it outlives agent restarts.
-- Phones reach the car's endpoint over ``ble_fallback``'s simulated link; a tapped link records
-  the unlock requests a phone sends, for the replay attacker.
+- The car advertises on the world's ``SimulatedRadio`` while its agent (and so its BLE endpoint)
+  runs; phones that find it connect over ``ble_fallback``'s simulated link. A tapped link
+  records the unlock requests a phone sends, for the replay attacker.
 - ``wall_offset`` jumps the wall clock the agent's cloud link signs with; decisions never use it.
 - The ``after-execute`` failpoint kills the agent in-process right after the command is executed
   and durably recorded, before any acknowledgement: its sockets are shut down at once (as the
@@ -30,10 +31,12 @@ import aiohttp
 
 from ble_fallback.link import Link, LinkConditions, LinkPolicy, SimulatedLink
 from ble_fallback.messages import UnlockRequest
+from ble_fallback.radio import SimulatedRadio
 from deploy.events import EventLog
 from deploy.world_agent import (
     ATTEMPT,
     BOOT_ID,
+    PRESS,
     Attempt,
     Sockets,
     TappedLink,
@@ -81,11 +84,14 @@ class WorldCar:
         policy: ReconnectPolicy,
         rng: random.Random,
         notify: Callable[[], None],
+        radio: SimulatedRadio,
     ) -> None:
         self.vin = vin
+        self.radio = radio
         self.path = path
         self.actuator = WorldActuator(self)
         self.command_moves: Counter[str] = Counter()  # remote command id -> actuator moves
+        self.command_moved_at: dict[str, float] = {}  # remote command id -> its first move
         self.ble_moves = 0
         self.begun: set[str] = set()  # every command id the agent began, across restarts
         self.executing: str | None = None
@@ -119,6 +125,7 @@ class WorldCar:
         )  # fmt: skip
         task = asyncio.create_task(link.run(), name=f"world-car-{self.vin}")
         self._agent = Agent(state, vehicle, VehicleBleEndpoint(vehicle), link, task, http, sockets)
+        self.radio.advertise(self.vin, self._accept)
         self._notify()
 
     def wall(self) -> float:
@@ -149,6 +156,7 @@ class WorldCar:
     async def stop(self) -> None:
         await self.recovered()
         agent, self._agent = self._agent, None
+        self.radio.silence(self.vin)
         await self._end_ble()
         if agent is not None:
             agent.task.cancel()
@@ -162,14 +170,17 @@ class WorldCar:
     def moved(self, action: Action) -> None:
         attempt = ATTEMPT.get()
         command_id = None
+        now = time.monotonic()
         if attempt is not None:
             attempt.moved += 1
+            attempt.moved_at = attempt.moved_at or now
             self.ble_moves += 1
             path = "ble"
         else:
             path, command_id = "cloud", self.executing
             if command_id is not None:
                 self.command_moves[command_id] += 1
+                self.command_moved_at.setdefault(command_id, now)
         self._events.emit(
             "actuation", vin=self.vin, command_id=command_id, action=action.name.lower(), path=path
         )
@@ -208,6 +219,11 @@ class WorldCar:
         task.add_done_callback(self._ble_tasks.discard)
         return TappedLink(phone, self._heard) if tap else phone
 
+    def _accept(self) -> Link | None:
+        """A phone that found the car's advertisement connects (the press it is for is the
+        world's bookkeeping, ``PRESS``)."""
+        return self.connect(PRESS.get() or Attempt(), tap=True)  # someone nearby listens
+
     async def settled(self) -> None:
         """Until every action granted over BLE so far has been performed (bounded)."""
         if self._agent is not None:
@@ -245,10 +261,12 @@ class WorldCar:
         the agent could send its result) and its tasks are cancelled; restart afterwards."""
         agent, self._agent = self._agent, None
         assert agent is not None
+        self.radio.silence(self.vin)  # its BLE endpoint died with it
         self.kills.append(command_id)
         self._events.emit(
-            "mark", text=f"world: agent of {self.vin} killed after executing {command_id}"
-        )
+            "mark", text=f"world: agent of {self.vin} killed after executing {command_id}",
+            vin=self.vin, agent="killed",
+        )  # fmt: skip
         agent.sockets.cut()
         agent.task.cancel()
         for task in self._ble_tasks:
@@ -269,7 +287,9 @@ class WorldCar:
         self._metrics.agent_crashes.inc()
         await asyncio.sleep(RESTART_S)
         self.boot()
-        self._events.emit("mark", text=f"world: agent of {self.vin} restarted")
+        self._events.emit(
+            "mark", text=f"world: agent of {self.vin} restarted", vin=self.vin, agent="restarted"
+        )
 
 
 def _retrieve(task: asyncio.Task[None]) -> None:

@@ -43,7 +43,8 @@ def add_parser(commands: Any) -> None:
         "world",
         help="simulated cars and phones at work against a keyserver, with a control API",
         description="Provision cars and people through the keyserver's REST API, then keep "
-        "phones unlocking (cloud first, BLE fallback), locking from afar, refreshing, listing, "
+        "phones unlocking at the car (proximity first: Bluetooth), locking from afar (cloud), "
+        "refreshing, listing, "
         "sharing and revoking, and attackers trying invalid keys over BLE; events go to "
         "--events. Control API: GET /status, /metrics; POST /surge, /clock, /failpoint, /stop.",
     )

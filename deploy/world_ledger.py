@@ -74,11 +74,13 @@ class Ledger:
 
     def unlock(
         self, phone: str, vin: str, key: str, path: str, ok: bool, started: float, reason: str,
-        command_id: str | None = None, detail: str = "", **more: Any,
+        command_id: str | None = None, detail: str = "", *, ended: float | None = None,
+        **more: Any,
     ) -> None:  # fmt: skip
         """An ``unlock`` event; ``detail``: the client's sentence, kept for failures only;
-        ``more``: further fields (an intent's ``presses`` and ``first`` press)."""
-        latency = round(time.monotonic() - started, 4)
+        ``ended``: when the car moved (``time.monotonic()``; now if not given); ``more``:
+        further fields (an intent's ``presses`` and ``first`` press)."""
+        latency = round((time.monotonic() if ended is None else ended) - started, 4)
         extra: dict[str, Any] = {} if ok or not detail else {"detail": detail[:MAX_DETAIL]}
         extra.update(more)
         self.events.emit(

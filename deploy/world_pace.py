@@ -22,7 +22,7 @@ Span = tuple[float, float]
 class Rates:
     """Seconds between two of each activity, per phone: uniform in [low, high]."""
 
-    unlock: Span = (2.0, 4.0)
+    unlock: Span = (1.5, 2.5)  # at the car: ≥ 100 intents in a 20 s fault with 16 phones
     attack: Span = (2.5, 3.5)
     lock: Span = (8.0, 12.0)
     refresh: Span = (15.0, 25.0)
@@ -53,8 +53,8 @@ class Pace:
         self.stopping = True
         self._changed()
 
-    def interval(self, span: Span) -> float:
-        return self.rng.uniform(*span) / self.factor
+    def interval(self, span: Span, *, surges: bool = True) -> float:
+        return self.rng.uniform(*span) / (self.factor if surges else 1.0)
 
     async def sleep(self, seconds: float) -> bool:
         """Sleep ``seconds``, or less if the pace changes first: True then."""
@@ -73,16 +73,20 @@ class Pace:
 Activity = Callable[[], Awaitable[None]]
 
 
-async def work(pace: Pace, activities: dict[str, tuple[Span, Activity]], *, name: str) -> None:
+async def work(
+    pace: Pace, activities: dict[str, tuple[Span, Activity]], *, name: str, surges: bool = True
+) -> None:
     """Run each activity at its own jittered interval until the world stops, one at a time, or
     during a surge up to ``ceil(factor)`` at once (an app gone chatty: the request rate really
-    grows by the factor, not only as far as answers come back). In-flight activities finish
-    before this returns (or are cancelled with it)."""
+    grows by the factor, not only as far as answers come back). ``surges=False``: a person's own
+    pace, which a surge of app traffic does not change (nobody walks up to their car ten times
+    as often). In-flight activities finish before this returns (or are cancelled with it)."""
     now = time.monotonic()
-    due = {
-        what: now + pace.interval(span) * pace.rng.random()
-        for what, (span, _) in activities.items()
-    }
+
+    def interval(span: Span) -> float:
+        return pace.interval(span, surges=surges)
+
+    due = {what: now + interval(span) * pace.rng.random() for what, (span, _) in activities.items()}
     busy: set[asyncio.Task[None]] = set()
 
     async def run(what: str, activity: Activity) -> None:
@@ -97,13 +101,13 @@ async def work(pace: Pace, activities: dict[str, tuple[Span, Activity]], *, name
             if await pace.sleep(due[what] - time.monotonic()):  # surge or stop: reschedule
                 now = time.monotonic()
                 for other, (span, _) in activities.items():
-                    due[other] = min(due[other], now + pace.interval(span))
+                    due[other] = min(due[other], now + interval(span))
                 continue
-            if len(busy) >= math.ceil(pace.factor):
+            if len(busy) >= math.ceil(pace.factor if surges else 1.0):
                 await asyncio.wait(busy, return_when=asyncio.FIRST_COMPLETED)
                 continue
             span, activity = activities[what]
             task = group.create_task(run(what, activity))
             busy.add(task)
             task.add_done_callback(busy.discard)
-            due[what] = time.monotonic() + pace.interval(span)
+            due[what] = time.monotonic() + interval(span)

@@ -1,12 +1,17 @@
 """The world's phones at work: the real ``PhoneClient`` with a wallet, unlocking at the car
-(cloud first, BLE fallback over the simulated link), locking from afar, refreshing, listing keys,
-sharing and revoking — and Mallory's phones trying invalid keys over BLE.
+(proximity first: Bluetooth, the cloud only when Bluetooth sent nothing), locking from afar
+(the cloud), refreshing, listing keys, sharing and revoking — and Mallory's phones trying
+invalid keys over BLE.
 
 Each kind of activity of a phone runs at its own jittered interval, one at a time
 (``deploy.world_pace``; a surge divides the intervals and lets them overlap), so a background
-listing that hangs does not hold up an unlock. Where the phone stands is per activity
-(``AT_CAR``): next to the car it unlocks, away from the one it locks. Nothing a cloud or a
-radio does ends a loop: a failed activity is logged and the next one comes at its time.
+listing that hangs does not hold up an unlock. A person is in one place at a time
+(``WorldPhone.whereabouts``), and the world moves their phone on the ``SimulatedRadio``: for an
+unlock they walk up to the car and press at once (the phone's scan has not seen the car's
+advertisement yet) or stand at it a moment first, then walk off; for a remote lock they sit far
+from it until the phone has looked for the car and found nothing. The client learns where it
+is only from its radio. Nothing a cloud or a radio does ends a loop: a failed activity is logged
+and the next one comes at its time.
 """
 
 from __future__ import annotations
@@ -15,7 +20,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,10 +29,11 @@ from ble_fallback.client import ClientPolicy, CommandOutcome, PhoneClient
 from ble_fallback.errors import BleError, CarBusy
 from ble_fallback.link import Link
 from ble_fallback.phone import CarConnection, unlock_over_ble
+from ble_fallback.radio import SimulatedRadio
 from ble_fallback.wallet import KeyWallet, WalletEntry, read_token
 from deploy.api import ApiCallError, call
 from deploy.events import EventLog
-from deploy.world_agent import Attempt
+from deploy.world_agent import PRESS, Attempt
 from deploy.world_cars import WorldCar
 from deploy.world_ledger import Ledger
 from deploy.world_pace import Activity, Pace, Rates, Span
@@ -43,10 +48,9 @@ from deploy.world_setup import (
 )
 from keycore import Action
 from keycore.breaker import BreakerConfig, CircuitBreaker
+from keycore.waiting import PredicateWaiters
 
 log = logging.getLogger("deploy.world")
-#: where the phone stands during one activity (the car in BLE range, and the attempt there)
-AT_CAR: ContextVar[tuple[str, Attempt] | None] = ContextVar("world_at_car", default=None)
 CLIENT_POLICY = ClientPolicy(cloud_timeout_s=5.0, follow_deadline_s=20.0, poll_interval_s=0.25)
 # a phone stops asking a cloud that keeps failing, and goes to Bluetooth at once, for a while
 PHONE_BREAKER = BreakerConfig(
@@ -56,6 +60,11 @@ PHONE_BREAKER = BreakerConfig(
 )  # fmt: skip
 PRESSES = 2  # a person presses unlock at most this often per intent
 PRESS_PAUSE_S = (1.0, 2.0)  # between presses: a look at the car
+#: how long the phone's radio looks for the car's advertisement at a press (the car advertises
+#: every 100 ms: several chances) before it takes the car for out of range
+SCAN_S = 0.5
+WALK_UP = 0.5  # the share of unlocks pressed on arrival, before the scan has seen the car
+STAND_S = (0.3, 1.0)  # the others stand at the car this long before pressing
 EXPIRED_MARGIN_S = 2.0  # an "expired" key is tried only once the car's own time is this far past
 
 
@@ -72,6 +81,7 @@ class Scene:
     """What the phones act in."""
 
     cars: dict[str, WorldCar]
+    radio: SimulatedRadio
     api: aiohttp.ClientSession  # REST calls on the phones' URL
     ledger: Ledger
     events: EventLog
@@ -84,10 +94,13 @@ class Scene:
 class WorldPhone:
     holder: Holder
     wallet: KeyWallet
-    cars: dict[str, WorldCar]
+    radio: SimulatedRadio
     client: PhoneClient | None = None
     turns: dict[str, int] = field(default_factory=dict)
     pending: dict[str, str] = field(default_factory=dict)  # VIN -> a shared key not yet revoked
+    whereabouts: asyncio.Lock = field(default_factory=asyncio.Lock)  # one place at a time
+    scans: int = 0  # the radio's answers so far (a remote lock waits for its own)
+    scanned: PredicateWaiters = field(default_factory=PredicateWaiters)
 
     @property
     def name(self) -> str:
@@ -107,16 +120,16 @@ class WorldPhone:
         return vins[turn % len(vins)]
 
     async def reach(self, vin: str) -> Link | None:
-        """The phone's radio: the car it stands next to in this activity, if that is ``vin``."""
-        at_car = AT_CAR.get()
-        car = self.cars.get(vin)
-        if car is None or at_car is None or at_car[0] != vin:
-            return None
-        return car.connect(at_car[1], tap=True)  # someone nearby listens
+        """The phone's radio, as the client uses it: the car's advertisement within the scan."""
+        try:
+            return await self.radio.reach(self.name, vin, scan_s=SCAN_S)
+        finally:
+            self.scans += 1
+            self.scanned.notify()
 
 
 def make_phone(
-    holder: Holder, cars: dict[str, WorldCar], *, base_url: str, http: aiohttp.ClientSession,
+    holder: Holder, radio: SimulatedRadio, *, base_url: str, http: aiohttp.ClientSession,
     policy: ClientPolicy, wallet_dir: Path,
 ) -> WorldPhone:  # fmt: skip
     """The holder's phone: the real client, its wallet filled with the holder's keys."""
@@ -125,7 +138,7 @@ def make_phone(
     for entry in wallet.entries():  # a state directory used before: other cars, other keys
         if entry.vin not in holder.keys:
             wallet.remove(entry.vin)
-    phone = WorldPhone(holder, wallet, cars)
+    phone = WorldPhone(holder, wallet, radio)
     phone.client = PhoneClient(
         base_url=base_url, session_token=holder.person.bearer, device=holder.device.signer,
         http=http, wallet=wallet, reach_car=phone.reach, policy=policy,
@@ -139,40 +152,53 @@ def make_phone(
 async def unlock_at_car(
     scene: Scene, phone: WorldPhone, vin: str | None = None, *, ble_only: bool = False
 ) -> None:
-    """One person's intent to unlock the car they stand next to (the next car, or ``vin``):
-    they press unlock (cloud first, BLE fallback) and look at the car. If it did not move — the
-    app failed or said the command may have succeeded — they press again after a short pause,
-    at most ``PRESSES`` times: a new command each time (the client never retries by itself);
-    after an in-doubt answer the app's "check the car, then try over Bluetooth" is what they
-    take. One ``unlock`` event per intent: ok = the car moved for one of its presses, with
-    ``presses`` and ``first`` (the first press's status, path and command id), and the latency
-    from the first press to the press that moved the car. ``ble_only``: over BLE only, one
-    press, as a user who knows the cloud cannot help."""
+    """One person's intent to unlock their car (the next car, or ``vin``): they walk up to it
+    and press unlock at once, or stand at it a moment first; the phone does what its client
+    decides (proximity first). They look at the car. If it did not move — the app failed or
+    said the command may have succeeded — they press again after a short pause, at most
+    ``PRESSES`` times: a new command each time (the client never retries by itself). Then they
+    walk off. One ``unlock`` event per intent: ok = the car moved for one of its presses, with
+    ``presses`` and ``first`` (the first press's status, path and command id), and
+    ``latency_s``, the wait at the car: from the first press to the car moving (or to the last
+    answer when it did not). ``ble_only``: over BLE only, one press (the warm-up's)."""
     assert phone.client is not None
     vin = vin or phone.next("unlock", phone.vins)
     car = scene.cars[vin]
-    started = time.monotonic()
+    async with phone.whereabouts:
+        scene.radio.move(phone.name, vin)
+        try:
+            if not ble_only and scene.pace.rng.random() >= WALK_UP:
+                await asyncio.sleep(scene.pace.rng.uniform(*STAND_S))  # stands there a moment
+            started = time.monotonic()
+            presses = await _presses(scene, phone, vin, ble_only=ble_only)
+        finally:
+            scene.radio.move(phone.name, None)  # walks off
+    moved = next((press for press in presses if press.moved(car)), None)
+    shown = moved or presses[-1]
+    outcome = shown.outcome
+    head = presses[0].outcome
+    first = {"status": head.status, "path": head.path, "command_id": head.command_id}
+    ended = None if moved is None else moved.moved_at(car)
+    scene.ledger.unlock(
+        phone.name, vin, "valid", outcome.path, moved is not None, started,
+        outcome.code or outcome.status, outcome.command_id, outcome.reason,
+        presses=len(presses), first=first, ended=ended,
+    )  # fmt: skip
+
+
+async def _presses(scene: Scene, phone: WorldPhone, vin: str, *, ble_only: bool) -> list[Press]:
+    car = scene.cars[vin]
     presses: list[Press] = []
     for number in range(1 if ble_only else PRESSES):
         if number:
             await asyncio.sleep(scene.pace.rng.uniform(*PRESS_PAUSE_S))  # looks at the car
             if any(press.moved(car) for press in presses):
                 break  # the first press's command ran meanwhile: the car is open
-        over_ble = ble_only or (number > 0 and presses[-1].outcome.may_have_succeeded)
-        press = await _press(scene, phone, vin, over_ble=over_ble)
+        press = await _press(scene, phone, vin, over_ble=ble_only)
         presses.append(press)
         if press.moved(car):
             break
-    moved = next((press for press in presses if press.moved(car)), None)
-    shown = moved or presses[-1]
-    outcome = shown.outcome
-    head = presses[0].outcome
-    first = {"status": head.status, "path": head.path, "command_id": head.command_id}
-    scene.ledger.unlock(
-        phone.name, vin, "valid", outcome.path, moved is not None, started,
-        outcome.code or outcome.status, outcome.command_id, outcome.reason,
-        presses=len(presses), first=first,
-    )  # fmt: skip
+    return presses
 
 
 @dataclass
@@ -189,18 +215,24 @@ class Press:
         command_id = self.outcome.command_id
         return command_id is not None and car.command_moves[command_id] > 0
 
+    def moved_at(self, car: WorldCar) -> float | None:
+        if self.outcome.path == "ble":
+            return self.attempt.moved_at
+        command_id = self.outcome.command_id
+        return None if command_id is None else car.command_moved_at.get(command_id)
+
 
 async def _press(scene: Scene, phone: WorldPhone, vin: str, *, over_ble: bool) -> Press:
     assert phone.client is not None
     attempt, started = Attempt(), time.monotonic()
-    standing = AT_CAR.set((vin, attempt))
+    pressing = PRESS.set(attempt)
     try:
         if over_ble:
             outcome = await phone.client.over_ble(vin, Action.UNLOCK)
         else:
             outcome = await phone.client.command(vin, Action.UNLOCK)
     finally:
-        AT_CAR.reset(standing)  # and walks away
+        PRESS.reset(pressing)
     if outcome.path == "ble":
         await scene.cars[vin].settled()
     bearer = phone.holder.person.bearer
@@ -209,10 +241,23 @@ async def _press(scene: Scene, phone: WorldPhone, vin: str, *, over_ble: bool) -
 
 
 async def lock_from_afar(scene: Scene, phone: WorldPhone) -> None:
+    """The owner, far from the car, locks it from the app: a remote command (the cloud). They
+    stay away until the phone has looked for the car and not found it; the command goes on
+    while they move about."""
     assert phone.client is not None
     vin = phone.next("lock", phone.owned)
     started = time.monotonic()
-    outcome = await phone.client.command(vin, Action.LOCK)  # not near: no BLE fallback
+    async with phone.whereabouts:
+        scene.radio.move(phone.name, None)
+        looked = phone.scans
+        command = asyncio.ensure_future(phone.client.command(vin, Action.LOCK))
+        command.add_done_callback(lambda _: phone.scanned.notify())
+        try:
+            await phone.scanned.wait_for(lambda: phone.scans > looked or command.done())
+        except asyncio.CancelledError:
+            command.cancel()
+            raise
+    outcome = await command
     bearer = phone.holder.person.bearer
     scene.ledger.command(phone.name, bearer, vin, "lock", outcome, started, emit=True)
 

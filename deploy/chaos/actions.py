@@ -212,8 +212,8 @@ def arm_failpoint(stack_dir: str, point: str) -> str:
 
 def wait_for_agent_crash(stack_dir: str, timeout_s: float) -> list[str]:
     """Wait until the armed failpoint fired: no car armed any more and at least one agent
-    crashed (the world's own traffic sends the car a remote command: its owner's cloud unlocks
-    and remote locks). The VINs of the cars whose agent crashed."""
+    crashed (the world's own traffic sends the car a remote command: its owner's remote locks
+    from afar). The VINs of the cars whose agent crashed."""
 
     def fired() -> list[str] | None:
         vehicles = _vehicles(stack_dir)

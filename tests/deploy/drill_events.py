@@ -94,12 +94,17 @@ def reconcile(
     return {"t": T0 + t, "kind": "reconcile", "cars": {VIN: car}, "commands": commands or {}}
 
 
-def healthy(seconds: int = 10) -> list[dict[str, Any]]:
-    """A drill log where everything went right: a fault at 3–6 s noticed and recovered from."""
+def healthy(seconds: int = 10, *, remote: bool = True) -> list[dict[str, Any]]:
+    """A drill log where everything went right: a fault at 3–6 s noticed and recovered from;
+    a person at the car unlocks over Bluetooth every second, and (``remote``) one far away
+    locks through the cloud."""
+    commands = range(seconds) if remote else range(0)
     return [
         breaker(0.1, "closed"),
         mark(0.0, MARK_BASELINE),
-        *(unlock(k + 0.5) for k in range(seconds)),
+        *(unlock(k + 0.5, path="ble") for k in range(seconds)),
+        *(command(k + 0.5, f"h{k}") for k in commands),
+        *(actuation(k + 0.6, f"h{k}") for k in commands),
         fault(3.0, "start"),
         breaker(3.2, "open"),
         fault(6.0, "end"),

@@ -44,7 +44,8 @@ def fake_run(failing: set[str]) -> Any:
     def run_drill(name: str, directory: Path, settings: DrillSettings) -> DrillOutcome:
         assert settings.fault_s == 5.0
         events = healthy() + ([http(4, server_errors=1)] if name in failing else [])
-        return DrillOutcome(compute_report(name, events), events, {"status": "completed"})
+        report = compute_report(name, events, min_fault_samples=0)  # a small synthetic log
+        return DrillOutcome(report, events, {"status": "completed"})
 
     return run_drill
 

@@ -1,6 +1,7 @@
 """The drill report's figures from synthetic event logs, one definition at a time (table-driven),
 including the cases that are easy to get wrong: a doubled command, a lost revocation, a 5xx, a
-drill with no fault at all."""
+drill with no fault at all, a wait at the car over 1 s, too few intents in the fault window, an
+agent's restart reported apart."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from deploy.drill_report import (
 )
 from tests.deploy.drill_events import (
     T0,
+    VIN,
     actuation,
     breaker,
     command,
@@ -33,6 +35,9 @@ from tests.deploy.drill_events import (
 
 
 def report(events: list[dict[str, Any]], **kwargs: Any) -> DrillReport:
+    """The report of a small synthetic log: the bar on intents in the fault window (a real
+    drill's) has its own test below."""
+    kwargs.setdefault("min_fault_samples", 0)
     return compute_report("redis-down", events, **kwargs)
 
 
@@ -41,11 +46,13 @@ def test_a_healthy_drill_passes_with_its_figures() -> None:
     assert r.passed, r.failures
     assert (r.unlock_attempts, r.unlock_ok) == (10, 10)
     assert r.detect_s == pytest.approx(0.2)  # breaker opened 0.2 s after the fault began
-    assert r.recover_s == pytest.approx(1.5)  # closed for good at 7.0, next cloud unlock 7.5
+    assert r.recover_s == pytest.approx(1.5)  # closed for good at 7.0, next remote command 7.5
     assert r.fault_window == [T0 + 3.0, T0 + 6.0]
     assert r.window == [T0, T0 + 10.0]
-    assert r.latency["cloud"] == {"p50": 50.0, "p99": 50.0, "n": 10}
-    assert r.latency["ble"] == {"p50": None, "p99": None, "n": 0}
+    assert r.wait_at_car["window"] == {"p50": 50.0, "p99": 50.0, "max": 50.0, "n": 10}
+    assert r.wait_at_car["fault"]["n"] == 3  # first presses at 3.45, 4.45, 5.45
+    assert r.wait_at_car["paths"]["ble"]["n"] == 10
+    assert r.remote_commands["executed"]["n"] == 10
     assert json.loads(r.to_json())["drill"] == "redis-down"
 
 
@@ -59,7 +66,7 @@ def test_presses_per_intent_are_counted_and_a_second_press_that_worked_is_a_succ
     assert (r.unlock_attempts, r.unlock_ok) == (11, 11)
     assert (r.unlock_presses, r.unlock_second_press) == (12, 1)  # events without presses: 1
     assert r.passed, r.failures
-    assert summary_table([r]).splitlines()[2].endswith(" | 1 |")
+    assert summary_table([r]).splitlines()[2].endswith(" | 1 | – |")
 
 
 @pytest.mark.parametrize(
@@ -127,7 +134,7 @@ def test_counts(extra: list[dict[str, Any]], field: str, expected: Any) -> None:
     ],
 )
 def test_commands(events: list[dict[str, Any]], doubled: int, lost: int, accepted: int) -> None:
-    r = report([*healthy()[:-1], *events])  # healthy() without its reconcile event
+    r = report([*healthy(remote=False)[:-1], *events])  # without its reconcile event
     assert (r.commands_doubled, r.commands_lost, r.commands_accepted) == (doubled, lost, accepted)
     assert r.passed is (doubled == 0 and lost == 0)
 
@@ -157,9 +164,13 @@ def test_a_lost_revocation_names_car_and_key() -> None:
 
 
 def quiet(*events: dict[str, Any]) -> list[dict[str, Any]]:
-    """Ten seconds of cloud unlocks, all closed, plus ``events``."""
-    base = [mark(0, MARK_BASELINE), breaker(0.1, "closed"), mark(10, MARK_END), reconcile(11)]
-    return base + [unlock(k + 0.5) for k in range(10)] + list(events)
+    """Ten seconds of unlocks at the car and remote commands that execute, breakers closed, plus
+    ``events``."""
+    executed = {f"q{k}": 1 for k in range(10)}
+    base = [mark(0, MARK_BASELINE), breaker(0.1, "closed"), mark(10, MARK_END)]
+    base.append(reconcile(11, executed))
+    unlocks = [unlock(k + 0.5, path="ble") for k in range(10)]
+    return base + unlocks + [command(k + 0.5, f"q{k}") for k in range(10)] + list(events)
 
 
 @pytest.mark.parametrize(
@@ -172,11 +183,11 @@ def quiet(*events: dict[str, Any]) -> list[dict[str, Any]]:
             pytest.approx(1.0),
             pytest.approx(1.5),
         ),
-        # a BLE unlock before any breaker opens is the detection
+        # a remote command that did not execute, before any breaker opens, is the detection
         (
             [
                 fault(3, "start"),
-                unlock(3.3, path="ble"),
+                command(3.3, "x", status="in_doubt"),
                 breaker(4, "open"),
                 breaker(5, "closed"),
                 fault(6, "end"),
@@ -198,7 +209,7 @@ def quiet(*events: dict[str, Any]) -> list[dict[str, Any]]:
             pytest.approx(1.0),
             None,
         ),
-        # recovered only once every source is closed, then the next cloud unlock
+        # recovered only once every source is closed, then the next remote command executed
         (
             [
                 fault(3, "start"),
@@ -211,22 +222,22 @@ def quiet(*events: dict[str, Any]) -> list[dict[str, Any]]:
             pytest.approx(1.0),
             pytest.approx(2.5),
         ),
-        # a failed cloud unlock after closing is not recovery; the next success is
+        # a failed remote command after closing is not recovery; the next executed one is
         (
             [
                 fault(3, "start"),
                 breaker(4, "open"),
                 fault(6, "end"),
                 breaker(6.7, "closed"),
-                unlock(6.8, ok=False),
+                command(6.8, "f", status="failed"),
             ],
             pytest.approx(1.0),
             pytest.approx(1.5),
         ),
-        # a BLE unlock after the fault is not "normal service" yet
+        # at the car nothing changes: an unlock there neither detects a fault nor recovers
         (
-            [fault(3, "start"), fault(6, "end"), unlock(6.2, path="ble")],
-            pytest.approx(3.2),
+            [fault(3, "start"), unlock(3.2, path="ble"), fault(6, "end"), unlock(6.2, path="ble")],
+            None,
             pytest.approx(0.5),
         ),
     ],
@@ -266,13 +277,57 @@ def test_the_experiment_must_complete_without_deviating(kwargs: Any, reason: str
     assert r.failures == [reason]
 
 
-def test_latency_per_path_is_nearest_rank_in_ms() -> None:
+def test_the_wait_at_the_car_is_nearest_rank_in_ms_per_window_and_path() -> None:
     events = [mark(0, MARK_BASELINE), mark(100, MARK_END), reconcile(101)]
-    events += [unlock(k * 0.5, latency_s=(k + 1) / 1000) for k in range(100)]  # 1..100 ms
-    events += [unlock(60 + k, path="ble", latency_s=0.3) for k in range(3)]
+    events += [fault(10, "start"), fault(40, "end")]
+    events += [unlock(k * 0.5, path="ble", latency_s=(k + 1) / 1000) for k in range(100)]
+    events += [unlock(60 + k, path="cloud", latency_s=0.3) for k in range(3)]
     r = report(events)
-    assert r.latency["cloud"] == {"p50": 51.0, "p99": 100.0, "n": 100}
-    assert r.latency["ble"] == {"p50": 300.0, "p99": 300.0, "n": 3}
+    assert r.wait_at_car["paths"]["ble"] == {"p50": 51.0, "p99": 100.0, "max": 100.0, "n": 100}
+    assert r.wait_at_car["paths"]["cloud"] == {"p50": 300.0, "p99": 300.0, "max": 300.0, "n": 3}
+    assert r.wait_at_car["window"]["n"] == 103
+    # in the fault window: the intents whose first press came between 10 and 40 s
+    assert r.wait_at_car["fault"]["n"] == 60
+    assert r.wait_at_car["fault"]["max"] == 81.0  # pressed at 39.919 s
+
+
+def test_a_wait_at_the_car_over_one_second_at_p99_fails_the_drill() -> None:
+    slow = [unlock(4.6 + k * 0.02, path="ble", latency_s=1.5) for k in range(5)]  # from 3.1 s
+    r = report([*healthy(), *slow])
+    assert not r.passed
+    assert "wait at the car p99 1500 ms over the fault: over 1000 ms" in r.failures
+    assert "wait at the car p99 1500 ms over the window: over 1000 ms" in r.failures
+    assert report([*healthy(), *slow], max_wait_p99_ms=None).passed  # not judged
+
+
+def test_too_few_intents_in_the_fault_window_fail_the_drill() -> None:
+    r = compute_report("redis-down", healthy())  # a real drill's bar: 100
+    assert r.failures == ["3 intents at the car in the fault window, under 100"]
+    busy = [unlock(3.1 + k * 0.02, path="ble") for k in range(97)]
+    assert compute_report("redis-down", [*healthy(), *busy]).passed
+
+
+def test_an_agent_restart_is_reported_apart_from_the_wait_at_the_car() -> None:
+    killed = {**mark(4.0, "world: agent of V killed after executing c"), "vin": VIN}
+    restarted = {**mark(5.2, "world: agent of V restarted"), "vin": VIN, "agent": "restarted"}
+    during = unlock(6.0, path="ble", latency_s=1.8)  # pressed at 4.2, while the agent was down
+    r = report([*healthy(), {**killed, "agent": "killed"}, restarted, during])
+    assert r.wait_at_car["agent_restart_s"] == [pytest.approx(1.2)]
+    # with the intent pressed at 4.45: both waited on the restart, whatever their wait was
+    assert r.wait_at_car["agent_down"] == {"p50": 1800.0, "p99": 1800.0, "max": 1800.0, "n": 2}
+    assert r.wait_at_car["window"]["max"] == 50.0
+    assert r.passed, r.failures
+    assert summary_table([r]).splitlines()[2].endswith(" | 1.20; max 1800 ms (2) |")
+
+
+def test_cpu_use_is_reported_over_the_window_and_the_fault() -> None:
+    cpu = [{"t": T0 + k + 0.5, "kind": "cpu", "busy": 0.2 + 0.1 * (3 <= k < 6), "cores": 2}
+           for k in range(10)]  # fmt: skip
+    r = report([*healthy(), *cpu])
+    assert r.cpu["fault"] == {"mean": 30.0, "max": 30.0, "n": 3, "cores": 2}
+    assert r.cpu["window"]["n"] == 10
+    assert r.cpu["window"]["max"] == 30.0
+    assert "| 30/30 |" in summary_table([r])
 
 
 def test_a_fault_never_cleared_has_an_open_window() -> None:
@@ -288,5 +343,8 @@ def test_the_summary_has_a_row_per_drill() -> None:
     bad = compute_report("cloud-outage", [*healthy(), http(5, server_errors=4)])
     lines = summary_table([good, bad]).splitlines()
     assert len(lines) == 4
-    assert lines[2].startswith("| redis-down | yes | 10/10 | 0 | 0 | 0/0 | 0 | 0.20 | 1.50 |")
-    assert lines[3].startswith("| cloud-outage | **no** | 10/10 | 0 | 4 |")
+    assert lines[2].startswith(
+        "| redis-down | yes | 10/10 | 50/50/50 (10) | 50 (3) | ble 50 (10) | 10/10, 100 | n/a | 0 "
+        "| 0 | 0/0 | 0 | 0.20 | 1.50 | 0 | – |"
+    )
+    assert lines[3].startswith("| cloud-outage | **no** | 10/10 |")

@@ -18,14 +18,22 @@ from deploy.stack_process import is_running
 from deploy.stack_spec import StackState
 
 QUICK = ("redis-down", "cloud-outage", "traffic-surge")
+# short faults: the fault window holds a few dozen intents at the car, not the 100 a real drill
+# needs, and the suite asserts no timings (the 1 s bar on the wait at the car is the drill's)
 SETTINGS = DrillSettings(
-    fault_s=6.0, baseline_s=5.0, recover_s=3.0, recover_max_s=30.0, cars=4, phones=8
-)
-# drills whose fault no defence has to notice: no breaker opens, no phone needs BLE (a crashed
-# keyserver is hidden by the edge proxies, which send new connections to the one left; in a
-# short partition the phones' commands wait for the car's link to return and run then — a phone
-# falls back to BLE only once the keyserver has dropped the silent car, after its heartbeat)
-UNDETECTED = {"traffic-surge", "clock-skew", "agent-crash", "keyserver-crash", "link-partition"}
+    fault_s=6.0, baseline_s=5.0, recover_s=3.0, recover_max_s=30.0, cars=4, phones=8,
+    min_fault_samples=10, max_wait_p99_ms=None,
+)  # fmt: skip
+# drills whose fault no defence has to notice: no breaker opens and nobody far away need feel it
+# (a crashed keyserver is hidden by the edge proxies, which send new connections to the one
+# left; in a short partition remote commands wait for the car's link to return and run then);
+# in cloud-outage every keyserver is gone, so no breaker can be read: only a remote command
+# refused notices it, and a 6 s fault may see none; a Sentinel failover may finish before any
+# breaker opens or any remote command fails (at the car nobody notices anything, in any drill)
+UNDETECTED = {
+    "traffic-surge", "clock-skew", "agent-crash", "keyserver-crash", "link-partition",
+    "cloud-outage", "sentinel-failover",
+}  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -45,8 +53,14 @@ def test_the_drill_passes_with_consistent_figures(name: str, tmp_path: Path) -> 
     assert report.reconciled
     assert 0 < report.unlock_ok <= report.unlock_attempts
     assert report.invalid_attempts > 0  # the attackers kept trying, and were all denied
-    by_path = report.latency["cloud"]["n"], report.latency["ble"]["n"]
-    assert sum(int(n or 0) for n in by_path) <= report.unlock_attempts
+    paths = report.wait_at_car["paths"]
+    assert sum(int(stats["n"]) for stats in paths.values()) == report.wait_at_car["window"]["n"]
+    assert report.wait_at_car["window"]["n"] <= report.unlock_attempts
+    assert report.wait_at_car["fault"]["n"] >= SETTINGS.min_fault_samples
+    # at the car the phones use Bluetooth whatever the fault (the cloud only for a press whose
+    # Bluetooth sent nothing, e.g. a car busy three times); the cloud is for remote commands
+    assert paths["ble"]["n"] > paths["cloud"]["n"] + paths["none"]["n"]
+    assert report.remote_commands["n"] > 0
     start, end = report.window
     assert report.fault_window is not None
     fault_start, fault_end = report.fault_window
@@ -60,5 +74,3 @@ def test_the_drill_passes_with_consistent_figures(name: str, tmp_path: Path) -> 
         assert 0 <= report.detect_s <= fault_end - fault_start
     assert report.recover_s is not None
     assert report.recover_s >= 0
-    if name == "cloud-outage":
-        assert int(report.latency["ble"]["n"] or 0) > 0  # phones unlocked over BLE

@@ -39,6 +39,7 @@ FIELDS: dict[str, dict[str, Any]] = {
     "fault": {"name": "redis-down", "phase": "start"},
     "reconcile": {"cars": {}, "commands": {}},
     "mark": {"text": "drill: baseline"},
+    "cpu": {"busy": 0.42, "cores": 2},
 }
 
 
