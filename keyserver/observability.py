@@ -75,7 +75,8 @@ class Metrics:
             ),
             channel_frames=Counter(
                 "keyserver_channel_frames",
-                "Channel frames, by direction (in: from cars) and type",
+                "Channel frames, by direction (in: from cars; out; withheld: too large for the "
+                "car, never sent) and type",
                 ["direction", "type"],
                 registry=registry,
             ),

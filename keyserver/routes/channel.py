@@ -231,16 +231,22 @@ class CarSession:
 
     # writing
 
+    def _fits(self, data: bytes, kind: str) -> bool:
+        """Whether the car's socket reads a frame this large. One it would refuse ends the
+        connection, and every frame behind it would wait forever: such a frame is left out (and
+        counted), the others still go. The ledger's bound keeps this from happening (§12.1)."""
+        if len(data) <= MAX_SERVER_FRAME_BYTES:
+            return True
+        self._metrics.channel_frames.labels("withheld", kind).inc()
+        log.error(
+            "channel frame too large for the car",
+            extra={"fields": {"vin": self._vin, "type": kind, "bytes": len(data)}},
+        )
+        return False
+
     def _send(self, frame: ServerFrame | None) -> None:
         data = None if frame is None else encode(frame)
-        if data is not None and len(data) > MAX_SERVER_FRAME_BYTES:
-            # The car's socket would refuse it and end the connection, and every frame behind it
-            # would wait forever: this one is left out (and counted), the others still go.
-            self._metrics.channel_frames.labels("withheld", type(frame).__name__.lower()).inc()
-            log.error(
-                "channel frame too large for the car",
-                extra={"fields": {"vin": self._vin, "bytes": len(data)}},
-            )
+        if data is not None and not self._fits(data, type(frame).__name__.lower()):
             return
         try:
             self._outbox.put_nowait(data)
@@ -285,11 +291,14 @@ class CarSession:
             return None
         if document is None or sequence <= self.revocation_sequence:
             return None
+        data = encode(Revocations(document))
+        if not self._fits(data, "revocations"):  # the car stays where it is: nothing skipped
+            return None
         self.revocation_sequence = self.ledger_sequence = sequence
         self._metrics.channel_frames.labels("out", "revocations").inc()
         if not complete:  # cut at MAX_LIST_ENTRIES: the rest follows in the next delta
             self.push_revocations()
-        return encode(Revocations(document))
+        return data
 
 
 # OpenAPI fragment: the upgrade request (the frames are in docs/protocol.md §17)

@@ -24,11 +24,15 @@ from keycore.channel import (
     CLOSE_POLICY,
     CLOSE_UNSUPPORTED,
     MAX_AGENT_FRAME_BYTES,
+    CommandPush,
     Hello,
+    Revocations,
     encode,
 )
 from keycore.request_proof import HEADER, sign_request
+from keyserver.issuance import revocation_list
 from keyserver.models import CommandStatus
+from keyserver.routes import channel as channel_route
 from tests.keyserver.keys_harness import REVOKE, VIN, Api, Person
 from tests.vehicle_agent.channel_harness import (
     BOOT_ID,
@@ -175,6 +179,40 @@ async def test_a_command_queued_while_the_car_is_away_runs_when_it_connects(
         await hub_until(api, lambda: applied_results(api) >= 1)
         assert (await command_state(api, owner, reply.body["command_id"]))["status"] == "executed"
         assert car.actuator.performed == [Action.CLIMATE]
+    finally:
+        await stopped(car.link)
+
+
+async def test_a_frame_too_large_for_the_car_is_withheld_and_the_rest_still_arrives(
+    api: Api,
+    owner: Person,
+    vehicle_key: SoftwareSigner,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Before issue 12 an oversized revocation list went first on every connect, the car's
+    socket refused it, and nothing behind it — commands included — ever arrived."""
+    for n in range(8):
+        key = await api.share(owner, await api.person(f"p{n}"))
+        assert (await api.call(owner, "POST", REVOKE, key_id=key["key_id"])).status == 200
+    reply = await command(api, owner, "climate", "warm-up-02")
+    stored = await api.store.command(reply.body["command_id"])
+    assert stored is not None
+    listed = await revocation_list(api.app, VIN, since=0, now=api.clock.now)
+    assert listed.document is not None
+    too_large = len(encode(Revocations(listed.document)))
+    fits = len(encode(CommandPush(stored.command_id, stored.document)))
+    assert fits < too_large
+    # a car that reads less than the list's frame: the premise of the jam, made cheaply
+    monkeypatch.setattr(channel_route, "MAX_SERVER_FRAME_BYTES", (fits + too_large) // 2)
+    car = await start_car(api, tmp_path, vehicle_key)
+    try:
+        await hub_until(api, lambda: applied_results(api) >= 1)
+        assert car.actuator.performed == [Action.CLIMATE]
+        assert car.vehicle.revocations.sequence == 0  # withheld, never sent
+        withheld = metric(api, "keyserver_channel_frames_total", direction="withheld")
+        assert withheld >= 1
+        assert car.link.stats.close_codes == []  # the connection never broke over it
     finally:
         await stopped(car.link)
 
