@@ -12,14 +12,13 @@ import secrets
 
 import pytest
 
-from keyserver.acceptance import ACCEPT
+from keyserver.acceptance import ACCEPT, MAX_PENDING_ACCEPTANCES
 from keyserver.journal import PENDING
 from keyserver.outage import JOURNAL
 from tests.keyserver.flaky_store import FlakyStore
 from tests.keyserver.keys_harness import KEYS, REVOKE, VIN, Api, Person
 
 FLOOD = 200
-MAX_PENDING_ACCEPTANCES = 4  # per account: the bound the fix sets (keyserver.acceptance)
 
 
 @pytest.fixture
@@ -64,3 +63,21 @@ async def test_an_outsider_cannot_flood_the_journal_with_made_up_acceptances(
     # a revocation is never refused for it
     revoked = await api.call(owner, "POST", REVOKE, key_id=key["key_id"])
     assert revoked.status == 202, revoked.data
+
+
+async def test_a_repeated_acceptance_is_answered_with_the_waiting_one(
+    api: Api, flaky: FlakyStore
+) -> None:
+    owner = await known(api, "owner")
+    await api.vehicle(owner)
+    invitation = await api.invite(owner)
+    driver = await known(api, "driver")
+    flaky.fail()
+    first = await api.accept(driver, invitation)
+    assert first.status == 202, first.data
+    for _ in range(2 * MAX_PENDING_ACCEPTANCES):  # a phone retrying: never refused, one row
+        again = await api.accept(driver, invitation)
+        assert again.status == 202, again.data
+        assert again.body["operation_id"] == first.body["operation_id"]
+        assert again.body["key_id"] == first.body["key_id"]
+    assert pending_acceptances(api, driver.account_id) == 1
