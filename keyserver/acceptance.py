@@ -37,6 +37,11 @@ from keyserver.models import Device, Invitation, KeyRecord, KeyStatus
 
 ACCEPT = "accept"
 NOT_FOUND = "invitation_not_found"
+#: Acceptances one account may have waiting in a process's journal. While the store is down an
+#: invitation id cannot be checked, so without this any account could journal made-up ones
+#: without end, in front of the revocations accepted after them (G7). A phone accepts one
+#: invitation at a time; a repeat of a waiting one is answered with it, not counted again.
+MAX_PENDING_ACCEPTANCES = 4
 
 
 @dataclass(frozen=True)

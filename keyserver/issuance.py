@@ -32,6 +32,7 @@ from keyserver.grants import load_schedule
 from keyserver.http import ApiError
 from keyserver.models import (
     Device,
+    KeyAdded,
     KeyRecord,
     KeyStatus,
     KeyWithdrawal,
@@ -141,10 +142,16 @@ async def create_key(
     check_cutoff(cutoff, now)
     # Counted until the last ledger entry a withdrawal of this key could make has been pruned.
     counted_until = min(MAX_TIME, key.not_after + MAX_TOKEN_LIFETIME + LEDGER_GRACE_S + 1)
-    holder = holder_id(device.public_key)
-    if not await app[STORE].claim_holder(
-        key.vin, holder, expires_at=counted_until, limit=MAX_VEHICLE_HOLDERS, now=now
-    ):
+    added = await app[STORE].add_key(
+        key,
+        holder=holder_id(device.public_key),
+        counted_until=counted_until,
+        limit=MAX_VEHICLE_HOLDERS,
+        now=now,
+    )
+    if added is KeyAdded.DEVICE_HAS_KEY:  # another request for this device got there first
+        raise ApiError(409, "device_has_key", "this device already holds a key for the vehicle")
+    if added is KeyAdded.TOO_MANY_HOLDERS:
         raise ApiError(
             409, "too_many_holders",
             f"this vehicle has keys for {MAX_VEHICLE_HOLDERS} phones already, counting phones "
@@ -152,7 +159,6 @@ async def create_key(
             "days; revoke a key you no longer need (its place frees once its revocation has "
             "expired)",
         )  # fmt: skip
-    await app[STORE].put_key(key)
 
 
 def check_cutoff(cutoff: int, now: int) -> None:
@@ -207,7 +213,11 @@ async def _withdraw(
     now = auth.now()
     withdrawals = [
         # a key whose window has ended has no live token: it needs no entry
-        KeyWithdrawal(k.key_id, await _holder_id(app, k.device_id) if k.not_after > now else None)
+        KeyWithdrawal(
+            k.key_id,
+            k.device_id,
+            await _holder_id(app, k.device_id) if k.not_after > now else None,
+        )
         for k in chosen
     ]
     # Every key goes to the store, whatever status the caller saw: the store's own atomic step

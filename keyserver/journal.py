@@ -145,6 +145,16 @@ class Journal:
             ).fetchall()
         return [_operation(r) for r in rows]
 
+    def pending_of(self, kind: str, account_id: str) -> list[Operation]:
+        """The pending operations of ``kind`` whose payload names ``account_id``, in order."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM operations WHERE state = ? AND kind = ?"
+                " AND json_extract(payload, '$.account_id') = ? ORDER BY seq",
+                (PENDING, kind, account_id),
+            ).fetchall()
+        return [_operation(r) for r in rows]
+
     def operation(self, op_id: str) -> Operation | None:
         with self._lock:
             row = self._db.execute("SELECT * FROM operations WHERE op_id = ?", (op_id,)).fetchone()

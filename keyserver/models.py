@@ -118,11 +118,21 @@ class RevocationEntry:
 
 @dataclass(frozen=True, slots=True)
 class KeyWithdrawal:
-    """A key to suspend or revoke, and the holder id of its device (None: no entry is needed,
-    e.g. the device is gone or the key's window has ended, so no token of it can be alive)."""
+    """A key to suspend or revoke, its device, and the holder id of that device (None: no entry
+    is needed, e.g. the device is gone or the key's window has ended, so no token of it can be
+    alive)."""
 
     key_id: str
+    device_id: str
     holder: bytes | None
+
+
+class KeyAdded(StrEnum):
+    """What ``Store.add_key`` did."""
+
+    ADDED = "added"
+    DEVICE_HAS_KEY = "device_has_key"  # the device holds a live key on the vehicle already
+    TOO_MANY_HOLDERS = "too_many_holders"  # the vehicle has its most holders already
 
 
 @dataclass(frozen=True, slots=True)

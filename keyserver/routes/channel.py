@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 from typing import Any
 
@@ -54,7 +55,8 @@ from keyserver.app import CONFIG, HUB, KEYRING, METRICS, STORE
 from keyserver.errors import StoreUnavailable
 from keyserver.http import ApiError
 from keyserver.issuance import revocation_list
-from keyserver.models import CommandStatus
+from keyserver.models import CommandRecord, CommandStatus
+from keyserver.routes.commands import entitles
 
 PATH = "/v1/vehicles/{vin}/channel"
 MAX_OUTBOX = 256  # frames waiting for one car; more and the car is disconnected
@@ -66,6 +68,15 @@ _RESULT_STATUS = {
     "expired": CommandStatus.EXPIRED,
 }
 _UNFINISHED = (CommandStatus.QUEUED, CommandStatus.DELIVERED)
+WITHDRAWN = "withdrawn before delivery: its sender no longer holds a key that allows it"
+
+
+class _Lacking(enum.Enum):
+    """An outbox marker: what the car lacks, read from the store when it is the marker's turn
+    (so a backlog of any size costs one slot, and is sent at the pace the car reads)."""
+
+    REVOCATIONS = enum.auto()
+    COMMANDS = enum.auto()
 
 
 def setup(app: web.Application) -> None:
@@ -105,8 +116,7 @@ class CarSession:
         # the car got a list signed during a store outage (keyserver.journal explains)
         self.ledger_sequence = 0
         self._metrics = app[METRICS]
-        # None stands for "the revocations the car lacks", computed when it is its turn
-        self._outbox: asyncio.Queue[bytes | None] = asyncio.Queue(MAX_OUTBOX)
+        self._outbox: asyncio.Queue[bytes | _Lacking] = asyncio.Queue(MAX_OUTBOX)
         self._synced = False
         self._revocations_queued = False
         self._sent_commands: set[str] = set()
@@ -151,7 +161,7 @@ class CarSession:
     def push_revocations(self) -> None:
         if self._synced and not self._revocations_queued:
             self._revocations_queued = True
-            self._send(None)
+            self._queue(_Lacking.REVOCATIONS)
 
     def push_command(self, command_id: str, document: bytes) -> None:
         if self._synced and command_id not in self._sent_commands:
@@ -201,12 +211,9 @@ class CarSession:
                     self._send(Trust(ring.trust_update))
                 self._synced = True  # before reading what is pending: nothing falls in between
                 self.push_revocations()
-                try:
-                    pending = await store.pending_commands(vin, now=auth.now())
-                except StoreUnavailable:  # stay connected: revocations still reach the car
-                    pending = []
-                for command in pending:
-                    self.push_command(command.command_id, command.document)
+                # One slot, however many commands wait: a key holder's backlog must not overflow
+                # the outbox and get the car dropped at every Sync (G7).
+                self._queue(_Lacking.COMMANDS)
             case TimeRequest():
                 signer = self.app[KEYRING].ring.active.signer
                 answer = sign_time(signer, nonce=frame.nonce, now=auth.now())
@@ -244,32 +251,38 @@ class CarSession:
         )
         return False
 
-    def _send(self, frame: ServerFrame | None) -> None:
-        data = None if frame is None else encode(frame)
-        if data is not None and not self._fits(data, type(frame).__name__.lower()):
+    def _send(self, frame: ServerFrame) -> None:
+        data = encode(frame)
+        if not self._fits(data, type(frame).__name__.lower()):
             return
+        if self._queue(data):
+            self._metrics.channel_frames.labels("out", type(frame).__name__.lower()).inc()
+
+    def _queue(self, item: bytes | _Lacking) -> bool:
         try:
-            self._outbox.put_nowait(data)
+            self._outbox.put_nowait(item)
         except asyncio.QueueFull:
             if self._closing is None:
                 log.warning("channel outbox full", extra={"fields": {"vin": self._vin}})
                 self._closing = asyncio.create_task(
                     self.close(CLOSE_TRY_LATER, b"too far behind; reconnect")
                 )
-            return
-        if frame is not None:
-            self._metrics.channel_frames.labels("out", type(frame).__name__.lower()).inc()
+            return False
+        return True
 
     async def _write(self) -> None:
         try:
             while True:
-                data = await self._outbox.get()
-                if data is None:
+                item = await self._outbox.get()
+                if item is _Lacking.COMMANDS:
+                    await self._send_pending_commands()
+                    continue
+                data: bytes | None = item if isinstance(item, bytes) else None
+                if item is _Lacking.REVOCATIONS:
                     self._revocations_queued = False
                     data = await self._revocations()
-                    if data is None:
-                        continue
-                await self.ws.send_bytes(data)
+                if data is not None:
+                    await self.ws.send_bytes(data)
         except StoreUnavailable:
             await self.close(CLOSE_TRY_LATER, b"store unavailable; reconnect later")
         except (ConnectionError, RuntimeError):  # the socket went away: the reader sees it too
@@ -277,6 +290,45 @@ class CarSession:
         except Exception:
             log.exception("channel writer failed", extra={"fields": {"vin": self._vin}})
             await self.close(CLOSE_INTERNAL, b"internal error")
+
+    async def _send_pending_commands(self) -> None:
+        """The commands waiting for the car, oldest first, each sent as the car takes it. A
+        command whose sender has since lost the right to it (key revoked, suspended, ended;
+        ownership gone) is withdrawn, never sent: revocation means deny (G5)."""
+        store, vin = self.app[STORE], self._vin
+        try:
+            pending = await store.pending_commands(vin, now=auth.now())
+            fresh = [c for c in pending if c.command_id not in self._sent_commands]
+            allowed = await self._still_allowed(fresh) if fresh else set()
+        except StoreUnavailable:  # stay connected: revocations still reach the car
+            return
+        for command in fresh:
+            if command.command_id in self._sent_commands:  # pushed by the hub meanwhile
+                continue
+            if command.command_id not in allowed:
+                with contextlib.suppress(StoreUnavailable):
+                    await store.set_command_status(
+                        command.command_id, CommandStatus.FAILED, vin=vin,
+                        expected=(CommandStatus.QUEUED,), detail=WITHDRAWN, now=auth.now(),
+                    )  # fmt: skip
+                continue
+            self._sent_commands.add(command.command_id)
+            await self.ws.send_bytes(encode(CommandPush(command.command_id, command.document)))
+            self._metrics.channel_frames.labels("out", "commandpush").inc()
+
+    async def _still_allowed(self, commands: list[CommandRecord]) -> set[str]:
+        """The ids of ``commands`` whose sender may still ask for them now: the vehicle's owner,
+        or an account holding a key that allows the action (the check of create_command)."""
+        store = self.app[STORE]
+        vehicle = await store.vehicle(self._vin)
+        keys = await store.keys_of_vehicle(self._vin)
+        now = auth.now()
+        return {
+            c.command_id
+            for c in commands
+            if (vehicle is not None and vehicle.owner_id == c.account_id)
+            or any(k.account_id == c.account_id and entitles(k, c.action, now) for k in keys)
+        }
 
     async def _revocations(self) -> bytes | None:
         """The list the car lacks (a delta from what it holds), or None if it lacks nothing.

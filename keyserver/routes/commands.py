@@ -76,7 +76,7 @@ async def create_command(request: web.Request) -> web.Response:
     if vehicle is None or (vehicle.owner_id != caller.account_id and not mine):
         raise ApiError(404, "unknown_vehicle", "no such vehicle among the caller's")
     now = auth.now()
-    entitled = [k for k in mine if _entitles(k, action, now)]
+    entitled = [k for k in mine if entitles(k, action, now)]
     if vehicle.owner_id != caller.account_id and not entitled:
         raise ApiError(403, "not_entitled", f"no active key of yours allows {action.name.lower()}")
     command_id = secrets.token_urlsafe(COMMAND_ID_BYTES)
@@ -148,7 +148,7 @@ def _action(body: Mapping[str, Any]) -> Action:
     return ACTIONS[name]
 
 
-def _entitles(key: KeyRecord, action: Action, now: int) -> bool:
+def entitles(key: KeyRecord, action: Action, now: int) -> bool:
     """The key is active now, in its window and schedule, and its role and mask allow ``action``."""
     if key.status is not KeyStatus.ACTIVE or not key.not_before <= now < key.not_after:
         return False

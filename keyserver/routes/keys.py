@@ -64,6 +64,7 @@ INVITATION_FIELDS = (
     "role", "entitlements", "not_before", "not_after", "schedule", "invitation_ttl_s",
 )  # fmt: skip
 SEQUENCE_HEADER = "PK-Revocation-Sequence"
+PENDING_RETRY_AFTER_S = 30  # a store outage's usual length is not known: ask again soon
 MAX_SEQUENCE = 2**63 - 1
 _ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _SINCE = re.compile(r"[0-9]{1,19}")
@@ -455,6 +456,21 @@ async def _sequence_or_none(request: web.Request, vin: str) -> int | None:
 async def _pending_acceptance(
     request: web.Request, accepted: acceptance.Acceptance, taken: Invitation | None
 ) -> web.Response:
+    """Journal the acceptance (202), bounded per account: the same invitation again is answered
+    with the waiting operation; past ``MAX_PENDING_ACCEPTANCES`` others, 429 too_many_pending.
+    An acceptance already holding its taken invitation is always journaled (never lost)."""
+    waiting = request.app[outage.JOURNAL].pending_of(acceptance.ACCEPT, accepted.account_id)
+    if taken is None:
+        for operation in waiting:
+            if operation.payload["invitation_id"] == accepted.invitation_id:
+                return outage.pending_answer(operation, key_id=operation.payload["key_id"])
+        if len(waiting) >= acceptance.MAX_PENDING_ACCEPTANCES:
+            raise ApiError(
+                429, "too_many_pending",
+                "the state store is unavailable and this account has acceptances waiting "
+                "already; retry once they are applied",
+                headers={"Retry-After": str(PENDING_RETRY_AFTER_S)},
+            )  # fmt: skip
     operation = await outage.accept_share(request.app, accepted, taken)
     return outage.pending_answer(operation, key_id=accepted.key_id)
 

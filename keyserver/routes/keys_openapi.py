@@ -272,6 +272,10 @@ PATHS: dict[str, Any] = {
                 "403": openapi.error("own_invitation, unknown_device"),
                 "404": openapi.error("invitation_not_found: unknown, used or expired"),
                 "409": _conflict(f"device_has_key, {_TOO_SOON}, {_TOO_MANY}"),
+                "429": openapi.error(
+                    "too_many_pending: the store is down and this account has "
+                    "MAX_PENDING_ACCEPTANCES (4) other acceptances waiting in the journal"
+                ),
                 **_COMMON,
             },
         }

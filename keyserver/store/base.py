@@ -19,6 +19,7 @@ from keyserver.models import (
     CommandStatus,
     Device,
     Invitation,
+    KeyAdded,
     KeyRecord,
     KeyStatus,
     KeyWithdrawal,
@@ -153,8 +154,9 @@ class Store(Protocol):
         into the vehicle's ledger as ``append_revocations`` merges it. A key already in
         ``status`` (or in no expected one, or gone) changes nothing, so "the key is withdrawn"
         always means "its entry is in the ledger". A revocation (``status`` REVOKED) also ends
-        the holder's claim (``claim_holder``): from then on its ledger entry counts it, until
-        pruned. Returns (the ledger's sequence after, the ids of the keys that changed)."""
+        the holder's claim (``add_key``) unless another live key of the same device is on the
+        vehicle: from then on its ledger entry counts it, until pruned. Returns (the ledger's
+        sequence after, the ids of the keys that changed)."""
 
     async def append_revocations(self, vin: str, entries: Sequence[RevocationEntry]) -> int:
         """Merge atomically, in order: an entry for a new (kind, subject) takes the vehicle's
@@ -174,13 +176,15 @@ class Store(Protocol):
     async def prune_revocations(self, vin: str, *, before: int) -> int:
         """Drop entries whose ``until`` is earlier than ``before``; returns how many."""
 
-    async def claim_holder(
-        self, vin: str, holder: bytes, *, expires_at: int, limit: int, now: int
-    ) -> bool:
-        """Atomically count ``holder`` among the vehicle's holders until ``expires_at``: True if
-        it is one already (its claim extended) or if fewer than ``limit`` holders are counted at
-        ``now`` — claims not yet expired and holders with an entry in the ledger; False
-        otherwise, changing nothing."""
+    async def add_key(
+        self, key: KeyRecord, *, holder: bytes, counted_until: int, limit: int, now: int
+    ) -> KeyAdded:
+        """One atomic step: unless the key's device holds a live key (active or suspended) on
+        the vehicle already (DEVICE_HAS_KEY), or the vehicle counts ``limit`` holders at ``now``
+        without ``holder`` (TOO_MANY_HOLDERS) — holders with an unexpired claim, and holders with
+        an entry in the ledger — store ``key`` and claim ``holder`` until ``counted_until``
+        (extending an earlier claim). Otherwise nothing changes. This is how a vehicle gains a
+        holder (``put_key`` is for records that exist)."""
 
     # remote commands
     async def put_command(self, command: CommandRecord) -> tuple[CommandRecord, bool]:

@@ -51,6 +51,7 @@ from redis.exceptions import (
     ReadOnlyError,
     RedisError,
 )
+from redis.typing import EncodableT
 
 from keycore.channel import AuditEvent
 from keyserver.errors import Conflict, StoreUnavailable
@@ -62,6 +63,7 @@ from keyserver.models import (
     CommandStatus,
     Device,
     Invitation,
+    KeyAdded,
     KeyRecord,
     KeyStatus,
     KeyWithdrawal,
@@ -151,7 +153,7 @@ class RedisStore(RedisHub):
         self._withdraw_keys = client.register_script(lua.WITHDRAW_KEYS)
         self._append_revocations = client.register_script(lua.APPEND_REVOCATIONS)
         self._renumber_revocations = client.register_script(lua.RENUMBER_REVOCATIONS)
-        self._claim_holder = client.register_script(lua.CLAIM_HOLDER)
+        self._add_key = client.register_script(lua.ADD_KEY)
         self._prune_revocations = client.register_script(lua.PRUNE_REVOCATIONS)
         self._put_command = client.register_script(lua.PUT_COMMAND)
         self._set_command_status = client.register_script(lua.SET_COMMAND_STATUS)
@@ -455,14 +457,12 @@ class RedisStore(RedisHub):
         allowed = [_present(s) for s in expected]
         args: list[str | bytes | int] = [
             _present(status), before, until, RevocationKind.HOLDER.value, vin, len(allowed),
-            *allowed,
+            *allowed, int(status is KeyStatus.REVOKED),
         ]  # fmt: skip
-        args += [b"" if k.holder is None else k.holder for k in records]
-        keys_ = [
-            *self._ledger(vin),
-            self._key("holders", vin),
-            *(self._key("key", k.key_id) for k in records),
-        ]
+        keys_ = [*self._ledger(vin), self._key("holders", vin)]
+        for k in records:
+            args += [k.key_id, b"" if k.holder is None else k.holder]
+            keys_ += [self._key("key", k.key_id), self._key("livekey", vin, k.device_id)]
         with _failures("withdraw_keys", write=True):
             sequence, changed = await self._withdraw_keys(keys_, args)
         return int(sequence), [records[int(i) - 1].key_id for i in changed]
@@ -494,19 +494,24 @@ class RedisStore(RedisHub):
         with _failures("prune_revocations", write=True):
             return int(await self._prune_revocations(self._ledger(vin)[1:], [before]))
 
-    async def claim_holder(
-        self, vin: str, holder: bytes, *, expires_at: int, limit: int, now: int
-    ) -> bool:
-        keys = [*self._ledger(vin), self._key("holders", vin)]
-        args: list[bytes | str | int] = [
-            holder,
-            expires_at,
-            limit,
-            now,
-            RevocationKind.HOLDER.value,
+    async def add_key(
+        self, key: KeyRecord, *, holder: bytes, counted_until: int, limit: int, now: int
+    ) -> KeyAdded:
+        keys = [
+            *self._ledger(key.vin),
+            self._key("holders", key.vin),
+            self._key("livekey", key.vin, key.device_id),
+            self._key("key", key.key_id),
+            self._key("keys", key.vin),
         ]
-        with _failures("claim_holder", write=True):
-            return bool(await self._claim_holder(keys, args))
+        args: list[EncodableT] = [
+            holder, counted_until, limit, now, RevocationKind.HOLDER.value, key.key_id,
+            key.created_at,
+        ]  # fmt: skip
+        for name, value in _fields(key).items():
+            args += [name, value]
+        with _failures("add_key", write=True):
+            return KeyAdded(_text(await self._add_key(keys, args)))
 
     # remote commands and audit events
 

@@ -177,18 +177,22 @@ end
 return ledger_head()
 """
 )
-# KEYS: revseq, revlog, revuntil, revsubj, holders, then one key record per key
+# KEYS: revseq, revlog, revuntil, revsubj, holders, then per key: its record and its device's
+#       live-key marker (livekey:{vin}:{device}, which names the device's live key: ADD_KEY)
 # ARGV: status ('=' .. value), before, until, holder kind, vin, the number of expected
-#       statuses, the expected ones ('=' .. value), then one holder id per key ('' for none)
+#       statuses, the expected ones ('=' .. value), 1 if this is a revocation, then per key:
+#       its id and its holder id ('' for none)
 WITHDRAW_KEYS = (
     _LEDGER
     + """
 local status, before, until_, kind = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
 local vin, n_expected = ARGV[5], tonumber(ARGV[6])
+local revoking = ARGV[7 + n_expected] == '1'
 local changed = {}
-local revoking = status == '=revoked'
-for i = 6, #KEYS do
-  local record = redis.call('HMGET', KEYS[i], 'status', 'vin')
+for n = 1, (#KEYS - 5) / 2 do
+  local record_key, marker = KEYS[4 + 2 * n], KEYS[5 + 2 * n]
+  local key_id, holder = ARGV[6 + n_expected + 2 * n], ARGV[7 + n_expected + 2 * n]
+  local record = redis.call('HMGET', record_key, 'status', 'vin')
   local current = record[1] and ('=' .. record[1]) or ''
   local allowed = false
   for j = 7, 6 + n_expected do
@@ -197,13 +201,17 @@ for i = 6, #KEYS do
   if allowed and record[2] == vin and current ~= status then
     -- the entry first: Redis does not undo a script's earlier writes when a later one fails,
     -- and an entry without the status change is safe (a retry finds the key live and ends it)
-    local holder = ARGV[6 + n_expected + i - 5]
-    if holder ~= '' then
-      ledger_put(kind, holder, before, until_)
-      if revoking then redis.call('ZREM', KEYS[5], holder) end
+    if holder ~= '' then ledger_put(kind, holder, before, until_) end
+    redis.call('HSET', record_key, 'status', string.sub(status, 2))
+    changed[#changed + 1] = n
+    if revoking then
+      local live = redis.call('GET', marker)
+      if live == key_id then redis.call('DEL', marker) end
+      -- the claim ends with the device's last live key: its ledger entry counts it from now
+      if holder ~= '' and (not live or live == key_id) then
+        redis.call('ZREM', KEYS[5], holder)
+      end
     end
-    redis.call('HSET', KEYS[i], 'status', string.sub(status, 2))
-    changed[#changed + 1] = i - 5
   end
 end
 return {ledger_head(), changed}
@@ -229,9 +237,12 @@ end
 return ledger_head()
 """
 )
-# KEYS: revseq, revlog, revuntil, revsubj, holders (zset: holder -> claim expiry)
-# ARGV: holder, expires_at, limit, now, holder kind
-CLAIM_HOLDER = """
+# KEYS: revseq, revlog, revuntil, revsubj, holders (zset: holder -> claim expiry), the device's
+#       live-key marker, the key record, the vehicle's key index
+# ARGV: holder, counted until, limit, now, holder kind, key id, created at, field, value, ...
+ADD_KEY = """
+local live = redis.call('GET', KEYS[6])
+if live and live ~= ARGV[6] then return 'device_has_key' end
 redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', ARGV[4])
 local counted = {}
 local n = 0
@@ -246,9 +257,13 @@ for _, field in ipairs(redis.call('HKEYS', KEYS[4])) do
     if not counted[h] then counted[h] = true n = n + 1 end
   end
 end
-if not counted[ARGV[1]] and n >= tonumber(ARGV[3]) then return 0 end
+if not counted[ARGV[1]] and n >= tonumber(ARGV[3]) then return 'too_many_holders' end
 redis.call('ZADD', KEYS[5], 'GT', ARGV[2], ARGV[1])  -- GT adds a new member too
-return 1
+redis.call('DEL', KEYS[7])
+redis.call('HSET', KEYS[7], unpack(ARGV, 8))
+redis.call('ZADD', KEYS[8], ARGV[7], ARGV[6])
+redis.call('SET', KEYS[6], ARGV[6])
+return 'added'
 """
 # KEYS: revlog, revuntil, revsubj; ARGV: before
 PRUNE_REVOCATIONS = """

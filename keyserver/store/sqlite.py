@@ -27,6 +27,7 @@ from keyserver.models import (
     CommandStatus,
     Device,
     Invitation,
+    KeyAdded,
     KeyRecord,
     KeyStatus,
     KeyWithdrawal,
@@ -53,6 +54,11 @@ __all__ = ["SCHEMA_VERSION", "SQLiteStore"]
 
 _UNIQUE_VIOLATIONS: Final = frozenset({"SQLITE_CONSTRAINT_UNIQUE", "SQLITE_CONSTRAINT_PRIMARYKEY"})
 
+_INSERT_KEY: Final = (
+    "INSERT OR REPLACE INTO vehicle_keys (key_id, vin, account_id, device_id, role, "
+    "entitlements, not_before, not_after, schedule, status, created_at) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
 _SELECT_ACCOUNT: Final = "SELECT account_id, email, password_hash, created_at FROM accounts"
 _SELECT_LIVE_SESSION: Final = (
     "SELECT token_hash, account_id, expires_at FROM sessions "
@@ -423,9 +429,7 @@ class SQLiteStore:
 
     async def put_key(self, key: KeyRecord) -> None:
         await self._change(
-            "INSERT OR REPLACE INTO vehicle_keys (key_id, vin, account_id, device_id, role, "
-            "entitlements, not_before, not_after, schedule, status, created_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            _INSERT_KEY,
             _values(key),
         )
 
@@ -507,7 +511,9 @@ class SQLiteStore:
                     entries.append(
                         RevocationEntry(RevocationKind.HOLDER, key.holder, before, until)
                     )
-                    if status is KeyStatus.REVOKED:
+                    if status is KeyStatus.REVOKED and not _other_live_key(
+                        conn, vin, key.device_id, key.key_id
+                    ):
                         conn.execute(
                             "DELETE FROM vehicle_holders WHERE vin = ? AND holder = ?",
                             (vin, key.holder),
@@ -555,32 +561,35 @@ class SQLiteStore:
             "DELETE FROM revocations WHERE vin = ? AND prune_after < ?", (vin, before)
         )
 
-    async def claim_holder(
-        self, vin: str, holder: bytes, *, expires_at: int, limit: int, now: int
-    ) -> bool:
-        def claim(conn: sqlite3.Connection) -> bool:
+    async def add_key(
+        self, key: KeyRecord, *, holder: bytes, counted_until: int, limit: int, now: int
+    ) -> KeyAdded:
+        def add(conn: sqlite3.Connection) -> KeyAdded:
+            if _other_live_key(conn, key.vin, key.device_id, key.key_id):
+                return KeyAdded.DEVICE_HAS_KEY
             conn.execute(
-                "DELETE FROM vehicle_holders WHERE vin = ? AND expires_at <= ?", (vin, now)
+                "DELETE FROM vehicle_holders WHERE vin = ? AND expires_at <= ?", (key.vin, now)
             )
             counted = {
                 row[0]
                 for row in conn.execute(
                     "SELECT holder FROM vehicle_holders WHERE vin = ? UNION "
                     "SELECT subject FROM revocations WHERE vin = ? AND kind = ?",
-                    (vin, vin, RevocationKind.HOLDER.value),
+                    (key.vin, key.vin, RevocationKind.HOLDER.value),
                 )
             }
             if holder not in counted and len(counted) >= limit:
-                return False
+                return KeyAdded.TOO_MANY_HOLDERS
             conn.execute(
                 "INSERT INTO vehicle_holders (vin, holder, expires_at) VALUES (?, ?, ?) "
                 "ON CONFLICT (vin, holder) DO UPDATE SET "
                 "expires_at = max(expires_at, excluded.expires_at)",
-                (vin, holder, expires_at),
+                (key.vin, holder, counted_until),
             )
-            return True
+            conn.execute(_INSERT_KEY, _values(key))
+            return KeyAdded.ADDED
 
-        return await self._run(claim, write=True)
+        return await self._run(add, write=True)
 
     # remote commands and audit events: the transactions are in keyserver.store.sqlite_channel
 
@@ -664,3 +673,14 @@ def _merge_entries(conn: sqlite3.Connection, vin: str, entries: Sequence[Revocat
     if head != start:
         _set_ledger_head(conn, vin, head)
     return head
+
+
+def _other_live_key(conn: sqlite3.Connection, vin: str, device_id: str, key_id: str) -> bool:
+    """Whether the device holds a live key (active or suspended) on the vehicle besides
+    ``key_id``: one device, one live key per vehicle."""
+    row = conn.execute(
+        "SELECT 1 FROM vehicle_keys WHERE vin = ? AND device_id = ? AND key_id <> ? "
+        "AND status IN (?, ?) LIMIT 1",
+        (vin, device_id, key_id, KeyStatus.ACTIVE.value, KeyStatus.SUSPENDED.value),
+    ).fetchone()
+    return row is not None

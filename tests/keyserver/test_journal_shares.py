@@ -181,7 +181,7 @@ async def test_an_acceptance_right_after_a_withdrawal_on_its_device_waits_for_th
 
 
 @pytest.mark.parametrize(
-    ("failing", "landed"), [("revocations", False), ("put_key", False), ("put_key", True)]
+    ("failing", "landed"), [("revocations", False), ("add_key", False), ("add_key", True)]
 )
 async def test_the_store_failing_after_the_invitation_was_taken_loses_nothing(
     api: Api, owner: Person, flaky: FlakyStore, failing: str, landed: bool

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 import pytest
 
@@ -16,6 +17,7 @@ from keyserver.models import (
     CommandStatus,
     Device,
     Invitation,
+    KeyAdded,
     KeyRecord,
     KeyStatus,
     KeyWithdrawal,
@@ -452,11 +454,11 @@ async def test_withdraw_keys_changes_status_and_ledger_together(store: Store) ->
     for k in (active, suspended, revoked, elsewhere):
         await store.put_key(k)
     withdrawals = [
-        KeyWithdrawal("key1", b"\x01" * 16),
-        KeyWithdrawal("key2", None),  # no holder: the status changes, no entry
-        KeyWithdrawal("key3", b"\x03" * 16),  # revoked already: nothing at all
-        KeyWithdrawal("key4", b"\x04" * 16),  # another vehicle's key: nothing
-        KeyWithdrawal("nokey", b"\x05" * 16),
+        KeyWithdrawal("key1", "dev1", b"\x01" * 16),
+        KeyWithdrawal("key2", "dev1", None),  # no holder: the status changes, no entry
+        KeyWithdrawal("key3", "dev1", b"\x03" * 16),  # revoked already: nothing at all
+        KeyWithdrawal("key4", "dev1", b"\x04" * 16),  # another vehicle's key: nothing
+        KeyWithdrawal("nokey", "dev1", b"\x05" * 16),
     ]
     sequence, changed = await store.withdraw_keys(
         VIN, withdrawals, KeyStatus.REVOKED, expected=tuple(KeyStatus), before=NOW, until=NOW + 9
@@ -486,7 +488,8 @@ async def test_withdraw_keys_changes_status_and_ledger_together(store: Store) ->
     # a suspension takes active keys only
     await store.put_key(key(5))
     sequence, changed = await store.withdraw_keys(
-        VIN, [KeyWithdrawal("key5", b"\x01" * 16), KeyWithdrawal("key1", b"\x01" * 16)],
+        VIN,
+        [KeyWithdrawal("key5", "dev1", b"\x01" * 16), KeyWithdrawal("key1", "dev1", b"\x01" * 16)],
         KeyStatus.SUSPENDED, expected=(KeyStatus.ACTIVE,), before=NOW + 5, until=NOW + 9,
     )  # fmt: skip
     assert (sequence, changed) == (2, ["key5"])
@@ -502,7 +505,7 @@ async def test_concurrent_withdrawals_of_one_key_change_it_once(store: Store) ->
         *(
             store.withdraw_keys(
                 VIN,
-                [KeyWithdrawal("key1", b"\x01" * 16)],
+                [KeyWithdrawal("key1", "dev1", b"\x01" * 16)],
                 KeyStatus.REVOKED,
                 expected=tuple(KeyStatus),
                 before=NOW + n,
@@ -516,39 +519,97 @@ async def test_concurrent_withdrawals_of_one_key_change_it_once(store: Store) ->
     assert (sequence, len(entries)) == (1, 1)
 
 
-async def test_claim_holder_counts_claims_and_ledger_holders(store: Store) -> None:
-    def claim(n: int, *, expires_at: int = NOW + 100, now: int = NOW) -> object:
-        return store.claim_holder(VIN, bytes([n]) * 16, expires_at=expires_at, limit=3, now=now)
+def device_key(n: int, device: int, **changes: object) -> KeyRecord:
+    return replace(key(n), device_id=f"dev{device}", **changes)  # type: ignore[arg-type]
 
-    assert await claim(1)
-    assert await claim(2)
-    assert await claim(1)  # one already: extended, not counted twice
+
+async def test_add_key_counts_claims_and_ledger_holders(store: Store) -> None:
+    async def add(n: int, device: int, *, now: int = NOW, until: int = NOW + 100) -> KeyAdded:
+        return await store.add_key(
+            device_key(n, device), holder=bytes([device]) * 16, counted_until=until, limit=3,
+            now=now,
+        )  # fmt: skip
+
+    assert await add(1, 1) is KeyAdded.ADDED
+    assert await store.key("key1") == device_key(1, 1)
+    assert await add(2, 2) is KeyAdded.ADDED
+    # one device, one live key per vehicle: a second is refused and nothing is stored
+    assert await add(3, 1) is KeyAdded.DEVICE_HAS_KEY
+    assert await store.key("key3") is None
     # a holder known only from the ledger counts too
     await store.append_revocations(
         VIN, [RevocationEntry(RevocationKind.HOLDER, bytes([9]) * 16, NOW, NOW + 50)]
     )
-    assert not await claim(3)  # 1, 2 and 9
-    assert await claim(9)  # in the ledger: one of the three already
-    assert await store.claim_holder(
-        OTHER_VIN, bytes([3]) * 16, expires_at=NOW + 9, limit=3, now=NOW
+    assert await add(4, 4) is KeyAdded.TOO_MANY_HOLDERS  # 1, 2 and 9
+    assert await store.key("key4") is None
+    assert await add(5, 9) is KeyAdded.ADDED  # in the ledger: one of the three already
+    # a revocation ends the claim, and the ledger entry counts the holder from then on
+    await store.withdraw_keys(
+        VIN, [KeyWithdrawal("key1", "dev1", bytes([1]) * 16)], KeyStatus.REVOKED,
+        expected=tuple(KeyStatus), before=NOW, until=NOW + 60,
+    )  # fmt: skip
+    assert await add(6, 6) is KeyAdded.TOO_MANY_HOLDERS  # 1 (ledger), 2 and 9
+    assert await add(7, 1) is KeyAdded.ADDED  # the revoked device may hold a key again
+    # claims end with their time and ledger entries when pruned
+    await store.prune_revocations(VIN, before=NOW + 100)
+    assert await add(8, 8, now=NOW + 99) is KeyAdded.TOO_MANY_HOLDERS
+    assert await add(8, 8, now=NOW + 100, until=NOW + 200) is KeyAdded.ADDED
+    # another vehicle counts its own
+    other = replace(device_key(10, 10), vin=OTHER_VIN)
+    added = await store.add_key(
+        other, holder=bytes([10]) * 16, counted_until=NOW + 9, limit=1, now=NOW
     )
-    # claims end: 1 and 2 at NOW + 100, 9's claim too; the ledger entry is pruned later
-    assert not await claim(3, now=NOW + 99)
-    assert await claim(3, now=NOW + 100, expires_at=NOW + 200)
-    assert await claim(4, now=NOW + 100, expires_at=NOW + 200)
-    assert not await claim(5, now=NOW + 100)  # 3, 4 and 9 (ledger)
-    await store.prune_revocations(VIN, before=NOW + 60)
-    assert await claim(5, now=NOW + 100)
+    assert added is KeyAdded.ADDED
 
 
-async def test_concurrent_claims_respect_the_limit(store: Store) -> None:
+async def test_a_revocation_keeps_the_claim_of_a_device_with_another_live_key(
+    store: Store,
+) -> None:
+    added = await store.add_key(
+        device_key(2, 1), holder=b"\x01" * 16, counted_until=NOW + 100, limit=1, now=NOW
+    )
+    assert added is KeyAdded.ADDED
+    await store.put_key(device_key(1, 1))  # a second live key, as from before the rule
+    await store.withdraw_keys(
+        VIN, [KeyWithdrawal("key1", "dev1", b"\x01" * 16)], KeyStatus.REVOKED,
+        expected=tuple(KeyStatus), before=NOW, until=NOW + 10,
+    )  # fmt: skip
+    await store.prune_revocations(VIN, before=NOW + 50)  # the entry is gone, key2 still live
+    added = await store.add_key(
+        device_key(3, 3), holder=b"\x03" * 16, counted_until=NOW + 100, limit=1, now=NOW + 50
+    )
+    assert added is KeyAdded.TOO_MANY_HOLDERS  # device 1 is still counted
+
+
+async def test_concurrent_adds_respect_the_limit_and_one_key_per_device(store: Store) -> None:
     results = await asyncio.gather(
         *(
-            store.claim_holder(VIN, bytes([n]) * 16, expires_at=NOW + 9, limit=4, now=NOW)
+            store.add_key(
+                device_key(n, n),
+                holder=bytes([n]) * 16,
+                counted_until=NOW + 9,
+                limit=4,
+                now=NOW,
+            )
             for n in range(12)
         )
     )
-    assert sum(results) == 4
+    assert results.count(KeyAdded.ADDED) == 4
+    same_device = await asyncio.gather(
+        *(
+            store.add_key(
+                device_key(n, 1),
+                holder=b"\x01" * 16,
+                counted_until=NOW + 9,
+                limit=40,
+                now=NOW,
+            )
+            for n in range(20, 26)
+        )
+    )
+    assert same_device.count(KeyAdded.ADDED) <= 1
+    live = [k for k in await store.keys_of_vehicle(VIN) if k.device_id == "dev1"]
+    assert len(live) <= 1
 
 
 def command(
