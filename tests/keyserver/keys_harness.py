@@ -99,10 +99,11 @@ class Api:
     def store(self) -> Store:
         return self.app[STORE]
 
-    async def person(self, name: str) -> Person:
+    async def person(self, name: str, *, password_hash: str = "-") -> Person:
         account_id = secrets.token_hex(8)
         now = self.clock.now
-        await self.store.create_account(Account(account_id, f"{name}@example.com", "-", now))
+        email = f"{name}@example.com"
+        await self.store.create_account(Account(account_id, email, password_hash, now))
         token, token_hash = auth.new_session_token()
         await self.store.put_session(Session(token_hash, account_id, now + 30 * DAY))
         return Person(name, account_id, token, await self.phone(account_id))
