@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from keycore import SoftwareSigner
 from keycore.cose import point_bytes
@@ -337,3 +339,45 @@ def test_a_limit_names_settings_per_minute_or_hour() -> None:
         ratelimit.RateLimit(account="max_in_flight")
     with pytest.raises(ValueError, match="address"):
         ratelimit.RateLimit(address="no_such_per_minute")
+
+
+# this process's counts
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    capacity=st.integers(1, 64),
+    hits=st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 600)), max_size=400),
+)
+def test_this_process_holds_at_most_capacity_counts_whatever_is_asked(
+    capacity: int, hits: list[tuple[int, int]]
+) -> None:
+    counts = ratelimit.WindowCounts(capacity)
+    now = 1_800_000_000
+    for key, step in hits:  # many distinct keys (addresses, accounts), time moving forward
+        now += step
+        counts.hit(f"k{key}", now=now, window=60, limit=3)
+        assert len(counts) <= capacity
+    assert len(counts) == min(capacity, len({key for key, _ in hits}))
+
+
+@given(others=st.integers(0, 99), limit=st.integers(1, 20))
+def test_a_key_over_its_limit_is_refused_however_many_others_are_counted(
+    others: int, limit: int
+) -> None:
+    counts = ratelimit.WindowCounts(100)
+    now = 1_800_000_020
+    answers = []
+    for n in range(limit + 1):
+        answers.append(counts.hit("attacker", now=now, window=60, limit=limit))
+        for other in range(others):  # fewer than the capacity: the attacker's count is kept
+            counts.hit(f"other{n}:{other}", now=now, window=60, limit=limit)
+    assert answers == [True] * limit + [False]
+    assert counts.hit("attacker", now=now + 40, window=60, limit=limit)  # the next window
+
+
+def test_ten_times_the_capacity_in_addresses_takes_no_more_room_than_the_capacity() -> None:
+    counts = ratelimit.WindowCounts(1024)
+    for n in range(10 * 1024):
+        counts.hit(f"rate:keys.revoke:address:{n:032x}", now=1_800_000_000, window=60, limit=1)
+    assert len(counts) == 1024
