@@ -15,12 +15,13 @@ from aiohttp import web
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from deploy.stack_spec import STAGING_RATE_LIMITS
 from keycore import SoftwareSigner
 from keycore.cose import point_bytes
 from keycore.request_proof import HEADER, sign_request
 from keyserver import auth, fields, ratelimit
 from keyserver.app import OPENAPI, create_app
-from keyserver.config import Config, build
+from keyserver.config import Config, build, load
 from keyserver.models import KeyStatus, Session
 from keyserver.outage import REPLAYER
 from keyserver.store.guarded import READS
@@ -381,3 +382,8 @@ def test_ten_times_the_capacity_in_addresses_takes_no_more_room_than_the_capacit
     for n in range(10 * 1024):
         counts.hit(f"rate:keys.revoke:address:{n:032x}", now=1_800_000_000, window=60, limit=1)
     assert len(counts) == 1024
+
+
+def test_the_staging_limits_are_settings_the_keyserver_accepts() -> None:
+    config = load(env=STAGING_RATE_LIMITS)  # a bad one would stop every staging keyserver
+    assert config.address_writes_per_minute > Config().address_writes_per_minute
