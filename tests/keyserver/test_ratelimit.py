@@ -268,7 +268,8 @@ async def test_a_revocation_with_the_store_down_is_journaled_not_refused(
     # the limit still holds, counted in this process
     reply = await api.call(scene.owner, "POST", SUSPEND, key_id=str(scene.owner_key["key_id"]))
     assert reply.status == 202
-    assert (await api.call(scene.owner, "POST", REVOKE, key_id=_driver_key(scene))).status == 202
+    repeat = await api.call(scene.owner, "POST", REVOKE, key_id=_driver_key(scene))
+    assert repeat.status in (200, 202)  # a repeat: already revoked, as far as this process knows
     refused = await api.call(scene.owner, "POST", REVOKE, key_id=_driver_key(scene))
     assert (refused.status, refused.code) == (429, "rate_limited")
     recording.recover()
