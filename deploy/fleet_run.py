@@ -27,6 +27,7 @@ from deploy.api import call
 from deploy.bench import percentile
 from deploy.fleet import Fleet, SimulatedCar, rss_bytes
 from deploy.processes import LOOPBACK, AppServer, free_port
+from deploy.stack_spec import STAGING_RATE_LIMITS
 from keyserver.keyring import KeyRingStore
 from vehicle_agent.backoff import ReconnectPolicy
 from vehicle_agent.channel import LinkState
@@ -127,7 +128,7 @@ class OwnKeyserver:
             PHONEKEY_PORT=str(self.port),
             PHONEKEY_DATA_DIR=str(self.work / "keyserver"),
             PHONEKEY_PROVISIONING_SECRET=self.secret,
-            PHONEKEY_PAIRING_ATTEMPTS_PER_MINUTE="100000",  # one operator pairs every car
+            **STAGING_RATE_LIMITS,  # one operator pairs, revokes and commands every car
             PHONEKEY_LOG_LEVEL="warning",
         )
         args = [sys.executable, "-m", "keyserver.cli", "serve"]

@@ -35,6 +35,7 @@ from deploy.proxy_control import ProxyControl, ProxyControlError
 from deploy.redis_ha import ask, poll
 from deploy.stack_spec import (
     DEFAULT_DIR,
+    STAGING_RATE_LIMITS,
     STATE_FILE,
     ProcessRecord,
     StackError,
@@ -106,8 +107,7 @@ class Stack:
         try:
             settings = {
                 "PHONEKEY_KEY_DIR": str(keys),
-                "PHONEKEY_PAIRING_ATTEMPTS_PER_MINUTE": "100000",  # the world pairs every car
-                "PHONEKEY_LOGIN_ATTEMPTS_PER_MINUTE": "10000",  # every phone logs in via a proxy
+                **STAGING_RATE_LIMITS,  # the world's phones all come from 127.0.0.1
                 "PHONEKEY_LOG_LEVEL": spec.keyserver_log_level,
                 "PHONEKEY_SHUTDOWN_GRACE_S": "3",
                 # a car whose connection went silent (a partition) is dropped within ~7.5 s, so

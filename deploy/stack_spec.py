@@ -27,6 +27,19 @@ MAX_CARS = 2000
 MAX_PHONES = 4000
 MAX_STATE_BYTES = 1 << 20  # a stack.json larger than this is not ours
 
+# The keyserver's rate limits (keyserver/ratelimit.py) wherever staging runs one — the stack, the
+# fleet and demo (deploy.fleet_run.OwnKeyserver), the surge and world tests: every phone and car
+# is on one loopback address, and the fleet operator and the surge's one account act for
+# thousands of cars, so the production defaults would refuse staging's ordinary traffic. Raised
+# as a whole; the limits themselves are tested in tests/keyserver/test_ratelimit.py.
+STAGING_RATE_LIMITS = {
+    "PHONEKEY_REGISTRATIONS_PER_HOUR": "1000000",  # every person registers from 127.0.0.1
+    "PHONEKEY_LOGIN_ATTEMPTS_PER_MINUTE": "10000",  # ... and logs in from there (its maximum)
+    "PHONEKEY_PAIRING_ATTEMPTS_PER_MINUTE": "100000",  # one operator pairs every car
+    "PHONEKEY_ACCOUNT_WRITES_PER_MINUTE": "1000000",  # one account revokes, commands for all
+    "PHONEKEY_ADDRESS_WRITES_PER_MINUTE": "10000000",  # everyone is 127.0.0.1
+}
+
 
 class StackError(RuntimeError):
     """The stack could not do what it was asked; the message is one line for a person."""

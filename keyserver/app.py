@@ -19,7 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from keycore.breaker_metrics import BreakerCollector
 from keycore.channel import CLOSE_GOING_AWAY
-from keyserver import admission, openapi
+from keyserver import admission, openapi, ratelimit
 from keyserver.auth import DeviceKeys
 from keyserver.config import Config
 from keyserver.degraded import STORE_UNAVAILABLE, degraded_json
@@ -66,6 +66,7 @@ def create_app(config: Config, *, store: Store | None = None) -> web.Application
     app.cleanup_ctx.append(bridge_context)  # the hub across instances (Redis only)
     app.on_shutdown.append(_close_channels)
     setup_routes(app)
+    ratelimit.setup(app, config, metrics.registry, app[OPENAPI], store=lambda: app[STORE])
     admission.setup(app, config, metrics.registry, app[OPENAPI])  # innermost: inside the errors
     return app
 

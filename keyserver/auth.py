@@ -1,4 +1,4 @@
-"""Who is asking: bearer sessions, device proofs, and rate limits, for the route handlers.
+"""Who is asking: bearer sessions and device proofs, for the route handlers.
 
 A bearer session says which account; a device proof (``PK-Device-Proof``, keycore.request_proof)
 says which enrolled phone signed this exact request. Changing who can open a car, and commands,
@@ -328,14 +328,3 @@ def _unknown_device() -> ApiError:
 
 def _replayed() -> ApiError:
     return ApiError(401, "replayed_device_proof", "this proof has been used already")
-
-
-async def rate_limit(store: Store, key: str, *, limit: int, window: int) -> None:
-    """Count one attempt under ``key``; 429 with Retry-After once over ``limit`` per window."""
-    current = now()
-    if not await store.hit(key, now=current, window=window, limit=limit):
-        retry_after = window - current % window
-        raise ApiError(
-            429, "rate_limited", "too many attempts; try again later",
-            headers={"Retry-After": str(retry_after)},
-        )  # fmt: skip

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from keycore import ROLE_MAX_LIFETIME, Role
+from keyserver.client_address import HEADERS as FORWARDED_HEADERS
+from keyserver.client_address import trusted_networks
 from keyserver.errors import KeyserverError
 
 ENV_PREFIX = "PHONEKEY_"
@@ -51,9 +53,19 @@ class Config:
     pairing_attempts: int = 5
     # shared with the factory that provisions cars; empty disables POST /v1/vehicles
     provisioning_secret: str = field(default="", repr=False)
-    login_attempts_per_minute: int = 10
+    # rate limits (keyserver.ratelimit): each route declares which of these apply to it
+    login_attempts_per_minute: int = 10  # per e-mail address tried and per client address
     # pairings tried per account per minute, across all cars; a fleet operator pairs many cars
     pairing_attempts_per_minute: int = 10
+    registrations_per_hour: int = 20  # per client address
+    account_writes_per_minute: int = 30  # per account (or car), per route: revoke, share, ...
+    # per client address, per route: generous, as many people may share one address (a NAT)
+    address_writes_per_minute: int = 600
+    rate_limit_entries: int = 100_000  # counts kept in this process (revocations; store outages)
+    # where the client address comes from (keyserver.client_address): the peer, unless it is one
+    # of these proxies ("10.0.0.0/8, 192.0.2.7"); then the header they write
+    trusted_proxies: str = ""
+    forwarded_header: str = "x-forwarded-for"  # or "forwarded" (RFC 7239)
     proof_max_skew_s: int = 60
     command_ttl_s: int = 60  # a remote command's life: from issue to the car's last moment to act
     channel_heartbeat_s: float = 30.0  # WebSocket ping interval; a silent car is dropped after it
@@ -98,6 +110,10 @@ _BOUNDS: dict[str, tuple[float, float]] = {
     "pairing_attempts": (1, 20),
     "login_attempts_per_minute": (1, 10_000),
     "pairing_attempts_per_minute": (1, 100_000),
+    "registrations_per_hour": (1, 10_000_000),
+    "account_writes_per_minute": (1, 10_000_000),
+    "address_writes_per_minute": (1, 10_000_000),
+    "rate_limit_entries": (1024, 10_000_000),
     "proof_max_skew_s": (5, 600),
     "command_ttl_s": (5, 300),
     "channel_heartbeat_s": (1, 600),
@@ -222,5 +238,13 @@ def _validate(config: Config) -> None:
         )
     if config.shed_sheddable_at > config.max_in_flight:
         raise ConfigError("setting 'shed_sheddable_at': must not exceed 'max_in_flight'")
+    try:
+        trusted_networks(config.trusted_proxies)
+    except ValueError as error:
+        raise ConfigError(f"setting 'trusted_proxies': {error}") from None
+    if config.forwarded_header not in FORWARDED_HEADERS:
+        raise ConfigError(
+            f"setting 'forwarded_header': one of {', '.join(sorted(FORWARDED_HEADERS))}"
+        )
     if config.log_level not in _LOG_LEVELS:
         raise ConfigError(f"setting 'log_level': one of {', '.join(sorted(_LOG_LEVELS))}")

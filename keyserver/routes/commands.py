@@ -33,7 +33,7 @@ from aiohttp import web
 from keycore import Action
 from keycore.command import RemoteCommand, sign_command
 from keycore.roles import allows, from_mask
-from keyserver import auth, fields, openapi
+from keyserver import auth, fields, openapi, ratelimit
 from keyserver.app import CONFIG, HUB, KEYRING, METRICS, STORE
 from keyserver.errors import StoreUnavailable
 from keyserver.grants import OPEN_END, load_schedule
@@ -54,6 +54,7 @@ def setup(app: web.Application) -> None:
     app.router.add_get("/v1/commands/{command_id}", show_command)
 
 
+@ratelimit.limited(ratelimit.WRITES)
 async def create_command(request: web.Request) -> web.Response:
     app = request.app
     config, store = app[CONFIG], app[STORE]
@@ -70,6 +71,7 @@ async def create_command(request: web.Request) -> web.Response:
         request, store, caller, raw, max_skew=config.proof_max_skew_s
     )
     assert device is not None  # not an enrolment
+    await ratelimit.check(request, account=caller.account_id)
     vehicle = await store.vehicle(vin)
     keys = [] if vehicle is None else await store.keys_of_vehicle(vin)
     mine = [k for k in keys if k.account_id == caller.account_id]

@@ -8,7 +8,6 @@ would then pass the device proofs that sharing, revoking and commands ask for.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import re
 import secrets
@@ -16,13 +15,12 @@ from typing import Any
 
 from aiohttp import web
 
-from keyserver import fields, openapi
+from keyserver import fields, openapi, ratelimit
 from keyserver.app import CONFIG, STORE
 from keyserver.auth import (
     device_id_for,
     new_session_token,
     now,
-    rate_limit,
     require_device_proof,
     require_session,
 )
@@ -43,7 +41,6 @@ log = logging.getLogger("keyserver.identity")
 ACCOUNT_ID_BYTES = 16
 MAX_PASSWORD_CHARS = 1024  # passwords.MAX_PASSWORD_BYTES bounds the bytes; this bounds the field
 MAX_DEVICE_NAME_CHARS = 64
-LOGIN_WINDOW_S = 60
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -60,8 +57,15 @@ def setup(app: web.Application) -> None:
 # handlers
 
 
+@ratelimit.limited(ratelimit.RateLimit(address="registrations_per_hour"))
 async def register(request: web.Request) -> web.Response:
+    """A new account. "E-mail already taken" is answered as such (409 email_taken), which tells
+    whoever asks that an address has an account: without a mail round trip (none here) a
+    uniform answer would leave the person who forgot their account with no way to learn it. What
+    stands against enumeration is the per-address limit, counted on every attempt before the
+    store is asked (docs/architecture.md, "Rate limits")."""
     config, store = request.app[CONFIG], request.app[STORE]
+    await ratelimit.check(request)
     body = fields.exact(await read_json(request, config.max_body_bytes), ("email", "password"))
     email = fields.email(body)
     password = fields.string(body, "password")
@@ -96,6 +100,9 @@ async def me(request: web.Request) -> web.Response:
     )
 
 
+@ratelimit.limited(
+    ratelimit.RateLimit(email="login_attempts_per_minute", address="login_attempts_per_minute")
+)
 async def login(request: web.Request) -> web.Response:
     config, store = request.app[CONFIG], request.app[STORE]
     body = fields.exact(await read_json(request, config.max_body_bytes), ("email", "password"))
@@ -105,10 +112,7 @@ async def login(request: web.Request) -> web.Response:
     password = fields.string(body, "password")
     if len(password) > MAX_PASSWORD_CHARS:
         raise fields.invalid("password", f"at most {MAX_PASSWORD_CHARS} characters")
-    limit = config.login_attempts_per_minute
-    address = request.remote or "unknown"
-    await rate_limit(store, _limit_key("address", address), limit=limit, window=LOGIN_WINDOW_S)
-    await rate_limit(store, _limit_key("email", email), limit=limit, window=LOGIN_WINDOW_S)
+    await ratelimit.check(request, email=email)
     account = await store.account_by_email(email)
     # An unknown e-mail costs one hash too, so the answer's timing does not tell it apart.
     stored = DECOY_HASH if account is None else account.password_hash
@@ -126,14 +130,19 @@ async def login(request: web.Request) -> web.Response:
     )
 
 
+@ratelimit.limited(ratelimit.WRITES)
 async def logout(request: web.Request) -> web.Response:
     store = request.app[STORE]
     caller = await require_session(request, store)
+    await ratelimit.check(request, account=caller.account_id)
     await store.delete_session(caller.token_hash)
     log.info("session closed", extra={"fields": {"account_id": caller.account_id}})
     return web.Response(status=204)
 
 
+@ratelimit.limited(
+    ratelimit.RateLimit(account="login_attempts_per_minute", address="address_writes_per_minute")
+)
 async def enroll_device(request: web.Request) -> web.Response:
     config, store = request.app[CONFIG], request.app[STORE]
     caller = await require_session(request, store)
@@ -151,12 +160,7 @@ async def enroll_device(request: web.Request) -> web.Response:
         request, store, caller, raw, max_skew=config.proof_max_skew_s, enrolling=public_key
     )
     # ... and the password again: holding a session is not knowing the password.
-    await rate_limit(
-        store,
-        f"enroll:{caller.account_id}",
-        limit=config.login_attempts_per_minute,
-        window=LOGIN_WINDOW_S,
-    )
+    await ratelimit.check(request, account=caller.account_id)
     account = await store.account(caller.account_id)
     stored = DECOY_HASH if account is None else account.password_hash
     if (
@@ -197,11 +201,6 @@ async def list_devices(request: web.Request) -> web.Response:
 
 
 # helpers
-
-
-def _limit_key(kind: str, subject: str) -> str:
-    # hashed: bounded, free of separators, and no e-mail address in the store's key space
-    return f"login:{kind}:{hashlib.sha256(subject.encode()).hexdigest()[:32]}"
 
 
 def _email_taken() -> ApiError:
@@ -298,7 +297,11 @@ PATHS: dict[str, Any] = {
                 "201": openapi.json_response("registered", "AccountCreated"),
                 "400": openapi.error(f"weak_password, {_BAD_BODY}"),
                 **_BODY_ERRORS,
-                "409": openapi.error("email_taken"),
+                "409": openapi.error(
+                    "email_taken: an account with this e-mail address exists. Said as it is, so"
+                    " a person can learn that they have an account; registration is limited per"
+                    " client address (429 rate_limited), every attempt counted"
+                ),
             },
         }
     },
@@ -321,16 +324,6 @@ PATHS: dict[str, Any] = {
                 "400": openapi.error(_BAD_BODY),
                 **_BODY_ERRORS,
                 "401": openapi.error("bad_credentials: wrong e-mail address or password"),
-                "429": {
-                    **openapi.error("rate_limited: too many attempts for this e-mail or address"),
-                    "headers": {
-                        "Retry-After": {
-                            "description": "seconds until the next attempt is counted",
-                            "required": True,
-                            "schema": {"type": "string", "pattern": "^[0-9]+$"},
-                        }
-                    },
-                },
             },
         }
     },
@@ -359,7 +352,6 @@ PATHS: dict[str, Any] = {
                     " stale_device_proof or replayed_device_proof"
                 ),
                 "409": openapi.error("device_exists: this key is already enrolled"),
-                "429": openapi.error("rate_limited: too many enrolment attempts"),
             },
         },
         "get": {

@@ -35,7 +35,7 @@ from aiohttp import web
 from keycore import ROLE_ENTITLEMENTS, Role
 from keycore.request_proof import HEADER
 from keycore.roles import to_mask
-from keyserver import acceptance, auth, fields, outage
+from keyserver import acceptance, auth, fields, outage, ratelimit
 from keyserver.app import CBOR, CONFIG, DEVICE_KEYS, STORE
 from keyserver.errors import StoreUnavailable
 from keyserver.grants import OPEN_END, key_view, parse_grant
@@ -83,9 +83,11 @@ def setup(app: web.Application) -> None:
     app.router.add_get("/v1/vehicles/{vin}/revocations", revocations)
 
 
+@ratelimit.limited(ratelimit.WRITES)
 async def issue_owner_key(request: web.Request) -> web.Response:
     """The owner gives one of its own devices an owner key, and its first token."""
     caller, body, _ = await _signed(request, takes_body=True)
+    await ratelimit.check(request, account=caller.account_id)
     device_id = _device_id(fields.exact(body, ("device_id",)))
     vehicle, keys = await _vehicle_for(request, caller)
     _require_owner(vehicle, caller)
@@ -111,9 +113,11 @@ async def issue_owner_key(request: web.Request) -> web.Response:
     return web.json_response(keys_degraded.token_view(key, issued), status=201)
 
 
+@ratelimit.limited(ratelimit.WRITES)
 async def invite(request: web.Request) -> web.Response:
     """The owner offers a key (role, actions, window, schedule) that another account accepts."""
     caller, body, _ = await _signed(request, takes_body=True)
+    await ratelimit.check(request, account=caller.account_id)
     _known_fields(body, INVITATION_FIELDS)
     vehicle, _ = await _vehicle_for(request, caller)
     _require_owner(vehicle, caller)
@@ -142,12 +146,14 @@ async def invite(request: web.Request) -> web.Response:
     )
 
 
+@ratelimit.limited(ratelimit.WRITES)
 async def accept(request: web.Request) -> web.Response:
     """The recipient takes an invitation (once) for one of its devices and gets the key.
     With the store down the acceptance is journaled (keyserver.acceptance)."""
     app = request.app
     store = app[STORE]
     caller, body, _ = await _signed(request, takes_body=True)
+    await ratelimit.check(request, account=caller.account_id)
     device = await _own_device(request, caller, _device_id(fields.exact(body, ("device_id",))))
     invitation_id = request.match_info["invitation_id"]
     if not _ID.fullmatch(invitation_id):
@@ -195,9 +201,11 @@ async def list_keys(request: web.Request) -> web.Response:
     return web.json_response({"vin": vehicle.vin, "keys": [key_view(k) for k in keys]})
 
 
+@ratelimit.limited(ratelimit.WITHDRAWALS)
 async def suspend(request: web.Request) -> web.Response:
     """The owner suspends a key (a lost phone): its tokens die on cars that get the list."""
     caller, _, _ = await _signed(request, takes_body=False)
+    await ratelimit.check(request, account=caller.account_id)
     key = await _key_for(request, caller, holder_may=False)
     if key.status is KeyStatus.REVOKED:
         raise ApiError(409, "key_revoked", "the key is revoked for good")
@@ -210,10 +218,12 @@ async def suspend(request: web.Request) -> web.Response:
     return await _key_change(request, key.key_id, done.sequence, changed=bool(done.changed))
 
 
+@ratelimit.limited(ratelimit.WRITES)
 async def resume(request: web.Request) -> web.Response:
     """The owner makes a suspended key active again; tokens signed from now on work."""
     store = request.app[STORE]
     caller, _, _ = await _signed(request, takes_body=False)
+    await ratelimit.check(request, account=caller.account_id)
     key = await _key_for(request, caller, holder_may=False)
     if key.status is KeyStatus.REVOKED:
         raise ApiError(409, "key_revoked", "the key is revoked for good")
@@ -230,9 +240,11 @@ async def resume(request: web.Request) -> web.Response:
     return await _key_change(request, key.key_id, sequence, changed=changed)
 
 
+@ratelimit.limited(ratelimit.WITHDRAWALS)
 async def revoke(request: web.Request) -> web.Response:
     """Revoke a key for good: the owner any key, a holder its own."""
     caller, _, _ = await _signed(request, takes_body=False)
+    await ratelimit.check(request, account=caller.account_id)
     key = await _key_for(request, caller, holder_may=True)
     if key.status is KeyStatus.REVOKED:  # a repeat changes nothing, not even the journal
         return await _key_unchanged(request, key)
@@ -243,9 +255,11 @@ async def revoke(request: web.Request) -> web.Response:
     return await _key_change(request, key.key_id, done.sequence, changed=bool(done.changed))
 
 
+@ratelimit.limited(ratelimit.WITHDRAWALS)
 async def revoke_holder(request: web.Request) -> web.Response:
     """The owner revokes every key of one device, or of one account, on the vehicle."""
     caller, body, _ = await _signed(request, takes_body=True)
+    await ratelimit.check(request, account=caller.account_id)
     _known_fields(body, ("device_id", "account_id"))
     if len(body) != 1:
         raise ApiError(400, "missing_field", "give exactly one of 'device_id' and 'account_id'")
@@ -280,6 +294,10 @@ async def revoke_holder(request: web.Request) -> web.Response:
     )
 
 
+@ratelimit.exempt(
+    "the hot path (G1): it signs a token and spends a nonce that expires within the proof skew,"
+    " grows nothing, and is protected by admission control (keyserver.admission)"
+)
 async def refresh(request: web.Request) -> web.Response:
     """A fresh token for the key's own device, while the key is active and within its window.
 

@@ -46,7 +46,7 @@ from typing import Any
 
 from aiohttp import web
 
-from keyserver import auth, fields, openapi
+from keyserver import auth, fields, openapi, ratelimit
 from keyserver.app import CONFIG, STORE
 from keyserver.errors import Conflict
 from keyserver.http import ApiError, parse_json_object, read_body, read_json
@@ -73,9 +73,11 @@ def pairing_hash(vin: str, code: str) -> bytes:
     return hashlib.sha256(_CODE_CONTEXT + vin.encode("ascii") + b"\x00" + code.encode()).digest()
 
 
+@ratelimit.limited(ratelimit.RateLimit(address="address_writes_per_minute"))
 async def provision(request: web.Request) -> web.Response:
     """Register a car: its VIN and its public key, on the factory's provisioning credential."""
     config = request.app[CONFIG]
+    await ratelimit.check(request)  # before the secret is compared: guesses count too
     if not config.provisioning_secret:
         raise ApiError(403, "provisioning_disabled", "provisioning is not enabled on this server")
     scheme, _, secret = request.headers.get("Authorization", "").partition(" ")
@@ -101,6 +103,9 @@ async def provision(request: web.Request) -> web.Response:
     return web.json_response({"vin": vehicle.vin}, status=201)
 
 
+@ratelimit.limited(
+    ratelimit.RateLimit(vehicle="account_writes_per_minute", address="address_writes_per_minute")
+)
 async def pairing_code(request: web.Request) -> web.Response:
     """A fresh one-time owner pairing code, for the car (signed by its own key) to display."""
     config, store = request.app[CONFIG], request.app[STORE]
@@ -110,6 +115,7 @@ async def pairing_code(request: web.Request) -> web.Response:
     vehicle = await auth.require_vehicle_proof(
         request, store, vin, b"", max_skew=config.proof_max_skew_s
     )
+    await ratelimit.check(request, vehicle=vin)
     if vehicle.owner_id is not None:
         raise ApiError(409, "already_owned", "this vehicle has an owner; transfer it instead")
     code = f"{secrets.randbelow(10**CODE_DIGITS):0{CODE_DIGITS}d}"
@@ -134,12 +140,14 @@ _PAIRING_REFUSALS = {
 }  # fmt: skip
 
 
+@ratelimit.limited(
+    ratelimit.RateLimit(account="pairing_attempts_per_minute", address="address_writes_per_minute")
+)
 async def pair_owner(request: web.Request) -> web.Response:
     """Become the car's first owner with the code it shows (session and device proof)."""
-    config, store = request.app[CONFIG], request.app[STORE]
+    store = request.app[STORE]
     caller, vin, code = await _signed_field(request, "code", _pairing_code)
-    limit = config.pairing_attempts_per_minute  # per account, across all cars
-    await auth.rate_limit(store, f"pairing:{caller.account_id}", limit=limit, window=60)
+    await ratelimit.check(request, account=caller.account_id)  # per account, across all cars
     result = await store.try_pairing(vin, pairing_hash(vin, code), now=auth.now())
     if result is not PairingResult.PAIRED:
         status, error, message = _PAIRING_REFUSALS[result]
@@ -149,10 +157,12 @@ async def pair_owner(request: web.Request) -> web.Response:
     return web.json_response({"vin": vin, "owner_id": caller.account_id})
 
 
+@ratelimit.limited(ratelimit.WRITES)
 async def transfer(request: web.Request) -> web.Response:
     """Give the car to another account (the current owner, with session and device proof)."""
     store = request.app[STORE]
     caller, vin, email = await _signed_field(request, "to_email", fields.email)
+    await ratelimit.check(request, account=caller.account_id)
     vehicle = await store.vehicle(vin)
     if vehicle is None or vehicle.owner_id != caller.account_id:
         raise ApiError(403, "not_owner", "only the vehicle's owner can transfer it")
@@ -314,9 +324,7 @@ PATHS: dict[str, Any] = {
                 "404": openapi.error("no_pairing: no code pending for this vehicle"),
                 "409": openapi.error("already_owned"),
                 "410": openapi.error("code_expired: ask the car for a new code"),
-                "429": _with_retry_after(
-                    "too_many_attempts: ask the car for a new code; rate_limited: wait Retry-After"
-                ),
+                "429": _with_retry_after("too_many_attempts: ask the car for a new code"),
                 **_BODY_ERRORS,
             },
         }

@@ -26,6 +26,7 @@ from deploy.api import call
 from deploy.cli import main
 from deploy.events import read_events
 from deploy.processes import LOOPBACK, AppServer, free_port
+from deploy.stack_spec import STAGING_RATE_LIMITS
 from deploy.world import World, WorldSettings
 from deploy.world_control import create_control_app
 from deploy.world_ledger import MAY_HAVE_QUEUED, command_status
@@ -63,7 +64,7 @@ class Keyserver:
         env.update(
             PHONEKEY_HOST=LOOPBACK, PHONEKEY_PORT=str(self.port),
             PHONEKEY_DATA_DIR=str(work / "keyserver"), PHONEKEY_PROVISIONING_SECRET=self.secret,
-            PHONEKEY_LOGIN_ATTEMPTS_PER_MINUTE="10000",  # every person logs in from 127.0.0.1
+            **STAGING_RATE_LIMITS,  # every person logs in, shares, revokes from 127.0.0.1
             PHONEKEY_LOG_LEVEL="warning",
         )  # fmt: skip
         args = [sys.executable, "-m", "keyserver.cli", "serve"]

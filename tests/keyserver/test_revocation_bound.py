@@ -24,6 +24,7 @@ from keyserver.models import KeyStatus, Session
 from keyserver.store import sqlite as sqlite_store
 from tests.keyserver.keys_harness import (
     DAY,
+    NO_RATE_LIMITS,
     REVOCATIONS,
     REVOKE,
     SUSPEND,
@@ -39,7 +40,7 @@ REPEATS = 10_000
 
 @pytest.fixture
 async def api(tmp_path: Path, aiohttp_client: Any, clock: Clock) -> Api:
-    app = create_app(build({"data_dir": str(tmp_path)}))
+    app = create_app(build({"data_dir": str(tmp_path), **NO_RATE_LIMITS}))
     return Api(app, await aiohttp_client(app), clock)
 
 

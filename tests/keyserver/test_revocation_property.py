@@ -30,6 +30,7 @@ from tests.keyserver.keys_harness import (
     DAY,
     INVITATIONS,
     KEYS,
+    NO_RATE_LIMITS,
     RESUME,
     REVOKE,
     SUSPEND,
@@ -153,7 +154,7 @@ async def test_no_operation_sequence_yields_a_list_the_car_refuses(
 ) -> None:
     clock.now = Clock().now  # the fixture lives across examples; each starts at today
     with tempfile.TemporaryDirectory() as data_dir:
-        app = create_app(build({"data_dir": str(Path(data_dir))}))
+        app = create_app(build({"data_dir": str(Path(data_dir)), **NO_RATE_LIMITS}))
         client = TestClient(TestServer(app))
         await client.start_server()
         try:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from deploy.processes import LOOPBACK, AppServer
+from deploy.stack_spec import STAGING_RATE_LIMITS
 from deploy.surge import Phase, SurgePlan, run_surge
 from deploy.surge_setup import set_up
 from keyserver.admission import Criticality
@@ -31,7 +32,7 @@ def keyserver(work: Path, secret: str) -> AppServer:
         PHONEKEY_DATA_DIR=str(work / "data"),
         PHONEKEY_PROVISIONING_SECRET=secret,
         PHONEKEY_LOG_LEVEL="info",  # every request logged, as in production
-        PHONEKEY_PAIRING_ATTEMPTS_PER_MINUTE="1000",  # one account pairs every car of the run
+        **STAGING_RATE_LIMITS,  # one account pairs and commands every car of the run
         **LIMITS,
     )
     args = [sys.executable, "-m", "keyserver.cli", "serve"]
