@@ -26,12 +26,21 @@ from keyserver.app import STORE, create_app
 from keyserver.config import build
 from keyserver.issuance import LEDGER_GRACE_S, MAX_TOKEN_LIFETIME
 from keyserver.models import KeyStatus, Session
-from tests.keyserver.keys_harness import DAY, REVOKE, VIN, Api, Clock, Person, Reply
+from tests.keyserver.keys_harness import (
+    DAY,
+    NO_RATE_LIMITS,
+    REVOKE,
+    VIN,
+    Api,
+    Clock,
+    Person,
+    Reply,
+)
 
 
 @pytest.fixture
 async def api(tmp_path: Path, aiohttp_client: Any, clock: Clock) -> Api:
-    app = create_app(build({"data_dir": str(tmp_path)}))
+    app = create_app(build({"data_dir": str(tmp_path), **NO_RATE_LIMITS}))
     return Api(app, await aiohttp_client(app), clock)
 
 

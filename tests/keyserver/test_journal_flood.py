@@ -9,21 +9,29 @@ reads in one go, in front of the revocations accepted after it) without bound.
 from __future__ import annotations
 
 import secrets
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from keyserver.acceptance import ACCEPT, MAX_PENDING_ACCEPTANCES
+from keyserver.app import create_app
 from keyserver.journal import PENDING
 from keyserver.outage import JOURNAL
-from tests.keyserver.flaky_store import FlakyStore
-from tests.keyserver.keys_harness import KEYS, REVOKE, VIN, Api, Person
+from tests.keyserver.flaky_store import FlakyStore, flaky_config
+from tests.keyserver.keys_harness import KEYS, NO_RATE_LIMITS, REVOKE, VIN, Api, Clock, Person
 
 FLOOD = 200
 
 
 @pytest.fixture
-def api(flaky_api: Api) -> Api:
-    return flaky_api
+async def api(tmp_path: Path, aiohttp_client: Any, clock: Clock, flaky: FlakyStore) -> Api:
+    """The keyserver on the flaky store with its rate limits off: the journal's own bound is
+    what is tested, as with many instances, each counting requests on its own."""
+    config = replace(flaky_config(tmp_path / "server"), **NO_RATE_LIMITS)
+    app = create_app(config, store=flaky)  # type: ignore[arg-type]
+    return Api(app, await aiohttp_client(app), clock)
 
 
 async def known(api: Api, name: str) -> Person:
