@@ -13,9 +13,10 @@ import pytest
 
 from deploy.processes import RedisServer
 from keyserver.app import create_app
+from keyserver.config import build
 from keyserver.store import Store
 from tests.keyserver.flaky_store import FlakyStore, flaky_config, open_flaky
-from tests.keyserver.keys_harness import Api, Clock
+from tests.keyserver.keys_harness import NO_RATE_LIMITS, Api, Clock
 
 
 @pytest.fixture(scope="session")
@@ -54,4 +55,12 @@ async def flaky(tmp_path: Path) -> AsyncIterator[FlakyStore]:
 async def flaky_api(tmp_path: Path, aiohttp_client: Any, clock: Clock, flaky: FlakyStore) -> Api:
     """The keyserver on the ``flaky`` store, its data (journal, key ring) in ``tmp_path/server``."""
     app = create_app(flaky_config(tmp_path / "server"), store=flaky)  # type: ignore[arg-type]
+    return Api(app, await aiohttp_client(app), clock)
+
+
+@pytest.fixture
+async def unlimited_api(tmp_path: Path, aiohttp_client: Any, clock: Clock) -> Api:
+    """The keyserver with its rate limits off (``NO_RATE_LIMITS``): for the tests of what still
+    holds were a flood to get through them (many instances each count on their own)."""
+    app = create_app(build({"data_dir": str(tmp_path), **NO_RATE_LIMITS}))
     return Api(app, await aiohttp_client(app), clock)

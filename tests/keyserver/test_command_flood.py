@@ -7,16 +7,13 @@ tests play a valet acting in bad faith against a real keyserver and a real car o
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from keycore import Action, Reason
 from keycore.channel import CLOSE_TRY_LATER
-from keyserver.app import create_app
-from keyserver.config import build
 from keyserver.routes.channel import MAX_OUTBOX
-from tests.keyserver.keys_harness import NO_RATE_LIMITS, REVOKE, Api, Clock, Person
+from tests.keyserver.keys_harness import REVOKE, Api, Person
 from tests.vehicle_agent.channel_harness import (
     command,
     command_state,
@@ -29,10 +26,8 @@ FLOOD = MAX_OUTBOX + 44  # more commands than one connection's outbox holds
 
 
 @pytest.fixture
-async def api(tmp_path: Path, aiohttp_client: Any, clock: Clock) -> Api:
-    # the rate limits off: what is tested is the channel, were a flood to get through
-    app = create_app(build({"data_dir": str(tmp_path), **NO_RATE_LIMITS}))
-    return Api(app, await aiohttp_client(app), clock)
+def api(unlimited_api: Api) -> Api:
+    return unlimited_api
 
 
 @pytest.fixture

@@ -15,33 +15,28 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from keycore.revocation import MAX_VEHICLE_HOLDERS
 from keyserver import auth
-from keyserver.app import STORE, create_app
-from keyserver.config import build
+from keyserver.app import STORE
 from keyserver.issuance import LEDGER_GRACE_S, MAX_TOKEN_LIFETIME
 from keyserver.models import KeyStatus, Session
 from tests.keyserver.keys_harness import (
     DAY,
-    NO_RATE_LIMITS,
     REVOKE,
     VIN,
     Api,
-    Clock,
     Person,
     Reply,
 )
 
 
 @pytest.fixture
-async def api(tmp_path: Path, aiohttp_client: Any, clock: Clock) -> Api:
-    app = create_app(build({"data_dir": str(tmp_path), **NO_RATE_LIMITS}))
-    return Api(app, await aiohttp_client(app), clock)
+def api(unlimited_api: Api) -> Api:
+    return unlimited_api
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ import asyncio
 import sqlite3
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,22 +15,19 @@ import pytest
 from keycore import Reason
 from keycore.revocation import MAX_VEHICLE_HOLDERS, read_revocation_list
 from keyserver import auth
-from keyserver.app import STORE, create_app
-from keyserver.config import build
+from keyserver.app import STORE
 from keyserver.errors import StoreUnavailable
 from keyserver.issuance import LEDGER_GRACE_S, MAX_TOKEN_LIFETIME, revoke_keys
 from keyserver.models import KeyStatus, Session
 from keyserver.store import sqlite as sqlite_store
 from tests.keyserver.keys_harness import (
     DAY,
-    NO_RATE_LIMITS,
     REVOCATIONS,
     REVOKE,
     SUSPEND,
     TOKEN,
     VIN,
     Api,
-    Clock,
     Person,
 )
 
@@ -39,9 +35,8 @@ REPEATS = 10_000
 
 
 @pytest.fixture
-async def api(tmp_path: Path, aiohttp_client: Any, clock: Clock) -> Api:
-    app = create_app(build({"data_dir": str(tmp_path), **NO_RATE_LIMITS}))
-    return Api(app, await aiohttp_client(app), clock)
+def api(unlimited_api: Api) -> Api:
+    return unlimited_api
 
 
 @pytest.fixture
