@@ -19,7 +19,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from ble_fallback.bless_link import BlessPeripheral, ServerFactory
-from ble_fallback.car import CarEndpoint
+from ble_fallback.car import BUSY_RETRY_AFTER_S, CarEndpoint
 from ble_fallback.errors import LinkError
 from ble_fallback.link import Link, LinkPolicy
 from ble_fallback.protocol import (
@@ -94,7 +94,7 @@ class VehicleBleEndpoint:
         vehicle: Vehicle,
         *,
         max_connections: int = 2,
-        retry_after: float = 1.0,
+        retry_after: float = BUSY_RETRY_AFTER_S,
         random_bytes: Callable[[int], bytes] = secrets.token_bytes,
     ) -> None:
         self.vehicle = vehicle

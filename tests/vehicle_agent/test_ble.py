@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import ble_fallback.phone
+from ble_fallback.car import BUSY_RETRY_AFTER_S
 from ble_fallback.errors import CarBusy
 from ble_fallback.link import LinkConditions, LinkPolicy, SimulatedLink
 from ble_fallback.phone import CarConnection, carry_over_ble, unlock_over_ble
@@ -187,7 +188,7 @@ def test_the_third_phone_gets_busy_and_may_retry(tmp_path: Path, world: World) -
                 with pytest.raises(CarBusy) as busy:
                     await CarConnection.open(third)
         assert busy.value.retry_safe
-        assert busy.value.retry_after == 1.0
+        assert busy.value.retry_after == BUSY_RETRY_AFTER_S
         async with car.connect(CLEAN) as again:  # once a phone has left, the retry succeeds
             assert (await unlock_over_ble(again, token, world.phone, Action.UNLOCK)).granted
         await car.ble.settled()
