@@ -76,6 +76,11 @@ def test_the_lab_and_the_tests_carry_every_part() -> None:
     assert declared("dev") >= declared("lab") | {"pytest", "mypy"}
 
 
+def test_the_keyserver_image_can_run_the_agent() -> None:
+    """compose runs `vehicle-agent` in the keyserver's image (deploy/compose.yaml)."""
+    assert declared("agent") <= declared("keyserver")
+
+
 def test_make_installs_every_extra() -> None:
     """`make demo` and `make test` install everything the extras name."""
     spec = re.search(r"pip install --quiet -e '\.\[([^\]]+)\]'", (ROOT / "Makefile").read_text())
