@@ -40,7 +40,7 @@ $(STAMP): pyproject.toml
 		{ echo "phonekey needs Python >= 3.11 (found: $$($(PYTHON) --version))"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,ble]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,ble,lab]'
 	touch $(STAMP)
 
 demo: $(STAMP)

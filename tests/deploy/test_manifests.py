@@ -365,6 +365,27 @@ def test_the_image_exposes_and_health_checks_the_keyserver_port() -> None:
     assert json.loads(instructions["CMD"]) == ["keyserver", "serve"]
 
 
+def test_the_image_installs_the_keyserver_set_and_only_the_tools_image_the_lab() -> None:
+    """The production image is `phonekey[keyserver]` (no plotting, no chaos tooling; the agent's
+    set is inside it); a compose service that runs `phonekey` builds the lab extra into an image
+    of its own tag, so the two builds never share a name."""
+    instructions = dockerfile()
+    default = dict(a.split("=", 1) for i, a in instructions if i == "ARG")["EXTRAS"]
+    assert default == "keyserver"
+    runs = [args for instruction, args in instructions if instruction == "RUN"]
+    assert any(re.match(r'pip install "\.\[\$\{EXTRAS\}\]"', run) for run in runs)
+    tags: dict[str, str] = {}
+    for name, service in compose()["services"].items():
+        if "build" not in service:
+            continue  # a third-party image
+        assert service["build"]["dockerfile"] == "deploy/Dockerfile"
+        extras = service["build"].get("args", {}).get("EXTRAS", default)
+        runs_tools = re.search(r"\bphonekey\b", command_text(service).replace("/phonekey", ""))
+        assert extras == ("lab" if runs_tools else "keyserver"), name
+        assert tags.setdefault(service["image"], extras) == extras, service["image"]
+    assert set(tags.values()) == {"keyserver", "lab"}
+
+
 def test_the_compose_agent_loads_its_settings() -> None:
     service = compose()["services"]["vehicle-agent"]
     env = {k: v for k, v in compose_env(service).items() if literal(v)}
