@@ -260,9 +260,10 @@ class FaultProxy:
 
     # -- connections -----------------------------------------------------------------------
 
-    async def _accept(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
+    def _accept(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        """The server's callback, run synchronously as the connection is made: the link is in
+        ``_links`` from this moment, so ``close()`` closes its socket even if the link's task is
+        cancelled before it ever ran (a coroutine callback would leave that socket to the GC)."""
         if len(self._links) >= self.max_connections:
             self.stats.refused += 1
             client_w.transport.abort()
@@ -271,7 +272,17 @@ class FaultProxy:
         if self._faults.reset:
             self._rst(client_w)
             return
-        writers = self._links[task] = [client_w]
+        writers = [client_w]
+        task = asyncio.get_running_loop().create_task(self._link(client_r, client_w, writers))
+        self._links[task] = writers
+
+    async def _link(
+        self,
+        client_r: asyncio.StreamReader,
+        client_w: asyncio.StreamWriter,
+        writers: list[asyncio.StreamWriter],
+    ) -> None:
+        task = asyncio.current_task()
         target: TargetStats | None = None
         try:
             connected = await self._connect()
@@ -289,7 +300,8 @@ class FaultProxy:
                 self._pump(target_r, client_w, target, up=False),
             )
         finally:
-            del self._links[task]
+            if task is not None:
+                self._links.pop(task, None)
             if target is not None:
                 target.open -= 1
             for writer in writers:

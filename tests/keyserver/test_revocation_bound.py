@@ -67,14 +67,21 @@ async def test_ten_thousand_repeated_revokes_change_no_list(api: Api, owner: Per
     assert (first.status, first.body["changed"]) == (200, True)
     before = await lists(api, owner, since=1)
 
+    answered: list[int] = []
+
     async def repeat() -> None:
         reply = await api.call(guest, "POST", REVOKE, key_id=key["key_id"])
-        assert (reply.status, reply.body["changed"]) == (200, False)
+        if reply.status == 429:  # shed by admission on a loaded machine: the client's problem
+            assert reply.body["error"]["code"] in {"overloaded", "deadline_exceeded"}, reply.body
+            return
+        assert (reply.status, reply.body["changed"]) == (200, False), reply.body
         assert reply.body["revocation_sequence"] == 2
+        answered.append(reply.status)
 
     for start in range(0, REPEATS, 200):  # 200 in flight at a time, like a scripted client
         api.clock.advance(1)  # time moves on: a later cutoff would be a new entry
         await asyncio.gather(*(repeat() for _ in range(start, start + 200)))
+    assert len(answered) >= REPEATS // 2  # most repeats went through to the store
     assert await lists(api, owner, since=1) == before
     sequence, entries = await api.store.revocations(VIN)
     assert (sequence, len(entries)) == (2, 2)
