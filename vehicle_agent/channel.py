@@ -15,7 +15,7 @@ movement.
 Reconnection follows ``vehicle_agent.backoff``: tenacity full-jitter backoff, bounded, honouring
 Retry-After; a timeout on each attempt; and a cloud-link circuit breaker (keycore.breaker) that
 stops opening sockets to a cloud that keeps failing, probing it once per wait. A paced refusal
-(429 ``reconnect_paced``, docs/protocol.md §17.1) is a slot, not a failure: the car comes back
+(429 ``reconnect_paced``, docs/protocol.md §17.2) is a slot, not a failure: the car comes back
 at it, and neither the breaker nor the throttle counts it. No 429 counts against the breaker: it
 is an answer from a live keyserver, and overload is the throttle's business. The link never
 blocks an unlock: ``Vehicle.unlock`` decides from local state and shares no lock or await with
