@@ -19,7 +19,7 @@ from keycore.channel import RECONNECT_PACED, REFUSAL_HEADER, Hello, decode_from_
 from keycore.cose import point_bytes
 from keycore.request_proof import HEADER, sign_request
 from keyserver.app import METRICS, create_app
-from keyserver.config import build
+from keyserver.config import ConfigError, build
 from keyserver.models import Vehicle as VehicleRecord
 from keyserver.pacing import PACING, Paced, ReconnectPacer
 from tests.keycore.test_breaker import FakeClock
@@ -219,5 +219,5 @@ async def test_an_unproven_upgrade_takes_no_slot(
 
 def test_the_rate_is_a_setting_with_bounds() -> None:
     assert build({}).channel_upgrades_per_s == 250.0
-    with pytest.raises(Exception, match="channel_upgrades_per_s"):
+    with pytest.raises(ConfigError, match="channel_upgrades_per_s"):
         build({"channel_upgrades_per_s": 0})
