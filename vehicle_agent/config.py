@@ -12,8 +12,6 @@ from the network would trust whoever answered first.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import os
 import tomllib
 from collections.abc import Mapping
@@ -24,6 +22,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from keycore.cose import load_point
+from keycore.encoding import b64url_decode
 from keycore.token import check_vin
 from vehicle_agent.errors import AgentError
 
@@ -111,11 +110,11 @@ def build(values: Mapping[str, Any]) -> AgentConfig:
 
 def _root_key(text: str) -> ec.EllipticCurvePublicKey:
     try:
-        xy = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        xy = b64url_decode(text)
         if len(xy) != 64:
             raise ValueError("not 64 bytes")
         return load_point(xy)
-    except (ValueError, binascii.Error):
+    except ValueError:
         raise ConfigError(
             "setting 'root_key': base64url of the root's 64-byte P-256 public key"
         ) from None
