@@ -30,6 +30,7 @@ SOURCES = (
     "pyproject.toml",
     "README.md",
     "keycore",
+    "runtime",
     "keyserver",
     "vehicle_agent",
     "ble_fallback",
