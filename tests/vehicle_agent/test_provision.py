@@ -125,7 +125,7 @@ def test_ble_settings(values: dict[str, object], ble: bool, name: str) -> None:
 
 
 def test_cli_reports_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.main(["provision", "--config", str(tmp_path / "missing.toml")]) == 1
+    assert cli.main(["provision", "--config", str(tmp_path / "missing.toml")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("vehicle-agent: config file not found")
     assert len(err.strip().splitlines()) == 1
