@@ -30,10 +30,8 @@ from typing import Any
 
 import aiohttp
 
-from ble_fallback.client import ClientPolicy, PhoneClient
 from ble_fallback.link import Link, LinkConditions, LinkPolicy, SimulatedLink
 from ble_fallback.radio import SimulatedRadio
-from ble_fallback.wallet import KeyWallet
 from deploy.api import call
 from deploy.faultproxy import FaultProxy
 from deploy.fleet_run import OwnKeyserver
@@ -42,6 +40,8 @@ from keycore import SoftwareSigner, TrustedClock, TrustStore
 from keycore.cose import point_bytes
 from keycore.encoding import b64url_encode
 from keyserver.auth import device_id_for
+from phone.client import ClientPolicy, PhoneClient
+from phone.wallet import KeyWallet
 from vehicle_agent.actuator import SimulatedActuator
 from vehicle_agent.backoff import CLOUD_LINK_BREAKER, ReconnectPolicy
 from vehicle_agent.ble import VehicleBleEndpoint

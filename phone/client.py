@@ -5,7 +5,7 @@ command is never sent on both paths once it may have run on one. A person standi
 never waits on the cloud (G8: the car is the data plane).
 
 The policy (``PhoneClient.command``), by what the Bluetooth path came to first
-(``ble_fallback.proximity``: range is what the phone's radio finds, the car's advertisement):
+(``phone.proximity``: range is what the phone's radio finds, the car's advertisement):
 
     Bluetooth path came to                          then
     granted / refused by the car                    that is the answer; the cloud is not asked
@@ -53,7 +53,14 @@ from typing import Any
 
 import aiohttp
 
-from ble_fallback.outcomes import (
+from keycore import cose
+from keycore.breaker import CallNotPermitted, CircuitBreaker
+from keycore.encoding import b64url_decode, b64url_encode
+from keycore.overload import DEADLINE_HEADER, AdaptiveThrottle, RetryBudget
+from keycore.request_proof import HEADER, sign_request
+from keycore.roles import Action
+from keycore.token import check_vin
+from phone.outcomes import (
     DEGRADED_HEADER,
     DONE,
     FINAL,
@@ -67,15 +74,8 @@ from ble_fallback.outcomes import (
     in_doubt,
     when,
 )
-from ble_fallback.proximity import AtCar, BleTries, ReachCar, command_at_car
-from ble_fallback.wallet import KeyWallet, WalletCorrupt, WalletEntry, read_token
-from keycore import cose
-from keycore.breaker import CallNotPermitted, CircuitBreaker
-from keycore.encoding import b64url_decode, b64url_encode
-from keycore.overload import DEADLINE_HEADER, AdaptiveThrottle, RetryBudget
-from keycore.request_proof import HEADER, sign_request
-from keycore.roles import Action
-from keycore.token import check_vin
+from phone.proximity import AtCar, BleTries, ReachCar, command_at_car
+from phone.wallet import KeyWallet, WalletCorrupt, WalletEntry, read_token
 
 __all__ = [
     "DEGRADED_HEADER", "ClientPolicy", "CommandOutcome", "PhoneClient", "ReachCar",
