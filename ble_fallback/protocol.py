@@ -145,6 +145,23 @@ class CarState:
     clock: TrustedClock
     challenges: ChallengeBook
 
+    def decide(self, request: DecisionRequest, *, mono: float) -> UnlockDecision:
+        """The car's one unlock decision, whatever brought the request: keycore's ``decide`` over
+        this state at monotonic time ``mono``; a grant raises the clock to the token's verified
+        iat (a signed lower bound on the time). Audit and actuation are the caller's."""
+        decision = decide(
+            request,
+            vin=self.vin,
+            trust=self.trust,
+            revocations=self.revocations,
+            clock=self.clock,
+            challenges=self.challenges,
+            mono=mono,
+        )
+        if decision.grant is not None:
+            self.clock = self.clock.raised(decision.grant.token.issued_at, mono=mono, fresh=False)
+        return decision
+
     def status(self, mono: float) -> CarStatus:
         return CarStatus(
             int(self.clock.now(mono)),
@@ -351,17 +368,9 @@ class CarSession(_Session):
         if now - self._challenge_at > self.allowed_latency:
             self._events.append(RequestHandled(request.action, LATE, None))
             return LATE  # the challenge is spent by _next_challenge
-        decision = decide(
-            DecisionRequest(request.token, request.action, self._nonce, request.proof),
-            vin=car.vin,
-            trust=car.trust,
-            revocations=car.revocations,
-            clock=car.clock,
-            challenges=car.challenges,
-            mono=now,
+        decision = car.decide(
+            DecisionRequest(request.token, request.action, self._nonce, request.proof), mono=now
         )
-        if decision.grant is not None:
-            car.clock = car.clock.raised(decision.grant.token.issued_at, mono=now, fresh=False)
         self._events.append(RequestHandled(request.action, decision.code, decision))
         return decision.code
 

@@ -42,8 +42,8 @@ from deploy.loadgen import REQUEST_TIMEOUT_S, WARMUP_MAX_S
 from deploy.processes import LOOPBACK, AppServer, RedisServer
 from keycore import SoftwareSigner
 from keycore.cose import point_bytes
+from keycore.encoding import b64url_encode
 from keyserver.auth import device_id_for
-from keyserver.fields import b64
 
 VIN = "5YJ3E1EA7KF000001"
 LOG_LEVEL = "info"  # the keyserver logs every request, as in production
@@ -124,7 +124,7 @@ def bench_issue(*, seconds: float = 10.0, concurrency: int = 32) -> IssueBench:
         phone = asyncio.run(_set_up(keyserver.url, secret))
         credentials = _write_credentials(work, phone)
         reference = [sys.executable, "-m", "deploy.ceiling"]
-        holder = b64(point_bytes(phone.device.public_key))
+        holder = b64url_encode(point_bytes(phone.device.public_key))
         ceiling = servers.enter_context(
             AppServer(
                 [*reference, "ceiling", "--holder", holder],
@@ -212,13 +212,13 @@ async def _set_up_steps(http: aiohttp.ClientSession, provisioning_secret: str) -
     xy = point_bytes(device.public_key)
     device_id = device_id_for(xy)
     phone = (device, device_id)
-    enrolment = {"name": "bench phone", "public_key": b64(xy), "password": password}
+    enrolment = {"name": "bench phone", "public_key": b64url_encode(xy), "password": password}
     await call(http, "/v1/devices", enrolment, bearer=bearer, signer=phone)
     car = SoftwareSigner.generate()
     await call(
         http,
         "/v1/vehicles",
-        {"vin": VIN, "public_key": b64(point_bytes(car.public_key))},
+        {"vin": VIN, "public_key": b64url_encode(point_bytes(car.public_key))},
         authorization=f"Provisioning {provisioning_secret}",
     )
     shown = await call(http, f"/v1/vehicles/{VIN}/pairing-code", None, signer=(car, VIN))

@@ -11,7 +11,6 @@ Both serve the refresh's route on 127.0.0.1, port 0 (aiohttp's "Running on" line
 from __future__ import annotations
 
 import argparse
-import base64
 import sys
 import time
 from collections.abc import Sequence
@@ -20,6 +19,7 @@ from aiohttp import web
 
 from keycore import ROLE_ENTITLEMENTS, Role, SoftwareSigner, issue
 from keycore.cose import load_point
+from keycore.encoding import b64url_decode, b64url_encode
 from keycore.errors import InvalidProof
 from keycore.request_proof import HEADER, parse_request_proof, verify_request_proof
 
@@ -60,7 +60,7 @@ def ceiling_app(holder_xy: bytes) -> web.Application:
             not_before=now,
             entitlements=ROLE_ENTITLEMENTS[Role.OWNER],
         )
-        return web.json_response({"token": base64.urlsafe_b64encode(token).decode()})
+        return web.json_response({"token": b64url_encode(token)})
 
     app = web.Application()
     app.router.add_post(ROUTE, refresh)
@@ -84,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.mode == "ceiling":
         if not args.holder:
             parser.error("ceiling needs --holder")
-        app = ceiling_app(base64.urlsafe_b64decode(args.holder + "=" * (-len(args.holder) % 4)))
+        app = ceiling_app(b64url_decode(args.holder))
     else:
         app = bare_app()
     web.run_app(

@@ -22,7 +22,6 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from ble_fallback.client import CommandOutcome
 from ble_fallback.errors import BleError
 from ble_fallback.phone import carry_over_ble
 from deploy.demo_stack import DemoCar, DemoPhone, DemoStack
@@ -30,6 +29,7 @@ from deploy.demo_view import Attempt, DemoReport
 from deploy.events import EventLog
 from keycore import Action
 from keycore.breaker import StateTransition
+from phone.client import CommandOutcome
 
 SHARE_S = 2 * 3600  # the friend's key: a guest key valid two hours
 WAIT_LIMIT_S = 15.0  # the longest any wait inside a step may take: a hang guard

@@ -30,18 +30,18 @@ from typing import Any
 
 import aiohttp
 
-from ble_fallback.client import ClientPolicy, PhoneClient
 from ble_fallback.link import Link, LinkConditions, LinkPolicy, SimulatedLink
 from ble_fallback.radio import SimulatedRadio
-from ble_fallback.wallet import KeyWallet
 from deploy.api import call
 from deploy.faultproxy import FaultProxy
 from deploy.fleet_run import OwnKeyserver
 from deploy.processes import free_port
 from keycore import SoftwareSigner, TrustedClock, TrustStore
 from keycore.cose import point_bytes
+from keycore.encoding import b64url_encode
 from keyserver.auth import device_id_for
-from keyserver.fields import b64
+from phone.client import ClientPolicy, PhoneClient
+from phone.wallet import KeyWallet
 from vehicle_agent.actuator import SimulatedActuator
 from vehicle_agent.backoff import CLOUD_LINK_BREAKER, ReconnectPolicy
 from vehicle_agent.ble import VehicleBleEndpoint
@@ -183,7 +183,7 @@ class DemoStack:
     async def add_car(self) -> DemoCar:
         """Provision a car at the factory, give it its agent state, and connect it."""
         vin, key = demo_vin(), SoftwareSigner.generate()
-        registration = {"vin": vin, "public_key": b64(point_bytes(key.public_key))}
+        registration = {"vin": vin, "public_key": b64url_encode(point_bytes(key.public_key))}
         secret = self.keyserver.secret
         await call(self.api, "/v1/vehicles", registration, authorization=f"Provisioning {secret}")
         async with self.api.get("/v1/trust-update") as response:
@@ -233,7 +233,11 @@ class DemoStack:
         device = SoftwareSigner.generate()
         xy = point_bytes(device.public_key)
         device_id = device_id_for(xy)
-        enrolment = {"name": f"{name}'s phone", "public_key": b64(xy), "password": password}
+        enrolment = {
+            "name": f"{name}'s phone",
+            "public_key": b64url_encode(xy),
+            "password": password,
+        }
         await call(self.api, "/v1/devices", enrolment, bearer=bearer, signer=(device, device_id))
         wallet = KeyWallet.open(self.work / f"{name}-wallet.db")
         assert self.car is not None

@@ -11,7 +11,6 @@ commands, a keyserver restart) and reports the figures.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import os
 import secrets
@@ -34,8 +33,8 @@ from keycore import (
     prove,
 )
 from keycore.cose import point_bytes
+from keycore.encoding import b64url_decode, b64url_encode
 from keyserver.auth import device_id_for
-from keyserver.fields import b64
 from vehicle_agent.actuator import SimulatedActuator
 from vehicle_agent.backoff import ReconnectPolicy
 from vehicle_agent.channel import CloudLink, LinkState
@@ -170,7 +169,7 @@ class Fleet:
         state_dir: Path | None,
     ) -> SimulatedCar:
         key = SoftwareSigner.generate()
-        registration = {"vin": vin, "public_key": b64(point_bytes(key.public_key))}
+        registration = {"vin": vin, "public_key": b64url_encode(point_bytes(key.public_key))}
         await call(self.api, "/v1/vehicles", registration, authorization=f"Provisioning {secret}")
         shown = await call(self.api, f"/v1/vehicles/{vin}/pairing-code", signer=(key, vin))
         signer = self.operator.signer
@@ -202,7 +201,7 @@ class Fleet:
             bearer=self.operator.bearer, signer=self.operator.signer,
         )  # fmt: skip
         token = str(answer["token"])
-        return str(answer["key_id"]), base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        return str(answer["key_id"]), b64url_decode(token)
 
     def _recorder(self, vin: str) -> Callable[[LinkState], None]:
         def record(state: LinkState) -> None:
@@ -222,7 +221,7 @@ async def _operator(api: aiohttp.ClientSession) -> Operator:
     device = SoftwareSigner.generate()
     xy = point_bytes(device.public_key)
     device_id = device_id_for(xy)
-    enrolment = {"name": "fleet operator", "public_key": b64(xy), "password": password}
+    enrolment = {"name": "fleet operator", "public_key": b64url_encode(xy), "password": password}
     await call(api, "/v1/devices", enrolment, bearer=bearer, signer=(device, device_id))
     return Operator(bearer, device, device_id)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import base64
 import os
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ from deploy.api import ApiCallError
 from deploy.fleet_run import FleetError, FleetReport, FleetSettings, run_fleet
 from deploy.processes import ProcessError
 from keycore.cose import load_point
+from keycore.encoding import b64url_decode
 
 MAX_VEHICLES = 20_000  # each car holds a socket and its state: a bound on one process
 MAX_JITTER_S = 600.0
@@ -120,7 +120,7 @@ def _jitter(text: str) -> float:
 
 def _root_key(text: str) -> ec.EllipticCurvePublicKey:
     try:
-        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        raw = b64url_decode(text)
         if len(raw) != 64:
             raise ValueError("not 64 bytes")
         return load_point(raw)

@@ -12,7 +12,6 @@ replica (at its own port). The world (simulated cars and phones) starts last.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import functools
 import importlib.util
@@ -44,6 +43,7 @@ from deploy.stack_spec import (
 )
 from keycore import ROLE_MAX_LIFETIME
 from keycore.cose import point_bytes
+from keycore.encoding import b64url_encode
 from keyserver.keyring import KeyRingStore
 
 SERVICE = "phonekey"  # the master's name in the Sentinels' configuration
@@ -97,7 +97,7 @@ class Stack:
             variant=spec.variant,
             dir=str(directory),
             started_at=time.time(),
-            root_key=base64.urlsafe_b64encode(point_bytes(ring.root_key)).rstrip(b"=").decode(),
+            root_key=b64url_encode(point_bytes(ring.root_key)),
             provisioning_secret_file=str(secret_file),
             keys_dir=str(keys),
             events=str(events),

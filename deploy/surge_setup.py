@@ -11,8 +11,8 @@ import aiohttp
 from deploy.api import call
 from keycore import SoftwareSigner
 from keycore.cose import point_bytes
+from keycore.encoding import b64url_encode
 from keyserver.auth import device_id_for
-from keyserver.fields import b64
 
 SETUP_TIMEOUT_S = 30.0
 
@@ -39,13 +39,14 @@ async def set_up(base_url: str, provisioning_secret: str, *, cars: int) -> Popul
         device = SoftwareSigner.generate()
         xy = point_bytes(device.public_key)
         phone = (device, device_id_for(xy))
-        enrolment = {"name": "surge phone", "public_key": b64(xy), "password": password}
+        enrolment = {"name": "surge phone", "public_key": b64url_encode(xy), "password": password}
         await call(http, "/v1/devices", enrolment, bearer=bearer, signer=phone)
         made = []
         for number in range(cars):
             vin, car = surge_vin(number), SoftwareSigner.generate()
+            registration = {"vin": vin, "public_key": b64url_encode(point_bytes(car.public_key))}
             await call(
-                http, "/v1/vehicles", {"vin": vin, "public_key": b64(point_bytes(car.public_key))},
+                http, "/v1/vehicles", registration,
                 authorization=f"Provisioning {provisioning_secret}",
             )  # fmt: skip
             shown = await call(http, f"/v1/vehicles/{vin}/pairing-code", None, signer=(car, vin))

@@ -24,9 +24,7 @@ from typing import Any
 import aiohttp
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from ble_fallback.client import ClientPolicy
 from ble_fallback.radio import SimulatedRadio
-from ble_fallback.wallet import read_token
 from deploy.events import EventLog
 from deploy.world_agent import write_factory_state
 from deploy.world_cars import FAILPOINTS, WorldCar
@@ -47,6 +45,8 @@ from deploy.world_phones import (
 from deploy.world_setup import Holder, Population, Rest, WorldError, set_up, token_bytes
 from keycore import KeyToken
 from keycore.waiting import PredicateWaiters
+from phone.client import ClientPolicy
+from phone.wallet import read_token
 from vehicle_agent.backoff import ReconnectPolicy
 
 log = logging.getLogger("deploy.world")

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
-import binascii
 import contextlib
 import logging
 import signal
@@ -32,6 +30,7 @@ from deploy.world import World, WorldSettings
 from deploy.world_control import create_control_app
 from deploy.world_setup import WorldError
 from keycore.cose import load_point
+from keycore.encoding import b64url_decode
 
 MAX_CARS, MAX_PHONES = 1000, 2000
 MAX_SECONDS = 86_400.0
@@ -147,12 +146,12 @@ def _url(text: str) -> str:
 
 def _root_key(text: str) -> ec.EllipticCurvePublicKey:
     try:
-        text = text.strip().rstrip("=").replace("+", "-").replace("/", "_")
-        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        # either alphabet, padded or not: DER is usually shown in standard base64
+        raw = b64url_decode(text.strip().rstrip("=").replace("+", "-").replace("/", "_"))
         if len(raw) == 64:
             return load_point(raw)
         key = serialization.load_der_public_key(raw)
-    except (ValueError, TypeError, binascii.Error):
+    except (ValueError, TypeError):
         key = None
     if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
         raise argparse.ArgumentTypeError("not a P-256 public key (base64 DER or x||y)")

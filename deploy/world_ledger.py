@@ -14,7 +14,6 @@ from typing import Any
 
 import aiohttp
 
-from ble_fallback.client import CommandOutcome
 from deploy.api import ApiCallError, call
 from deploy.events import EventLog
 from deploy.world_cars import WorldCar
@@ -22,12 +21,13 @@ from deploy.world_metrics import WorldMetrics
 from deploy.world_setup import ACCEPTED, gather_bounded
 from keycore import KeyToken
 from keycore.waiting import PredicateWaiters
+from phone.client import CommandOutcome
 
 FINAL = frozenset({"executed", "failed", "expired"})
 SETTLE_POLL_S = 0.5
 MAX_DETAIL = 300  # characters of the client's sentence in a failed unlock's event
 READ_TIMEOUT_S = 3.0  # one status read; a black-holed cloud must not hold the stop up
-#: how the phone client words a 202 ``may_be_queued`` (ble_fallback/client.py, _cloud_command)
+#: how the phone client words a 202 ``may_be_queued`` (phone/client.py, _cloud_command)
 MAY_HAVE_QUEUED = "the cloud may have queued the command"
 
 

@@ -25,12 +25,10 @@ from pathlib import Path
 
 import aiohttp
 
-from ble_fallback.client import ClientPolicy, CommandOutcome, PhoneClient
 from ble_fallback.errors import BleError, CarBusy
 from ble_fallback.link import Link
 from ble_fallback.phone import CarConnection, unlock_over_ble
 from ble_fallback.radio import SimulatedRadio
-from ble_fallback.wallet import KeyWallet, WalletEntry, read_token
 from deploy.api import ApiCallError, call
 from deploy.events import EventLog
 from deploy.world_agent import PRESS, Attempt
@@ -49,6 +47,8 @@ from deploy.world_setup import (
 from keycore import Action
 from keycore.breaker import BreakerConfig, CircuitBreaker
 from keycore.waiting import PredicateWaiters
+from phone.client import ClientPolicy, CommandOutcome, PhoneClient
+from phone.wallet import KeyWallet, WalletEntry, read_token
 
 log = logging.getLogger("deploy.world")
 CLIENT_POLICY = ClientPolicy(cloud_timeout_s=5.0, follow_deadline_s=20.0, poll_interval_s=0.25)

@@ -13,7 +13,6 @@ or answered 429/503 (after its Retry-After). Anything else fails the set-up with
 from __future__ import annotations
 
 import asyncio
-import base64
 import random
 import secrets
 import time
@@ -26,9 +25,9 @@ import aiohttp
 from deploy.api import ApiCallError, call
 from keycore import SoftwareSigner
 from keycore.cose import point_bytes
+from keycore.encoding import b64url_decode, b64url_encode
 from keycore.request_proof import HEADER, sign_request
 from keyserver.auth import device_id_for
-from keyserver.fields import b64
 
 DAY = 86_400
 FRIEND_SHARE_S = 3 * DAY  # a friend's key: time-limited, as a guest's always is
@@ -101,7 +100,7 @@ def world_vins(count: int) -> tuple[list[str], str]:
 
 def token_bytes(answer: dict[str, Any]) -> bytes:
     text = str(answer["token"])
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    return b64url_decode(text)
 
 
 class Rest:
@@ -174,7 +173,7 @@ async def sign_up(rest: Rest, person: Person) -> None:
 
 async def enroll(rest: Rest, person: Person, name: str) -> Device:
     device = Device.generate()
-    body = {"name": name, "public_key": b64(point_bytes(device.signer.public_key)),
+    body = {"name": name, "public_key": b64url_encode(point_bytes(device.signer.public_key)),
             "password": person.password}  # fmt: skip
     await rest("/v1/devices", body, person=person, device=device)
     return device
@@ -182,7 +181,7 @@ async def enroll(rest: Rest, person: Person, name: str) -> Device:
 
 async def provision_and_pair(rest: Rest, vin: str, secret: str, owner: Holder) -> SoftwareSigner:
     key = SoftwareSigner.generate()
-    registration = {"vin": vin, "public_key": b64(point_bytes(key.public_key))}
+    registration = {"vin": vin, "public_key": b64url_encode(point_bytes(key.public_key))}
     await rest("/v1/vehicles", registration, authorization=f"Provisioning {secret}")
     shown = await rest(f"/v1/vehicles/{vin}/pairing-code", signer=(key, vin))
     body = {"code": shown["code"]}

@@ -18,7 +18,7 @@ from keycore.encoding import as_bytes, as_int, as_map, dumps, loads_strict
 from keycore.errors import KeycoreError, Reason
 from keycore.roles import Action
 from keycore.token import MAX_TIME, check_vin
-from keycore.trust import TrustStore
+from keycore.trust import TrustStore, open_signed
 
 TYP_COMMAND = "pk.cmd"
 MAX_COMMAND_BYTES = 512
@@ -72,14 +72,9 @@ def read_command(data: bytes, *, vin: str, now: float, trust: TrustStore) -> Rem
     malformed, too_large, unknown_key, algorithm_mismatch, bad_signature, wrong_vehicle,
     not_yet_valid (issued after now + 60 s) or expired."""
     err = InvalidCommand
-    msg = cose.parse_sign1(data, typ=TYP_COMMAND, max_size=MAX_COMMAND_BYTES, error=err)
-    key = trust.lookup(msg.kid)
-    if key is None or not key.valid_at(now):
-        raise err(Reason.UNKNOWN_KEY)
-    if msg.alg != key.alg:
-        raise err(Reason.ALGORITHM_MISMATCH)
-    if not cose.verify_es256(key.public_key, msg.signature, msg.to_be_signed()):
-        raise err(Reason.BAD_SIGNATURE)
+    msg, _ = open_signed(
+        data, typ=TYP_COMMAND, max_size=MAX_COMMAND_BYTES, error=err, lookup=trust.lookup, now=now
+    )
     body = as_map(loads_strict(msg.payload, err, max_size=MAX_COMMAND_BYTES), err, _KEYS, _REQUIRED)
     raw_id = as_bytes(body[CMD_ID], err, 8, 64)
     try:

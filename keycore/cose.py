@@ -1,7 +1,8 @@
 """COSE_Sign1 (RFC 9052) with ES256 only, P-256 keys as COSE_Key maps, and the signer seam.
 
-This is keycore's "hazmat" layer: documents call ``sign1`` / ``parse_sign1`` / ``verify_es256``;
-nothing here decides whether a signer is trusted.
+This is keycore's "hazmat" layer: documents are signed with ``sign1`` and opened with
+``keycore.trust.open_signed`` (over ``parse_sign1`` / ``verify_es256``), the one place that
+decides whether a signer is trusted.
 """
 
 from __future__ import annotations

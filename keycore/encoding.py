@@ -1,4 +1,4 @@
-"""Strict CBOR decoding shared by every keycore decoder.
+"""Strict CBOR decoding shared by every keycore decoder, and the project's one base64url.
 
 One CBOR item in preferred serialization, nothing after it, no duplicate map keys, no indefinite
 lengths, bounded nesting: a document is accepted only if encoding what was decoded gives back the
@@ -8,6 +8,8 @@ refuses bignum tags standing in for small integers and over-long length heads).
 
 from __future__ import annotations
 
+import base64
+import binascii
 from typing import Any
 
 import cbor2
@@ -80,3 +82,26 @@ def as_list(value: object, error: type[KeycoreError], lo: int, hi: int) -> list[
     if not isinstance(value, list | tuple) or not lo <= len(value) <= hi:
         raise error(Reason.MALFORMED, "array of the wrong length")
     return list(value)
+
+
+def b64url_encode(data: bytes) -> str:
+    """Unpadded base64url (RFC 4648 §5 without ``=``): how every part writes bytes into JSON."""
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def b64url_decode(text: str) -> bytes:
+    """The bytes of unpadded base64url in its one spelling; ValueError for anything else.
+
+    The standard decoder skips characters outside the alphabet, takes ``+`` and ``/`` and ignores
+    stray low bits in the last character; decoding and encoding again must give back ``text``, so
+    one value has one spelling (and padding is refused).
+    """
+    if not isinstance(text, str):
+        raise ValueError("base64url must be text")
+    try:
+        data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (binascii.Error, ValueError):
+        raise ValueError("not base64url") from None
+    if b64url_encode(data) != text:
+        raise ValueError("not canonical unpadded base64url")
+    return data

@@ -10,8 +10,6 @@ Header form (``PK-Device-Proof``): ``device=<id>, ts=<unix seconds>, nonce=<b64u
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import re
 import secrets
@@ -20,6 +18,7 @@ from dataclasses import dataclass
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from keycore import cose
+from keycore.encoding import b64url_decode, b64url_encode
 from keycore.errors import InvalidProof, Reason
 
 REQUEST_CONTEXT = b"phonekey/request/v1\x00"
@@ -73,7 +72,8 @@ def sign_request(
     """The ``PK-Device-Proof`` header value for one request (a fresh random nonce by default)."""
     nonce = secrets.token_bytes(NONCE_MIN) if nonce is None else nonce
     signature = device.sign(request_message(device_id, method, path, body, timestamp, nonce))
-    return f"device={device_id}, ts={timestamp}, nonce={_b64(nonce)}, sig={_b64(signature)}"
+    nonce_text, signature_text = b64url_encode(nonce), b64url_encode(signature)
+    return f"device={device_id}, ts={timestamp}, nonce={nonce_text}, sig={signature_text}"
 
 
 def parse_request_proof(header: str) -> RequestProof:
@@ -120,16 +120,8 @@ def verify_request_proof(
         raise InvalidProof(Reason.BAD_PROOF)
 
 
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).decode().rstrip("=")
-
-
 def _unb64(text: str) -> bytes:
-    """Unpadded base64url, one spelling only (stray low bits in the last character refused)."""
     try:
-        data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-    except (binascii.Error, ValueError):
-        raise InvalidProof(Reason.MALFORMED, "not base64url") from None
-    if _b64(data) != text:
-        raise InvalidProof(Reason.MALFORMED, "not canonical base64url")
-    return data
+        return b64url_decode(text)
+    except ValueError as error:
+        raise InvalidProof(Reason.MALFORMED, str(error)) from None

@@ -17,7 +17,7 @@ from keycore import cose
 from keycore.encoding import as_bytes, as_int, as_list, as_map, dumps, loads_strict
 from keycore.errors import InvalidRevocationList, InvalidState, Reason
 from keycore.token import MAX_TIME, TOKEN_ID_BYTES, KeyToken, check_vin
-from keycore.trust import MAX_SEQUENCE, TrustStore
+from keycore.trust import MAX_SEQUENCE, TrustStore, open_signed
 
 TYP_REVOCATION_LIST = "pk.rev"
 MAX_REVOCATION_BYTES = 256 * 1024
@@ -93,14 +93,14 @@ def sign_revocation_list(
 def read_revocation_list(data: bytes, *, trust: TrustStore, now: float) -> RevocationListDocument:
     """Verify and decode a signed revocation list; raises InvalidRevocationList."""
     err = InvalidRevocationList
-    msg = cose.parse_sign1(data, typ=TYP_REVOCATION_LIST, max_size=MAX_REVOCATION_BYTES, error=err)
-    key = trust.lookup(msg.kid)
-    if key is None or not key.valid_at(now):
-        raise err(Reason.UNKNOWN_KEY)
-    if msg.alg != key.alg:
-        raise err(Reason.ALGORITHM_MISMATCH)
-    if not cose.verify_es256(key.public_key, msg.signature, msg.to_be_signed()):
-        raise err(Reason.BAD_SIGNATURE)
+    msg, _ = open_signed(
+        data,
+        typ=TYP_REVOCATION_LIST,
+        max_size=MAX_REVOCATION_BYTES,
+        error=err,
+        lookup=trust.lookup,
+        now=now,
+    )
     body = as_map(
         loads_strict(msg.payload, err, max_size=MAX_REVOCATION_BYTES), err, _RL_KEYS, _RL_KEYS
     )

@@ -16,7 +16,7 @@ from keycore import cose
 from keycore.encoding import as_bytes, as_int, as_list, as_map, dumps, loads_strict
 from keycore.errors import InvalidSignedTime, InvalidState, Reason
 from keycore.token import MAX_TIME
-from keycore.trust import TrustStore
+from keycore.trust import TrustStore, open_signed
 
 TYP_SIGNED_TIME = "pk.time"
 MAX_SIGNED_TIME_BYTES = 512
@@ -38,14 +38,9 @@ def read_signed_time(data: bytes, *, nonce: bytes, trust: TrustStore) -> int:
     answer is how a car whose clock is doubtful learns what time it is.
     """
     err = InvalidSignedTime
-    msg = cose.parse_sign1(data, typ=TYP_SIGNED_TIME, max_size=MAX_SIGNED_TIME_BYTES, error=err)
-    key = trust.lookup(msg.kid)
-    if key is None:
-        raise err(Reason.UNKNOWN_KEY)
-    if msg.alg != key.alg:
-        raise err(Reason.ALGORITHM_MISMATCH)
-    if not cose.verify_es256(key.public_key, msg.signature, msg.to_be_signed()):
-        raise err(Reason.BAD_SIGNATURE)
+    msg, key = open_signed(
+        data, typ=TYP_SIGNED_TIME, max_size=MAX_SIGNED_TIME_BYTES, error=err, lookup=trust.lookup
+    )
     body = as_map(
         loads_strict(msg.payload, err, max_size=MAX_SIGNED_TIME_BYTES),
         err,

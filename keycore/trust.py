@@ -8,7 +8,7 @@ old update can never undo a newer one. An update is the complete set of trusted 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from types import MappingProxyType
@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from keycore import cose
 from keycore.encoding import as_int, as_list, as_map, dumps, loads_strict
-from keycore.errors import InvalidTrustUpdate, Reason
+from keycore.errors import InvalidTrustUpdate, KeycoreError, Reason
 from keycore.token import MAX_TIME
 
 TYP_TRUST_UPDATE = "pk.trust"
@@ -44,6 +44,35 @@ class TrustedKey:
         return self.not_before <= now <= self.not_after
 
 
+def open_signed(
+    data: bytes,
+    *,
+    typ: str | int,
+    max_size: int,
+    error: type[KeycoreError],
+    lookup: Callable[[bytes], TrustedKey | None],
+    now: float | None = None,
+    unknown: str = "",
+) -> tuple[cose.Sign1, TrustedKey]:
+    """Open a signed document of type ``typ``: envelope, key id, algorithm and signature checked.
+
+    The one way every keycore document is opened. Refusals, in order: too_large and malformed
+    (envelope, protected header, wrong ``typ``), unknown_key (``lookup`` knows no key for the
+    kid, or, when ``now`` is given, the key is not valid at ``now``; ``unknown`` is the detail),
+    algorithm_mismatch, bad_signature. The payload is not decoded: that is the document's own.
+    """
+    msg = cose.parse_sign1(data, typ=typ, max_size=max_size, error=error)
+    key = lookup(msg.kid)
+    if key is None or (now is not None and not key.valid_at(now)):
+        raise error(Reason.UNKNOWN_KEY, unknown)
+    # The header's algorithm must be the one pinned for this key id: never trust the header alone.
+    if msg.alg != key.alg:
+        raise error(Reason.ALGORITHM_MISMATCH)
+    if not cose.verify_es256(key.public_key, msg.signature, msg.to_be_signed()):
+        raise error(Reason.BAD_SIGNATURE)
+    return msg, key
+
+
 @dataclass(frozen=True, slots=True)
 class TrustStore:
     """What a car (or a phone, or a server) trusts: a root key and the issuer keys it vouched for.
@@ -66,15 +95,15 @@ class TrustStore:
 
     def apply(self, update: bytes) -> TrustStore:
         """The store after a verified, newer update; raises InvalidTrustUpdate otherwise."""
-        msg = cose.parse_sign1(
-            update, typ=TYP_TRUST_UPDATE, max_size=MAX_TRUST_UPDATE_BYTES, error=InvalidTrustUpdate
+        root = TrustedKey(self.root_kid, cose.ES256, self.root, 0, MAX_TIME)
+        msg, _ = open_signed(
+            update,
+            typ=TYP_TRUST_UPDATE,
+            max_size=MAX_TRUST_UPDATE_BYTES,
+            error=InvalidTrustUpdate,
+            lookup=lambda kid: root if kid == root.kid else None,
+            unknown="not signed by this store's root",
         )
-        if msg.kid != self.root_kid:
-            raise InvalidTrustUpdate(Reason.UNKNOWN_KEY, "not signed by this store's root")
-        if msg.alg != cose.ES256:
-            raise InvalidTrustUpdate(Reason.ALGORITHM_MISMATCH)
-        if not cose.verify_es256(self.root, msg.signature, msg.to_be_signed()):
-            raise InvalidTrustUpdate(Reason.BAD_SIGNATURE)
         sequence, keys = _decode_update(msg.payload)
         if sequence <= self.sequence:
             raise InvalidTrustUpdate(Reason.STALE, f"sequence {sequence} <= {self.sequence}")

@@ -19,7 +19,7 @@ from keycore.errors import InvalidToken, Reason
 from keycore.revocation import RevocationState
 from keycore.roles import ROLE_MAX_LIFETIME, Action, allows
 from keycore.token import MAX_TOKEN_BYTES, TYP_KEY_TOKEN, KeyToken, decode_claims
-from keycore.trust import TrustStore
+from keycore.trust import TrustStore, open_signed
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,15 +39,10 @@ def authenticate(
     The issuer key must be valid at ``max(now, iat)``: once the signature verifies, the token's
     iat is a signed lower bound on the time, so a car whose clock lags is not locked out by it.
     """
-    msg = cose.parse_sign1(token, typ=TYP_KEY_TOKEN, max_size=MAX_TOKEN_BYTES, error=InvalidToken)
-    key = trust.lookup(msg.kid)
-    if key is None:
-        raise InvalidToken(Reason.UNKNOWN_KEY)
-    # The header's algorithm must be the one the trust store pins for this key id.
-    if msg.alg != key.alg:
-        raise InvalidToken(Reason.ALGORITHM_MISMATCH)
-    if not cose.verify_es256(key.public_key, msg.signature, msg.to_be_signed()):
-        raise InvalidToken(Reason.BAD_SIGNATURE)
+    # Validity is checked below, at max(now, iat): the signed iat is not known before this.
+    msg, key = open_signed(
+        token, typ=TYP_KEY_TOKEN, max_size=MAX_TOKEN_BYTES, error=InvalidToken, lookup=trust.lookup
+    )
     claims = decode_claims(msg.payload, msg.kid)
     if not key.valid_at(max(now, claims.issued_at)) or not key.valid_at(claims.issued_at):
         raise InvalidToken(Reason.UNKNOWN_KEY, "issuer key not valid at this time")

@@ -24,6 +24,7 @@ from keyserver.errors import KeyserverError
 from keyserver.keyring import KeyRingState, KeyRingStore
 from keyserver.keyring_reload import open_key_ring
 from keyserver.observability import configure_logging
+from runtime.settings import refuse
 
 DAY = 86_400
 
@@ -64,8 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         directory = args.dir or load_config(args.config).keys_path  # where serve looks
     except KeyserverError as error:
-        print(f"keyserver: {error}", file=sys.stderr)
-        return 2
+        return refuse("keyserver", error)
     store = KeyRingStore(directory)
     now = int(time.time())
     try:
@@ -105,14 +105,12 @@ def serve(config_path: Path | None) -> int:
     try:
         config = load_config(config_path)
     except KeyserverError as error:
-        print(f"keyserver: {error}", file=sys.stderr)
-        return 2
+        return refuse("keyserver", error)
     configure_logging(config.log_level)
     try:  # here, not in the app's start-up: a missing ring is one line and exit 2
         open_key_ring(config)
     except KeyserverError as error:
-        print(f"keyserver: {error}", file=sys.stderr)
-        return 2
+        return refuse("keyserver", error)
     web.run_app(
         create_app(config),
         host=config.host,

@@ -6,7 +6,6 @@ store. A bad value stops start-up with one line naming the setting (``ConfigErro
 
 from __future__ import annotations
 
-import os
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -17,6 +16,7 @@ from keycore import ROLE_MAX_LIFETIME, Role
 from keyserver.client_address import HEADERS as FORWARDED_HEADERS
 from keyserver.client_address import trusted_networks
 from keyserver.errors import KeyserverError
+from runtime.settings import read_settings
 
 ENV_PREFIX = "PHONEKEY_"
 DAY = 86_400
@@ -138,21 +138,7 @@ MIN_SECRET_CHARS = 16
 
 def load(path: Path | None = None, env: Mapping[str, str] | None = None) -> Config:
     """Read ``path`` (if given), apply the environment, validate; raises ConfigError."""
-    values: dict[str, Any] = {}
-    if path is not None:
-        try:
-            values.update(tomllib.loads(Path(path).read_text()))
-        except FileNotFoundError:
-            raise ConfigError(f"config file not found: {path}") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"config file {path}: {exc}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config file {path}: {exc}") from None
-    environ = os.environ if env is None else env
-    for name, raw in environ.items():
-        if name.startswith(ENV_PREFIX):
-            values[name[len(ENV_PREFIX) :].lower()] = raw
-    return build(values)
+    return build(read_settings(path, env, prefix=ENV_PREFIX, error=ConfigError))
 
 
 def build(values: Mapping[str, Any]) -> Config:

@@ -7,8 +7,6 @@ refused with ``invalid_vin``.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -16,6 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from keycore.cose import load_point
+from keycore.encoding import b64url_decode
 from keycore.token import check_vin
 from keyserver.http import ApiError
 
@@ -69,10 +68,10 @@ def public_key(body: Mapping[str, Any], name: str = "public_key") -> bytes:
     if len(text) != POINT_B64_CHARS:
         raise invalid(name, expected)
     try:
-        key = base64.urlsafe_b64decode(text + "==")
-    except (binascii.Error, ValueError):
+        key = b64url_decode(text)
+    except ValueError:
         raise invalid(name, expected) from None
-    if len(key) != POINT_BYTES or b64(key) != text:
+    if len(key) != POINT_BYTES:
         raise invalid(name, expected)
     try:
         load_point(key)
@@ -94,7 +93,3 @@ def path_vin(request: web.Request) -> str:
         return check_vin(request.match_info["vin"])
     except ValueError as error:
         raise ApiError(400, "invalid_vin", str(error)) from None
-
-
-def b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).decode().rstrip("=")

@@ -48,7 +48,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from keyserver.store.sqlite import create_private
+from runtime.sqlite import open_durable
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS operations (
@@ -106,12 +106,9 @@ class Journal:
     @classmethod
     def open(cls, path: Path) -> Journal:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        # It names accounts, devices and keys: owner-only, like the store's own database
-        # (the store's create_private: 0600, an older file tightened).
-        create_private(path)
-        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=FULL")  # an answered 202 survives a power cut
+        # It names accounts, devices and keys: owner-only, like the store's own database. FULL
+        # synchronous: an answered 202 survives a power cut. 5 s: sqlite3's default, as before.
+        db = open_durable(path, busy_timeout=5.0, check_same_thread=False)
         db.executescript(SCHEMA)
         return cls(db)
 

@@ -31,6 +31,7 @@ from keyserver.errors import KeyserverError, StoreUnavailable
 from keyserver.hub import ChannelHub
 from keyserver.journal import DONE, PENDING, REFUSED, Journal, NotYet
 from keyserver.replay import Replayer, announce
+from runtime.settings import refuse
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -50,8 +51,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)
     except KeyserverError as error:
-        print(f"keyserver: {error}", file=sys.stderr)
-        return 2
+        return refuse("keyserver", error)
     if args.data_dir is not None:
         config = replace(config, data_dir=args.data_dir)
     return asyncio.run(replay_journal(config))

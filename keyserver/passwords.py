@@ -6,10 +6,11 @@ and old hashes still verify. Hashing costs ~50 ms of CPU: call it off the event 
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 import os
+
+from keycore.encoding import b64url_decode, b64url_encode
 
 LOG2_N, R, P = 14, 8, 1
 SALT_BYTES, HASH_BYTES = 16, 32
@@ -37,7 +38,9 @@ def hash_password(password: str) -> str:
     check_policy(password)
     salt = os.urandom(SALT_BYTES)
     digest = _scrypt(password.encode(), salt, LOG2_N, R, P)
-    return "$".join(["scrypt", str(LOG2_N), str(R), str(P), _b64(salt), _b64(digest)])
+    return "$".join(
+        ["scrypt", str(LOG2_N), str(R), str(P), b64url_encode(salt), b64url_encode(digest)]
+    )
 
 
 def verify_password(password: str, stored: str) -> bool:
@@ -49,8 +52,8 @@ def verify_password(password: str, stored: str) -> bool:
         scheme, log2_n, r, p, salt, digest = stored.split("$")
         if scheme != "scrypt" or not (10 <= int(log2_n) <= 20 and 1 <= int(r) <= 16):
             return False
-        expected = _unb64(digest)
-        actual = _scrypt(encoded, _unb64(salt), int(log2_n), int(r), int(p))
+        expected = b64url_decode(digest)
+        actual = _scrypt(encoded, b64url_decode(salt), int(log2_n), int(r), int(p))
     except (ValueError, TypeError):
         return False
     return hmac.compare_digest(actual, expected)
@@ -61,11 +64,3 @@ def _scrypt(password: bytes, salt: bytes, log2_n: int, r: int, p: int) -> bytes:
     return hashlib.scrypt(
         password, salt=salt, n=n, r=r, p=p, maxmem=256 * n * r + (1 << 20), dklen=HASH_BYTES
     )
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).decode().rstrip("=")
-
-
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))

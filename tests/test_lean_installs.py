@@ -30,9 +30,11 @@ SOURCES = (
     "pyproject.toml",
     "README.md",
     "keycore",
+    "runtime",
     "keyserver",
     "vehicle_agent",
     "ble_fallback",
+    "phone",
     "deploy",
 )
 
@@ -147,7 +149,7 @@ def test_the_keyserver_set_has_no_plotting_or_chaos(install: Callable[[str], Pat
 
 def test_the_phone_client_runs_on_its_own_set(install: Callable[[str], Path]) -> None:
     where = install("phone")
-    modules = ("ble_fallback.client", "ble_fallback.phone", "ble_fallback.wallet")
+    modules = ("phone.client", "ble_fallback.phone", "phone.wallet")
     result = probe(where, modules, NOT_ON_THE_CAR)
     assert result["importable"] == []
     assert distributions(result) & DENIED["phone"] == set()

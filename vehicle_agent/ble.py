@@ -1,7 +1,8 @@
 """The car's BLE peripheral role: ``ble_fallback``'s endpoint deciding against the durable car.
 
 ``VehicleBleEndpoint`` serves phone connections with ``ble_fallback.car.CarEndpoint`` over the
-agent's ``Vehicle``: every unlock is decided by keycore against the car's own trust store,
+agent's ``Vehicle`` (its ``car``, the durable ``CarState``): every unlock is decided by the car's
+one decider (``CarState.decide``, keycore's ``decide``) against the car's own trust store,
 revocation state, trusted clock and challenge book; each decision is audited in the outbox
 (path "ble") and granted actions move the car's actuator; a request the car could not read is
 audited as ``malformed``. Courier documents a phone brings (revocation lists, trust updates,
@@ -22,14 +23,7 @@ from ble_fallback.bless_link import BlessPeripheral, ServerFactory
 from ble_fallback.car import BUSY_RETRY_AFTER_S, CarEndpoint
 from ble_fallback.errors import LinkError
 from ble_fallback.link import Link, LinkPolicy
-from ble_fallback.protocol import (
-    CarEvent,
-    CarState,
-    CourierHandled,
-    RequestHandled,
-    RequestMalformed,
-)
-from keycore import ChallengeBook, RevocationState, TrustedClock, TrustStore
+from ble_fallback.protocol import CarEvent, CourierHandled, RequestHandled, RequestMalformed
 from vehicle_agent.vehicle import Vehicle
 
 log = logging.getLogger(__name__)
@@ -37,53 +31,6 @@ log = logging.getLogger(__name__)
 #: The CarEndpoint measures time with the event loop's clock and the Vehicle with its own
 #: ``mono``: they must be one clock (time.monotonic is the loop's on a standard event loop).
 _CLOCK_SKEW = 1.0
-
-
-class DurableCarState(CarState):
-    """The ``CarState`` a BLE session decides with, as a view of the ``Vehicle``'s objects.
-
-    Reads give the Vehicle's current trust store, revocation state, clock and challenge book;
-    the session's replacements (made only by keycore from verified, newer documents) go back
-    through the Vehicle, which persists them — before the car's Result says "applied".
-    """
-
-    def __init__(self, vehicle: Vehicle) -> None:  # the dataclass __init__ would write through
-        self.vin = vehicle.vin
-        self._vehicle = vehicle
-
-    @property
-    def trust(self) -> TrustStore:
-        return self._vehicle.trust
-
-    @trust.setter
-    def trust(self, value: TrustStore) -> None:
-        if value is not self._vehicle.trust:
-            self._vehicle.adopt_trust(value)
-
-    @property
-    def revocations(self) -> RevocationState:
-        return self._vehicle.revocations
-
-    @revocations.setter
-    def revocations(self, value: RevocationState) -> None:
-        if value is not self._vehicle.revocations:
-            self._vehicle.adopt_revocations(value)
-
-    @property
-    def clock(self) -> TrustedClock:
-        return self._vehicle.clock
-
-    @clock.setter
-    def clock(self, value: TrustedClock) -> None:
-        self._vehicle.adopt_clock(value)
-
-    @property
-    def challenges(self) -> ChallengeBook:
-        return self._vehicle.challenges
-
-    @challenges.setter
-    def challenges(self, value: ChallengeBook) -> None:
-        self._vehicle.challenges = value
 
 
 class VehicleBleEndpoint:
@@ -98,7 +45,7 @@ class VehicleBleEndpoint:
         random_bytes: Callable[[int], bytes] = secrets.token_bytes,
     ) -> None:
         self.vehicle = vehicle
-        self.car = DurableCarState(vehicle)
+        self.car = vehicle.car
         self.endpoint = CarEndpoint(
             self.car,
             max_connections=max_connections,

@@ -10,7 +10,8 @@ from collections.abc import Sequence
 from importlib.metadata import version
 from pathlib import Path
 
-from vehicle_agent.config import load
+from runtime.settings import refuse
+from vehicle_agent.config import ConfigError, load
 from vehicle_agent.daemon import run_agent
 from vehicle_agent.errors import AgentError
 from vehicle_agent.provision import PairingCode, pairing_code, provision
@@ -34,6 +35,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         config = load(args.config)
+    except ConfigError as error:
+        return refuse("vehicle-agent", error)
+    try:
         if args.command == "run":
             asyncio.run(run_agent(config))
             return 0

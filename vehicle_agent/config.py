@@ -12,10 +12,6 @@ from the network would trust whoever answered first.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import os
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +20,9 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from keycore.cose import load_point
+from keycore.encoding import b64url_decode
 from keycore.token import check_vin
+from runtime.settings import read_settings
 from vehicle_agent.errors import AgentError
 
 ENV_PREFIX = "PHONEKEY_AGENT_"
@@ -53,19 +51,8 @@ MAX_BLE_NAME = 20  # fits a BLE advertisement with the service UUID
 
 
 def load(path: Path | None, env: Mapping[str, str] | None = None) -> AgentConfig:
-    values: dict[str, Any] = {}
-    if path is not None:
-        try:
-            values.update(tomllib.loads(Path(path).read_text()))
-        except FileNotFoundError:
-            raise ConfigError(f"config file not found: {path}") from None
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigError(f"config file {path}: {exc}") from None
-    environ = os.environ if env is None else env
-    for name, raw in environ.items():
-        if name.startswith(ENV_PREFIX):
-            values[name[len(ENV_PREFIX) :].lower()] = raw
-    return build(values)
+    """Read ``path`` (if given), apply the environment, validate; raises ConfigError."""
+    return build(read_settings(path, env, prefix=ENV_PREFIX, error=ConfigError))
 
 
 def build(values: Mapping[str, Any]) -> AgentConfig:
@@ -111,11 +98,11 @@ def build(values: Mapping[str, Any]) -> AgentConfig:
 
 def _root_key(text: str) -> ec.EllipticCurvePublicKey:
     try:
-        xy = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        xy = b64url_decode(text)
         if len(xy) != 64:
             raise ValueError("not 64 bytes")
         return load_point(xy)
-    except (ValueError, binascii.Error):
+    except ValueError:
         raise ConfigError(
             "setting 'root_key': base64url of the root's 64-byte P-256 public key"
         ) from None

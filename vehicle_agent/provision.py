@@ -7,7 +7,6 @@ update verifies under the root key from the car's own configuration.
 
 from __future__ import annotations
 
-import base64
 import time
 from dataclasses import dataclass
 
@@ -15,6 +14,7 @@ import aiohttp
 
 from keycore import SoftwareSigner, TrustStore
 from keycore.cose import point_bytes
+from keycore.encoding import b64url_encode
 from keycore.request_proof import HEADER, sign_request
 from vehicle_agent.config import AgentConfig
 from vehicle_agent.errors import AgentError, StateError
@@ -51,7 +51,10 @@ async def provision(config: AgentConfig) -> PairingCode:
             raise ProvisioningError(f"{config.state_path}: this car is provisioned already")
         vehicle_key = SoftwareSigner.generate()
         async with aiohttp.ClientSession(timeout=TIMEOUT) as http:
-            body = {"vin": config.vin, "public_key": _b64(point_bytes(vehicle_key.public_key))}
+            body = {
+                "vin": config.vin,
+                "public_key": b64url_encode(point_bytes(vehicle_key.public_key)),
+            }
             headers = {"Authorization": f"Provisioning {config.provisioning_secret}"}
             async with http.post(
                 f"{config.keyserver_url}/v1/vehicles", json=body, headers=headers
@@ -112,7 +115,3 @@ async def _expect(response: aiohttp.ClientResponse, status: int, doing: str) -> 
     except (aiohttp.ContentTypeError, KeyError, TypeError, ValueError):
         detail = f"HTTP {response.status}"
     raise ProvisioningError(f"{doing}: {detail}")
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).decode().rstrip("=")

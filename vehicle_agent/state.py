@@ -11,7 +11,6 @@ actuator moves; a command id already recorded is never begun again, whatever sta
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from keycore import RevocationState, SoftwareSigner, TrustedClock, TrustStore
 from keycore.cose import load_point, point_bytes
+from runtime.sqlite import open_durable
 from vehicle_agent.errors import StateError
 
 SCHEMA_VERSION = 1
@@ -67,16 +67,17 @@ class AgentState:
     @classmethod
     def open(cls, path: Path) -> AgentState:
         try:
-            _create_private(Path(path))
-            db = sqlite3.connect(path, isolation_level=None)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
-            db.execute("PRAGMA busy_timeout=2000")
+            # 0600 (it holds the car's private key), WAL, synchronous=FULL, 2 s busy timeout
+            db = open_durable(path)
             version = db.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
                 raise StateError(f"{path}: state schema {version} is newer than this agent")
             db.executescript(_SCHEMA)
             db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        except OSError as exc:
+            raise StateError(
+                f"{path}: cannot open the agent state: cannot create the state file: {exc.strerror}"
+            ) from None
         except sqlite3.Error as exc:
             raise StateError(f"{path}: cannot open the agent state: {exc}") from None
         return cls(db, Path(path))
@@ -229,22 +230,6 @@ class AgentState:
                 " ON CONFLICT(name) DO UPDATE SET value = excluded.value",
                 list(values.items()),
             )
-
-
-def _create_private(path: Path) -> None:
-    """The state file for its owner only (0600), an older one tightened: it holds the car's
-    private key. SQLite gives the -wal and -shm files the database's mode. (The keyserver's
-    ``create_private`` does the same on the server; the car does not import the server.)"""
-    if str(path) == ":memory:":
-        return
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
-    except OSError as exc:
-        raise sqlite3.OperationalError(f"cannot create the state file: {exc.strerror}") from None
-    try:
-        os.fchmod(fd, 0o600)
-    finally:
-        os.close(fd)
 
 
 def _blob(value: bytes | None) -> bytes:

@@ -1,8 +1,9 @@
 """The car's decisions and what it knows, with no network: keycore over the durable state.
 
-``Vehicle`` decides every unlock from local state only (keycore.decide with the car's trust store,
-revocation state, trusted clock and challenges), writes each decision to the audit outbox, moves
-the actuator when allowed, and learns only from signed documents that verify and are newer.
+``Vehicle`` decides every unlock from local state only (``CarState.decide``, the one decider the
+BLE session uses too: keycore's decide with the car's trust store, revocation state, trusted clock
+and challenges), writes each decision to the audit outbox, moves the actuator when allowed, and
+learns only from signed documents that verify and are newer.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ble_fallback.protocol import CarState
 from keycore import (
     ChallengeBook,
     InvalidRevocationList,
@@ -22,12 +24,59 @@ from keycore import (
     TrustStore,
     UnlockDecision,
     UnlockRequest,
-    decide,
 )
 from vehicle_agent.actuator import ACTUATED, Actuator, ActuatorError
 from vehicle_agent.state import AgentState, Identity
 
 TIME_NONCE_BYTES = 32
+
+
+class DurableCarState(CarState):
+    """The car's ``CarState`` (BLE sessions and ``Vehicle.decide`` decide with it), as a view
+    of the ``Vehicle``'s objects.
+
+    Reads give the Vehicle's current trust store, revocation state, clock and challenge book;
+    the session's replacements (made only by keycore from verified, newer documents) go back
+    through the Vehicle, which persists them — before the car's Result says "applied".
+    """
+
+    def __init__(self, vehicle: Vehicle) -> None:  # the dataclass __init__ would write through
+        self.vin = vehicle.vin
+        self._vehicle = vehicle
+
+    @property
+    def trust(self) -> TrustStore:
+        return self._vehicle.trust
+
+    @trust.setter
+    def trust(self, value: TrustStore) -> None:
+        if value is not self._vehicle.trust:
+            self._vehicle.adopt_trust(value)
+
+    @property
+    def revocations(self) -> RevocationState:
+        return self._vehicle.revocations
+
+    @revocations.setter
+    def revocations(self, value: RevocationState) -> None:
+        if value is not self._vehicle.revocations:
+            self._vehicle.adopt_revocations(value)
+
+    @property
+    def clock(self) -> TrustedClock:
+        return self._vehicle.clock
+
+    @clock.setter
+    def clock(self, value: TrustedClock) -> None:
+        self._vehicle.adopt_clock(value)
+
+    @property
+    def challenges(self) -> ChallengeBook:
+        return self._vehicle.challenges
+
+    @challenges.setter
+    def challenges(self, value: ChallengeBook) -> None:
+        self._vehicle.challenges = value
 
 
 @dataclass
@@ -42,6 +91,11 @@ class Vehicle:
     challenges: ChallengeBook = field(default_factory=ChallengeBook)
     on_decision: Callable[[UnlockDecision], None] | None = None  # metrics hook
     _time_nonces: set[bytes] = field(default_factory=set)
+    # the state every unlock is decided with, by the BLE session and by ``decide`` alike
+    car: DurableCarState = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.car = DurableCarState(self)
 
     @classmethod
     def load(
@@ -80,22 +134,9 @@ class Vehicle:
         return self.challenges.issue(mono=self.mono())
 
     def decide(self, request: UnlockRequest) -> UnlockDecision:
-        """Decide with local state only; every decision goes to the audit outbox."""
-        mono = self.mono()
-        decision = decide(
-            request,
-            vin=self.vin,
-            trust=self.trust,
-            revocations=self.revocations,
-            clock=self.clock,
-            challenges=self.challenges,
-            mono=mono,
-        )
-        if decision.grant is not None:  # a verified iat is a signed lower bound on the time
-            raised = self.clock.raised(decision.grant.token.issued_at, mono=mono, fresh=False)
-            if raised.now(mono) > self.clock.now(mono):
-                self.clock = raised
-                self.state.save_clock(raised, mono=mono)
+        """Decide with local state only, as a BLE session does (``CarState.decide``: a grant
+        raises the clock, persisted); every decision goes to the audit outbox."""
+        decision = self.car.decide(request, mono=self.mono())
         self.record(decision, path="ble")
         return decision
 

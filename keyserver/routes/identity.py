@@ -15,6 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
+from keycore.encoding import b64url_encode
 from keyserver import fields, openapi, ratelimit
 from keyserver.app import CONFIG, STORE
 from keyserver.auth import (
@@ -191,7 +192,7 @@ async def list_devices(request: web.Request) -> web.Response:
                 {
                     "device_id": device.device_id,
                     "name": device.name,
-                    "public_key": fields.b64(device.public_key),
+                    "public_key": b64url_encode(device.public_key),
                     "created_at": device.created_at,
                 }
                 for device in devices

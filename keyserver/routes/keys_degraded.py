@@ -21,13 +21,12 @@ now and lives at most ``min(role lifetime, degraded_token_lifetime_s)``, never p
 
 from __future__ import annotations
 
-import base64
-import binascii
 from typing import Any
 
 from aiohttp import web
 
 from keycore import InvalidProof, InvalidToken, RevocationState, issue
+from keycore.encoding import b64url_decode, b64url_encode
 from keycore.request_proof import HEADER, parse_request_proof, verify_request_proof
 from keycore.token import KeyToken
 from keycore.verifier import authenticate
@@ -127,7 +126,7 @@ def token_view(key: KeyRecord, issued: IssuedToken) -> dict[str, Any]:
     return {
         "key_id": key.key_id,
         "role": key.role.name.lower(),
-        "token": fields.b64(issued.token),
+        "token": b64url_encode(issued.token),
         "token_not_before": issued.not_before,
         "token_expires_at": issued.expires,
         "refresh_after": issued.refresh_after,
@@ -142,11 +141,11 @@ def token_field(body: dict[str, Any]) -> bytes | None:
     text = body.get("token")
     if text is None:
         return None
-    if not isinstance(text, str) or not 0 < len(text) <= MAX_TOKEN_CHARS or "=" in text:
+    if not isinstance(text, str) or not 0 < len(text) <= MAX_TOKEN_CHARS:
         raise fields.invalid("token", "the current token, unpadded base64url")
     try:
-        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-    except (binascii.Error, ValueError):
+        return b64url_decode(text)
+    except ValueError:
         raise fields.invalid("token", "the current token, unpadded base64url") from None
 
 

@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import dataclasses
 import hmac
-import os
 import sqlite3
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -44,6 +43,7 @@ from keyserver.models import (
 from keyserver.store import sqlite_channel as channel
 from keyserver.store import sqlite_ownership as owners
 from keyserver.store.sqlite_schema import SCHEMA, SCHEMA_VERSION, SWEEP_BATCH, SWEEPS
+from runtime.sqlite import open_durable
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -124,38 +124,18 @@ def _unavailable(path: Path, exc: sqlite3.Error, *, may_have_succeeded: bool) ->
     )
 
 
-def create_private(path: Path) -> None:
-    """Create the database file for its owner only (0600), or tighten an older one: it holds
-    accounts, sessions and keys. SQLite gives the -wal and -shm files the database's mode."""
-    if str(path) == ":memory:":
-        return
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-    finally:
-        os.close(fd)
-
-
 def _connect(path: Path, busy_timeout: float) -> sqlite3.Connection:
     """Open the database and create or check its schema; runs on the worker thread."""
     conn: sqlite3.Connection | None = None
     try:
         try:
-            create_private(path)
+            # 0600, WAL, synchronous=FULL, autocommit: we issue BEGIN/COMMIT ourselves
+            conn = open_durable(path, busy_timeout=busy_timeout)
         except OSError as exc:
             raise StoreUnavailable(
                 f"SQLite store {path}: unable to open database file ({exc.strerror})",
                 may_have_succeeded=False,
             ) from None
-        # isolation_level=None: we issue BEGIN/COMMIT ourselves; timeout is SQLite's busy_timeout.
-        conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None)
-        (mode,) = conn.execute("PRAGMA journal_mode=WAL").fetchone()
-        if mode != "wal":
-            raise StoreUnavailable(
-                f"SQLite store {path}: cannot use write-ahead logging (journal mode {mode})",
-                may_have_succeeded=False,
-            )
-        conn.execute("PRAGMA synchronous=FULL")
         conn.execute("BEGIN IMMEDIATE")
         (version,) = conn.execute("PRAGMA user_version").fetchone()
         if version > SCHEMA_VERSION:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import pytest
 from deploy.cli import main
 from deploy.fleet_run import FleetSettings, OwnKeyserver, run_fleet, spread
 from keycore.cose import point_bytes
+from keycore.encoding import b64url_encode
 
 FLEET = 1_000
 
@@ -61,7 +61,7 @@ def test_the_fleet_runs_against_a_keyserver_it_did_not_start(
     try:
         assert own.server is not None
         own.port = own.server.port
-        root = base64.urlsafe_b64encode(point_bytes(own.root())).decode().rstrip("=")
+        root = b64url_encode(point_bytes(own.root()))
         monkeypatch.setenv("PHONEKEY_PROVISIONING_SECRET", own.secret)
         state_dir = tmp_path / "cars"
         argv = ["fleet", "--vehicles", "2", "--keyserver", own.url, "--root-key", root]

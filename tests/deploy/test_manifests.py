@@ -6,7 +6,6 @@ the app's router, metric names the registries the processes export, fleet flags 
 
 from __future__ import annotations
 
-import base64
 import json
 import re
 import shlex
@@ -26,6 +25,7 @@ from deploy.cli import build_parser as fleet_parser
 from deploy.fleet_cli import SECRET_ENV
 from keycore import SoftwareSigner
 from keycore.cose import point_bytes
+from keycore.encoding import b64url_encode
 from keyserver import config as keyserver_config
 from keyserver.app import create_app
 from keyserver.config import Config
@@ -132,7 +132,7 @@ def root_key_text(start: str = "") -> str:
     """A root public key as the agent and the fleet take it (base64url x||y), from ``start``."""
     while True:  # one key in 64 begins with a given character
         xy = point_bytes(SoftwareSigner.generate().public_key)
-        text = base64.urlsafe_b64encode(xy).decode().rstrip("=")
+        text = b64url_encode(xy)
         if text.startswith(start):
             return text
 

@@ -7,7 +7,6 @@ took.
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import secrets
@@ -26,6 +25,7 @@ import redis
 from deploy import cli, stack_process
 from deploy.stack import Stack
 from deploy.stack_spec import ProcessRecord, StackError, StackSpec
+from keycore.encoding import b64url_decode
 
 BOUND_S = 30.0  # a hang guard for polls; no assertion depends on it
 
@@ -103,7 +103,7 @@ def test_embedded_stack_up_status_call_restart_down(
     assert cli.main(["stack", "status", "--dir", str(tmp_path), "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["variant"] == "embedded"
-    assert len(base64.urlsafe_b64decode(shown["root_key"] + "==")) == 64
+    assert len(b64url_decode(shown["root_key"])) == 64
     secret = Path(shown["provisioning_secret_file"])
     assert stat.S_IMODE(secret.stat().st_mode) == 0o600
     assert len(secret.read_text()) >= 16

@@ -21,7 +21,6 @@ import aiohttp
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from ble_fallback.client import CommandOutcome
 from deploy.api import call
 from deploy.cli import main
 from deploy.events import read_events
@@ -34,6 +33,7 @@ from deploy.world_pace import Pace, Rates, work
 from deploy.world_phones import lock_from_afar
 from keycore.breaker import BreakerConfig
 from keyserver.keyring import KeyRingStore
+from phone.client import CommandOutcome
 from vehicle_agent.backoff import ReconnectPolicy
 
 GUARD_S = 30  # not a timing assertion: how long a broken test may hang on one wait

@@ -7,7 +7,6 @@ answer is checked against the schema /openapi.json gives for it.
 
 from __future__ import annotations
 
-import base64
 import json
 import secrets
 import time
@@ -20,6 +19,7 @@ from jsonschema_rs import Draft202012Validator  # schemathesis's own validator
 
 from keycore import Action, InvalidToken, Reason, RevocationState, SoftwareSigner, verify
 from keycore.cose import point_bytes
+from keycore.encoding import b64url_decode
 from keycore.request_proof import HEADER, sign_request
 from keyserver import auth
 from keyserver.app import KEYRING, OPENAPI, STORE
@@ -89,7 +89,7 @@ class Reply:
 
 
 def token_bytes(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    return b64url_decode(text)
 
 
 class Api:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import logging
 import time
@@ -19,6 +18,7 @@ from jsonschema_rs import Draft202012Validator  # schemathesis's own validator
 
 from keycore import SoftwareSigner
 from keycore.cose import point_bytes
+from keycore.encoding import b64url_encode
 from keycore.request_proof import HEADER, sign_request
 from keyserver import auth, passwords
 from keyserver.app import STORE, create_app
@@ -65,10 +65,6 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-def b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).decode().rstrip("=")
-
-
 class Phone:
     """A phone's device key, and the enrolment requests it signs."""
 
@@ -78,7 +74,9 @@ class Phone:
         self.device_id = device_id_for(self.xy)
 
     def body(self, name: str = "Alice's phone", password: str = PASSWORD) -> bytes:
-        return json.dumps({"name": name, "public_key": b64(self.xy), "password": password}).encode()
+        return json.dumps(
+            {"name": name, "public_key": b64url_encode(self.xy), "password": password}
+        ).encode()
 
     def proof(self, body: bytes, *, timestamp: int | None = None) -> str:
         return sign_request(
@@ -152,7 +150,7 @@ async def test_register_login_me_devices_logout(client: Client) -> None:
     (device,) = (await documented(client, response, "get", "/v1/devices"))["devices"]
     assert device["device_id"] == phone.device_id
     assert device["name"] == "Alice's phone"
-    assert device["public_key"] == b64(phone.xy)
+    assert device["public_key"] == b64url_encode(phone.xy)
     assert before <= device["created_at"] <= int(time.time())
 
     response = await client.delete("/v1/sessions/current", headers=bearer(token))
@@ -476,7 +474,7 @@ async def test_enrolling_the_same_key_twice_is_refused(client: Client) -> None:
 
 
 OWN_KEY = "<the phone's own key>"
-OFF_CURVE = b64(b"\x00" * 31 + b"\x01" + b"\x00" * 31 + b"\x01")
+OFF_CURVE = b64url_encode(b"\x00" * 31 + b"\x01" + b"\x00" * 31 + b"\x01")
 
 
 @pytest.mark.parametrize(
@@ -487,7 +485,7 @@ OFF_CURVE = b64(b"\x00" * 31 + b"\x01" + b"\x00" * 31 + b"\x01")
         ("tab\there", OWN_KEY),
         (5, OWN_KEY),
         ("phone", OFF_CURVE),
-        ("phone", b64(b"\x01" * 32)),
+        ("phone", b64url_encode(b"\x01" * 32)),
         ("phone", OWN_KEY + "="),  # padded
         ("phone", "!" * 86),
         ("phone", 42),
@@ -500,7 +498,7 @@ async def test_bad_device_fields_are_refused(
     token = await login(client)
     phone = Phone()
     if isinstance(public_key, str):
-        public_key = public_key.replace(OWN_KEY, b64(phone.xy))
+        public_key = public_key.replace(OWN_KEY, b64url_encode(phone.xy))
     raw = json.dumps({"name": name, "public_key": public_key, "password": PASSWORD}).encode()
     response = await phone.enroll(client, token, raw, phone.proof(raw))
     assert await error_code(response) == (400, "invalid_field")
@@ -512,7 +510,7 @@ async def test_unknown_device_fields_are_refused(client: Client) -> None:
     token = await login(client)
     phone = Phone()
     raw = json.dumps(
-        {"name": "p", "public_key": b64(phone.xy), "password": PASSWORD, "role": "owner"}
+        {"name": "p", "public_key": b64url_encode(phone.xy), "password": PASSWORD, "role": "owner"}
     ).encode()
     response = await phone.enroll(client, token, raw, phone.proof(raw))
     assert await error_code(response) == (400, "unknown_field")

@@ -21,6 +21,7 @@ from aiohttp.test_utils import TestClient
 
 from keycore import Role, SoftwareSigner
 from keycore.cose import point_bytes
+from keycore.encoding import b64url_encode
 from keycore.request_proof import HEADER, sign_request
 from keyserver import auth
 from keyserver.app import STORE, create_app
@@ -52,10 +53,6 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     fake = Clock()
     monkeypatch.setattr(auth, "now", fake)
     return fake
-
-
-def b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).decode().rstrip("=")
 
 
 def xy(signer: SoftwareSigner) -> bytes:
@@ -98,7 +95,7 @@ class Api:
     async def provision(
         self, vin: str, key: SoftwareSigner, headers: dict[str, str] | None = None
     ) -> aiohttp.ClientResponse:
-        body = {"vin": vin, "public_key": b64(xy(key))}
+        body = {"vin": vin, "public_key": b64url_encode(xy(key))}
         return await self.client.post(
             "/v1/vehicles",
             data=json.dumps(body).encode(),
@@ -230,15 +227,15 @@ async def test_provisioning_refuses_bad_credentials_and_bad_input(
     point = xy(car)
     off_curve = point[:63] + bytes([point[63] ^ 1])
     for body in (
-        {"vin": "5YJ3E1EA7KF00000I", "public_key": b64(point)},  # I is not in VINs
-        {"vin": VIN.lower(), "public_key": b64(point)},
-        {"vin": 17, "public_key": b64(point)},
-        {"vin": VIN, "public_key": b64(off_curve)},
-        {"vin": VIN, "public_key": b64(point[:63])},
-        {"vin": VIN, "public_key": b64(point) + "="},
+        {"vin": "5YJ3E1EA7KF00000I", "public_key": b64url_encode(point)},  # I is not in VINs
+        {"vin": VIN.lower(), "public_key": b64url_encode(point)},
+        {"vin": 17, "public_key": b64url_encode(point)},
+        {"vin": VIN, "public_key": b64url_encode(off_curve)},
+        {"vin": VIN, "public_key": b64url_encode(point[:63])},
+        {"vin": VIN, "public_key": b64url_encode(point) + "="},
         {"vin": VIN, "public_key": base64.b64encode(point).decode()},
         {"vin": VIN},
-        {"vin": VIN, "public_key": b64(point), "owner_id": "acct-mallory"},
+        {"vin": VIN, "public_key": b64url_encode(point), "owner_id": "acct-mallory"},
     ):
         response = await api.client.post(
             "/v1/vehicles", data=json.dumps(body).encode(), headers={**JSON, **PROVISIONING}

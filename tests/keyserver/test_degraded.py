@@ -13,8 +13,9 @@ import pytest
 
 from keycore import SoftwareSigner
 from keycore.cose import point_bytes
+from keycore.encoding import b64url_encode
 from keycore.request_proof import HEADER, sign_request
-from keyserver import auth, degraded, fields, openapi, passwords
+from keyserver import auth, degraded, openapi, passwords
 from keyserver.app import CONFIG, OPENAPI
 from keyserver.degraded import DEGRADED_HEADER, STALE_AGE_HEADER, Behaviour
 from tests.keyserver.flaky_store import (
@@ -124,7 +125,7 @@ def _enrol(world: World) -> Awaitable[Reply]:
     key = SoftwareSigner.generate()
     xy = point_bytes(key.public_key)
     phone = Phone(key, xy, auth.device_id_for(xy))
-    body = {"name": "new phone", "public_key": fields.b64(xy), "password": PASSWORD}
+    body = {"name": "new phone", "public_key": b64url_encode(xy), "password": PASSWORD}
     return world.api.call(world.owner, "POST", "/v1/devices", body, phone=phone)
 
 
@@ -157,7 +158,7 @@ REQUESTS: dict[tuple[str, str], Request] = {
         w,
         "POST",
         "/v1/vehicles",
-        json={"vin": OTHER_VIN, "public_key": fields.b64(point_bytes(CAR_KEY.public_key))},
+        json={"vin": OTHER_VIN, "public_key": b64url_encode(point_bytes(CAR_KEY.public_key))},
         headers={"Authorization": f"Provisioning {PROVISIONING_SECRET}"},
     ),
     ("get", "/v1/vehicles/{vin}"): _call(

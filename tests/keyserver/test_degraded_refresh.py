@@ -10,8 +10,8 @@ import pytest
 
 from keycore import Action, Reason, Role, SoftwareSigner, issue
 from keycore.cose import load_point
+from keycore.encoding import b64url_encode
 from keycore.request_proof import HEADER, sign_request
-from keyserver import fields
 from keyserver.app import CONFIG, KEYRING
 from keyserver.degraded import DEGRADED_HEADER
 from keyserver.models import KeyStatus
@@ -84,7 +84,7 @@ async def test_an_expired_token_is_refused(
         role=Role.DRIVER, now=clock.now - 2, expires=clock.now - 1,
     )  # fmt: skip
     flaky.fail()
-    reply = await _refresh(api, driver, key, fields.b64(expired))
+    reply = await _refresh(api, driver, key, b64url_encode(expired))
     assert reply.status == 403
     assert reply.code == "key_not_valid_now"
 
@@ -136,7 +136,7 @@ async def test_a_token_not_signed_by_us_is_refused(
         role=Role.DRIVER, now=clock.now, expires=clock.now + 3600,
     )  # fmt: skip
     flaky.fail()
-    reply = await _refresh(api, driver, key, fields.b64(forged))
+    reply = await _refresh(api, driver, key, b64url_encode(forged))
     assert reply.status == 403
     assert reply.code == "invalid_token"
 

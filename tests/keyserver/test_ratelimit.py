@@ -18,8 +18,9 @@ from hypothesis import strategies as st
 from deploy.stack_spec import STAGING_RATE_LIMITS
 from keycore import SoftwareSigner
 from keycore.cose import point_bytes
+from keycore.encoding import b64url_encode
 from keycore.request_proof import HEADER, sign_request
-from keyserver import auth, fields, ratelimit
+from keyserver import auth, ratelimit
 from keyserver.app import OPENAPI, create_app
 from keyserver.config import Config, build, load
 from keyserver.models import KeyStatus, Session
@@ -224,7 +225,7 @@ async def test_provisioning_and_pairing_codes_are_limited(
         account_writes_per_minute=1, address_writes_per_minute=2,
     )  # fmt: skip
     car = SoftwareSigner.generate()
-    body = {"vin": VIN, "public_key": fields.b64(point_bytes(car.public_key))}
+    body = {"vin": VIN, "public_key": b64url_encode(point_bytes(car.public_key))}
     factory = {"Authorization": f"Provisioning {PROVISIONING_SECRET}"}
     assert (await api.client.post("/v1/vehicles", json=body, headers=factory)).status == 201
 

@@ -12,8 +12,9 @@ from aiohttp.test_utils import TestServer
 from deploy.processes import free_port
 from keycore import Action, Role, UnlockRequest, issue, prove
 from keycore.cose import point_bytes
+from keycore.encoding import b64url_encode
 from tests.conftest import VIN
-from tests.vehicle_agent.test_provision import SECRET, agent_config, b64, server
+from tests.vehicle_agent.test_provision import SECRET, agent_config, server
 from vehicle_agent.channel import LinkState
 from vehicle_agent.config import build
 from vehicle_agent.daemon import AgentDaemon, run_agent
@@ -32,7 +33,7 @@ async def test_the_daemon_comes_online_decides_and_reports(
         {
             "vin": VIN,
             "keyserver_url": base.keyserver_url,
-            "root_key": b64(point_bytes(base.root_key)),
+            "root_key": b64url_encode(point_bytes(base.root_key)),
             "state_path": str(base.state_path),
             "metrics_port": str(port),
         }

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -11,6 +10,7 @@ from aiohttp.test_utils import TestServer
 
 from keycore import SoftwareSigner
 from keycore.cose import point_bytes
+from keycore.encoding import b64url_encode
 from keyserver.app import KEYRING, STORE, create_app
 from keyserver.config import build as keyserver_config
 from tests.conftest import VIN
@@ -20,10 +20,6 @@ from vehicle_agent.provision import ProvisioningError, pairing_code, provision
 from vehicle_agent.state import AgentState
 
 SECRET = "factory-secret-0123456789"
-
-
-def b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).decode().rstrip("=")
 
 
 @pytest.fixture
@@ -40,7 +36,7 @@ def agent_config(server: TestServer, tmp_path: Path, **changes: str) -> AgentCon
     values = {
         "vin": VIN,
         "keyserver_url": str(server.make_url("")),
-        "root_key": b64(point_bytes(root)),
+        "root_key": b64url_encode(point_bytes(root)),
         "state_path": str(tmp_path / "agent" / "agent.db"),
         "provisioning_secret": SECRET,
     }
@@ -75,7 +71,7 @@ async def test_provision_registers_learns_keys_and_shows_a_code(
 async def test_a_server_whose_keys_do_not_verify_under_our_root_is_refused(
     server: TestServer, tmp_path: Path
 ) -> None:
-    stranger = b64(point_bytes(SoftwareSigner.generate().public_key))
+    stranger = b64url_encode(point_bytes(SoftwareSigner.generate().public_key))
     config = agent_config(server, tmp_path, root_key=stranger)
     with pytest.raises(ProvisioningError, match="does not verify"):
         await provision(config)
@@ -106,7 +102,7 @@ def test_bad_configuration(values: dict[str, str], message: str) -> None:
     base = {
         "vin": VIN,
         "keyserver_url": "http://127.0.0.1:1",
-        "root_key": b64(point_bytes(SoftwareSigner.generate().public_key)),
+        "root_key": b64url_encode(point_bytes(SoftwareSigner.generate().public_key)),
     }
     base.update(values)
     with pytest.raises(ConfigError, match=message):
@@ -123,13 +119,13 @@ def test_bad_configuration(values: dict[str, str], message: str) -> None:
     ],
 )
 def test_ble_settings(values: dict[str, object], ble: bool, name: str) -> None:
-    key = b64(point_bytes(SoftwareSigner.generate().public_key))
+    key = b64url_encode(point_bytes(SoftwareSigner.generate().public_key))
     config = build({"vin": VIN, "keyserver_url": "http://127.0.0.1:1", "root_key": key, **values})
     assert (config.ble, config.ble_name) == (ble, name)
 
 
 def test_cli_reports_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.main(["provision", "--config", str(tmp_path / "missing.toml")]) == 1
+    assert cli.main(["provision", "--config", str(tmp_path / "missing.toml")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("vehicle-agent: config file not found")
     assert len(err.strip().splitlines()) == 1

@@ -16,22 +16,22 @@ import aiohttp
 import pytest
 
 import ble_fallback.phone
-from ble_fallback.client import DEGRADED_HEADER, ClientPolicy, CommandOutcome, PhoneClient
 from ble_fallback.link import LinkConditions
 from ble_fallback.phone import CarConnection
-from ble_fallback.wallet import KeyWallet
 from keycore import Action, SoftwareSigner, TrustStore, prove
 from keycore.breaker import BreakerConfig, BreakerState, CircuitBreaker
 from keyserver.app import create_app
 from keyserver.config import build
-from tests.ble_fallback.client_harness import (
+from phone.client import DEGRADED_HEADER, ClientPolicy, CommandOutcome, PhoneClient
+from phone.wallet import KeyWallet
+from tests.keyserver.keys_harness import DAY, SUSPEND, VIN, Api, Clock, Person, token_bytes
+from tests.phone.client_harness import (
     BleCar,
     LosingServer,
     closed_port_url,
     queued_view,
     stub_cloud,
 )
-from tests.keyserver.keys_harness import DAY, SUSPEND, VIN, Api, Clock, Person, token_bytes
 from tests.vectors.ble import der
 from tests.vehicle_agent.channel_harness import (
     GatedActuator,
@@ -476,7 +476,7 @@ async def test_a_request_the_car_cannot_read_counts_as_nothing_sent(
     outcome = await client.command(VIN, Action.UNLOCK)
 
     # nothing ran, so the press may go to the cloud (here unreachable): never "may have
-    # succeeded" (ble_fallback.proximity's policy)
+    # succeeded" (phone.proximity's policy)
     assert (outcome.ok, outcome.status, outcome.may_have_succeeded) == (False, "not_sent", False)
     assert ble_car.executed == []
     assert {type(e).__name__ for e in ble_car.events} == {"RequestMalformed"}

@@ -13,13 +13,13 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from ble_fallback.client import ClientPolicy, PhoneClient
 from ble_fallback.link import Link
-from ble_fallback.wallet import KeyWallet
 from keycore import Action, SoftwareSigner
 from keycore.overload import DEADLINE_HEADER, AdaptiveThrottle, RetryBudget
-from tests.ble_fallback.client_harness import queued_view
+from phone.client import ClientPolicy, PhoneClient
+from phone.wallet import KeyWallet
 from tests.keyserver.keys_harness import VIN
+from tests.phone.client_harness import queued_view
 
 POLICY = ClientPolicy(cloud_timeout_s=2.0, follow_deadline_s=0.3, poll_interval_s=0.02)
 

@@ -5,7 +5,7 @@ command is never sent on both paths once it may have run on one. A person standi
 never waits on the cloud (G8: the car is the data plane).
 
 The policy (``PhoneClient.command``), by what the Bluetooth path came to first
-(``ble_fallback.proximity``: range is what the phone's radio finds, the car's advertisement):
+(``phone.proximity``: range is what the phone's radio finds, the car's advertisement):
 
     Bluetooth path came to                          then
     granted / refused by the car                    that is the answer; the cloud is not asked
@@ -44,8 +44,6 @@ A 429 ``deadline_exceeded`` to a write means the cloud may have acted.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
 import json
 import logging
@@ -57,7 +55,14 @@ from typing import Any
 
 import aiohttp
 
-from ble_fallback.outcomes import (
+from keycore import cose
+from keycore.breaker import CallNotPermitted, CircuitBreaker
+from keycore.encoding import b64url_decode, b64url_encode
+from keycore.overload import DEADLINE_HEADER, AdaptiveThrottle, RetryBudget
+from keycore.request_proof import HEADER, sign_request
+from keycore.roles import Action
+from keycore.token import check_vin
+from phone.outcomes import (
     DEGRADED_HEADER,
     DONE,
     FINAL,
@@ -71,14 +76,8 @@ from ble_fallback.outcomes import (
     in_doubt,
     when,
 )
-from ble_fallback.proximity import AtCar, BleTries, ReachCar, command_at_car
-from ble_fallback.wallet import KeyWallet, WalletCorrupt, WalletEntry, read_token
-from keycore import cose
-from keycore.breaker import CallNotPermitted, CircuitBreaker
-from keycore.overload import DEADLINE_HEADER, AdaptiveThrottle, RetryBudget
-from keycore.request_proof import HEADER, sign_request
-from keycore.roles import Action
-from keycore.token import check_vin
+from phone.proximity import AtCar, BleTries, ReachCar, command_at_car
+from phone.wallet import KeyWallet, WalletCorrupt, WalletEntry, read_token
 
 __all__ = [
     "DEGRADED_HEADER", "ClientPolicy", "CommandOutcome", "PhoneClient", "ReachCar",
@@ -191,7 +190,7 @@ class PhoneClient:
         path = f"/v1/keys/{entry.key_id}/token"
         # the current token goes along: with its store down, the keyserver can still re-sign a
         # valid, unrevoked token from its key ring (a degraded refresh)
-        body = json.dumps({"token": _b64url(entry.token)}).encode()
+        body = json.dumps({"token": b64url_encode(entry.token)}).encode()
         try:
             reply = await self._send(
                 "POST", path, body, now=now, budget_s=self.policy.cloud_timeout_s
@@ -440,10 +439,6 @@ def _token_of(answer: object) -> bytes:
     if not isinstance(text, str) or not isinstance(answer.get("key_id"), str):
         raise ValueError("a key answer has a key_id and a token")
     try:
-        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-    except (binascii.Error, ValueError):
+        return b64url_decode(text)
+    except ValueError:
         raise ValueError("the token is not base64url") from None
-
-
-def _b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).decode().rstrip("=")

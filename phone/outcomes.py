@@ -8,9 +8,9 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from ble_fallback.proximity import AtCar
-from ble_fallback.wallet import WalletEntry
 from keycore.roles import Action
+from phone.proximity import AtCar
+from phone.wallet import WalletEntry
 
 DEGRADED_HEADER = "PK-Degraded"
 CommandPath = Literal["cloud", "ble", "none"]

@@ -11,17 +11,17 @@ from typing import Any
 import aiohttp
 import pytest
 
-from ble_fallback import proximity
-from ble_fallback.client import ClientPolicy, PhoneClient
 from ble_fallback.link import Link, LinkConditions
 from ble_fallback.messages import CarStatus
 from ble_fallback.phone import BleUnlockResult
-from ble_fallback.wallet import KeyWallet
 from keycore import Action, SoftwareSigner, TrustStore
 from keyserver.app import create_app
 from keyserver.config import build
-from tests.ble_fallback.client_harness import BleCar, closed_port_url, stub_cloud
+from phone import proximity
+from phone.client import ClientPolicy, PhoneClient
+from phone.wallet import KeyWallet
 from tests.keyserver.keys_harness import DAY, SUSPEND, VIN, Api, Clock, Person, token_bytes
+from tests.phone.client_harness import BleCar, closed_port_url, stub_cloud
 from tests.vehicle_agent.channel_harness import base_url, frames_in, hub_until, register, start_car
 
 FAST = ClientPolicy(cloud_timeout_s=5.0, follow_deadline_s=10.0, poll_interval_s=0.02)

@@ -22,6 +22,7 @@ from keycore import cose
 from keycore.errors import InvalidToken
 from keycore.roles import Role
 from keycore.token import MAX_TIME, MAX_TOKEN_BYTES, TYP_KEY_TOKEN, KeyToken, decode_claims
+from runtime.sqlite import open_durable
 
 SCHEMA_VERSION = 1
 _SCHEMA = """
@@ -131,15 +132,15 @@ class KeyWallet:
         path = Path(path)
         db: sqlite3.Connection | None = None
         try:
-            db = sqlite3.connect(path, isolation_level=None)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
-            db.execute("PRAGMA busy_timeout=2000")
+            # 0600, WAL, synchronous=FULL, 2 s busy timeout
+            db = open_durable(path)
             version = db.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
                 raise WalletCorrupt(f"{path}: wallet format {version} is newer than this app")
             db.executescript(_SCHEMA)
             db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        except OSError as exc:
+            raise WalletCorrupt(f"{path}: cannot open the wallet: {exc.strerror}") from None
         except (sqlite3.Error, WalletCorrupt) as exc:
             if db is not None:
                 db.close()

@@ -14,9 +14,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ble_fallback.wallet import KeyWallet, WalletCorrupt, WalletEntry, decode_row
 from keycore import Role, SoftwareSigner, issue
 from keycore.token import MAX_TOKEN_BYTES
+from phone.wallet import KeyWallet, WalletCorrupt, WalletEntry, decode_row
 from tests.conftest import DAY, NOW, OTHER_VIN, VIN, World
 
 KEY_ID = "key-0001"

@@ -1,6 +1,6 @@
 """The phone's Bluetooth path at the car: find the car, connect, send one command, read its
 Result — and say whether anything may have run, which is all the client's policy needs to know
-(``ble_fallback.client``).
+(``phone.client``).
 
     the Bluetooth path came to                            ``AtCar.kind``    may the cloud run it
     no advertisement within the scan (out of range)       out_of_range      yes: nothing was sent
