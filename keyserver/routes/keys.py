@@ -56,7 +56,6 @@ INVITATION_FIELDS = (
     "role", "entitlements", "not_before", "not_after", "schedule", "invitation_ttl_s",
 )  # fmt: skip
 SEQUENCE_HEADER = "PK-Revocation-Sequence"
-PENDING_RETRY_AFTER_S = 30  # a store outage's usual length is not known: ask again soon
 MAX_SEQUENCE = 2**63 - 1
 _ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _SINCE = re.compile(r"[0-9]{1,19}")
@@ -156,7 +155,7 @@ async def accept(request: web.Request) -> web.Response:
     try:
         taken = await store.take_invitation(invitation_id, now=now)
     except StoreUnavailable:  # must not be lost: journaled, decided when the store is back
-        return await _pending_acceptance(services, accepted, None, now=now)
+        return await keys_degraded.pending_acceptance(services, accepted, None, now=now)
     if taken is None:
         raise InvitationNotFound(acceptance.NOT_FOUND_MESSAGE)
     try:
@@ -166,7 +165,7 @@ async def accept(request: web.Request) -> web.Response:
             await store.put_invitation(taken)
         raise
     except StoreUnavailable:  # taken already: the journal keeps the invitation itself
-        return await _pending_acceptance(services, accepted, taken, now=now)
+        return await keys_degraded.pending_acceptance(services, accepted, taken, now=now)
     # the cutoff check passed at ``now``, as for an owner key
     issued = services.issuer.issue_token(key, device.public_key, now=now)
     if issued is None:  # the key starts too far ahead for any token yet
@@ -208,7 +207,9 @@ async def suspend(request: web.Request) -> web.Response:
             key.vin, [key], now=request_now(request)
         )
     except StoreUnavailable:  # must not be lost: journaled, and connected cars are told now
-        return await _journaled(request, key.vin, [key], KeyStatus.SUSPENDED)
+        return await keys_degraded.journaled(
+            _services(request), request_now(request), key.vin, [key], KeyStatus.SUSPENDED
+        )
     return await _key_change(request, key.key_id, done.sequence, changed=bool(done.changed))
 
 
@@ -248,7 +249,9 @@ async def revoke(request: web.Request) -> web.Response:
             key.vin, [key], now=request_now(request)
         )
     except StoreUnavailable:
-        return await _journaled(request, key.vin, [key], KeyStatus.REVOKED)
+        return await keys_degraded.journaled(
+            _services(request), request_now(request), key.vin, [key], KeyStatus.REVOKED
+        )
     return await _key_change(request, key.key_id, done.sequence, changed=bool(done.changed))
 
 
@@ -283,7 +286,9 @@ async def revoke_holder(request: web.Request) -> web.Response:
             vehicle.vin, chosen, now=request_now(request)
         )
     except StoreUnavailable:
-        return await _journaled(request, vehicle.vin, chosen, KeyStatus.REVOKED)
+        return await keys_degraded.journaled(
+            _services(request), request_now(request), vehicle.vin, chosen, KeyStatus.REVOKED
+        )
     return web.json_response(
         {
             "revoked": [k.key_id for k in chosen],
@@ -468,37 +473,6 @@ async def _sequence_or_none(request: web.Request, vin: str) -> int | None:
     except StoreUnavailable:
         return None
     return sequence
-
-
-async def _pending_acceptance(
-    services: Services, accepted: acceptance.Acceptance, taken: Invitation | None, *, now: int
-) -> web.Response:
-    """Journal the acceptance (202), bounded per account: the same invitation again is answered
-    with the waiting operation; past ``MAX_PENDING_ACCEPTANCES`` others, 429 too_many_pending.
-    An acceptance already holding its taken invitation is always journaled (never lost)."""
-    waiting = services.outage.pending_acceptances(accepted.account_id)
-    if taken is None:
-        for operation in waiting:
-            if operation.payload["invitation_id"] == accepted.invitation_id:
-                return keys_degraded.pending_answer(operation, key_id=operation.payload["key_id"])
-        if len(waiting) >= acceptance.MAX_PENDING_ACCEPTANCES:
-            raise ApiError(
-                429, "too_many_pending",
-                "the state store is unavailable and this account has acceptances waiting "
-                "already; retry once they are applied",
-                headers={"Retry-After": str(PENDING_RETRY_AFTER_S)},
-            )  # fmt: skip
-    operation = await services.outage.accept_share(accepted, taken, now=now)
-    return keys_degraded.pending_answer(operation, key_id=accepted.key_id)
-
-
-async def _journaled(
-    request: web.Request, vin: str, keys: list[KeyRecord], status: KeyStatus
-) -> web.Response:
-    """The store failed during a revocation or suspension: 202 accepted_pending (outage)."""
-    outage = _services(request).outage
-    operation = await outage.accept_withdrawal(vin, keys, status, now=request_now(request))
-    return keys_degraded.pending_answer(operation)
 
 
 def _services(request: web.Request) -> Services:

@@ -17,6 +17,11 @@ never a guess):
 
 The new token has the same holder, role, entitlements and schedule as the one presented, starts
 now and lives at most ``min(role lifetime, degraded_token_lifetime_s)``, never past the key's end.
+It is signed by the one token-issuing path, ``Issuer.issue_token``, after the checks of
+keyserver.auth (bearer, proof header, proof, nonce) run against what this process knows.
+
+Also here: the 202 accepted_pending answers of writes journaled during an outage
+(``journaled``, ``pending_acceptance``; keyserver.outage).
 """
 
 from __future__ import annotations
@@ -30,15 +35,23 @@ from aiohttp import web
 from keycore import InvalidToken, RevocationState
 from keycore.token import KeyToken
 from keycore.verifier import authenticate
-from keyserver import auth, degraded, fields
+from keyserver import acceptance, auth, degraded, fields
 from keyserver.clock import request_now
 from keyserver.http import ApiError, parse_json_object, read_body
 from keyserver.issuance import IssuedToken
 from keyserver.journal import Operation
-from keyserver.models import KeyRecord, KeyStatus, RevocationEntry, RevocationKind, Session
-from keyserver.resources import SERVICES
+from keyserver.models import (
+    Invitation,
+    KeyRecord,
+    KeyStatus,
+    RevocationEntry,
+    RevocationKind,
+    Session,
+)
+from keyserver.resources import SERVICES, Services
 
 MAX_TOKEN_CHARS = 2048
+PENDING_RETRY_AFTER_S = 30  # a store outage's usual length is not known: ask again soon
 
 
 async def refresh_without_store(request: web.Request, key_id: str) -> web.Response:
@@ -127,6 +140,36 @@ def pending_answer(operation: Operation, *, key_id: str | None = None) -> web.Re
     return degraded.degraded_json(
         body, reason=degraded.STORE_UNAVAILABLE, detail=detail, status=202
     )
+
+
+async def pending_acceptance(
+    services: Services, accepted: acceptance.Acceptance, taken: Invitation | None, *, now: int
+) -> web.Response:
+    """Journal the acceptance (202), bounded per account: the same invitation again is answered
+    with the waiting operation; past ``MAX_PENDING_ACCEPTANCES`` others, 429 too_many_pending.
+    An acceptance already holding its taken invitation is always journaled (never lost)."""
+    waiting = services.outage.pending_acceptances(accepted.account_id)
+    if taken is None:
+        for operation in waiting:
+            if operation.payload["invitation_id"] == accepted.invitation_id:
+                return pending_answer(operation, key_id=operation.payload["key_id"])
+        if len(waiting) >= acceptance.MAX_PENDING_ACCEPTANCES:
+            raise ApiError(
+                429, "too_many_pending",
+                "the state store is unavailable and this account has acceptances waiting "
+                "already; retry once they are applied",
+                headers={"Retry-After": str(PENDING_RETRY_AFTER_S)},
+            )  # fmt: skip
+    operation = await services.outage.accept_share(accepted, taken, now=now)
+    return pending_answer(operation, key_id=accepted.key_id)
+
+
+async def journaled(
+    services: Services, now: int, vin: str, keys: list[KeyRecord], status: KeyStatus
+) -> web.Response:
+    """The store failed during a revocation or suspension: 202 accepted_pending (outage)."""
+    operation = await services.outage.accept_withdrawal(vin, keys, status, now=now)
+    return pending_answer(operation)
 
 
 def token_view(key: KeyRecord, issued: IssuedToken) -> dict[str, Any]:
