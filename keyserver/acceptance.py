@@ -1,13 +1,15 @@
 """Accepting an invitation (a shared key): the one procedure of the route and of the journal's
 replay.
 
-With the store up, ``POST /v1/invitations/{id}/accept`` takes the invitation (single use) and
-``grant`` checks it and stores the key. With the store down, nothing about an invitation can be
-checked here — its id is opaque and the record is in the store — so the route checks what it can
-(the caller's session, device and proof, as last known here; the id's format) and journals the
-acceptance: 202 ``accepted_pending`` with the ``key_id`` the key will have (the phone fetches its
-token from ``POST /v1/keys/{key_id}/token`` once the store is back). If the store fails after the
-invitation was taken, the journaled acceptance carries the invitation itself, so it is not lost.
+``Acceptor`` is the service (it receives the store, the ``Holders`` that create keys, and a clock
+for the replay). With the store up, ``POST /v1/invitations/{id}/accept`` takes the invitation
+(single use) and ``grant`` checks it and stores the key. With the store down, nothing about an
+invitation can be checked here — its id is opaque and the record is in the store — so the route
+checks what it can (the caller's session, device and proof, as last known here; the id's format)
+and journals the acceptance: 202 ``accepted_pending`` with the ``key_id`` the key will have (the
+phone fetches its token from ``POST /v1/keys/{key_id}/token`` once the store is back). If the
+store fails after the invitation was taken, the journaled acceptance carries the invitation
+itself, so it is not lost.
 
 ``replay`` applies a journaled acceptance (keyserver.replay calls it in journal order). The
 invitation counts as it stood when the phone accepted it: taken as of ``accepted_at``. Refusals
@@ -25,18 +27,17 @@ import base64
 from dataclasses import dataclass
 from typing import Any
 
-from aiohttp import web
-
 from keycore import Role
-from keyserver import auth
-from keyserver.app import STORE
-from keyserver.http import ApiError
-from keyserver.issuance import create_key
+from keyserver.clock import Clock
+from keyserver.errors import InvitationNotFound, OwnInvitation, Refused, TooSoon
+from keyserver.issuance import Holders
 from keyserver.journal import DONE, REFUSED, Journal, NotYet, Operation
 from keyserver.models import Device, Invitation, KeyRecord, KeyStatus
+from keyserver.store import Store
 
 ACCEPT = "accept"
-NOT_FOUND = "invitation_not_found"
+NOT_FOUND = InvitationNotFound.code
+NOT_FOUND_MESSAGE = "no such invitation, or it is used or expired"
 #: Acceptances one account may have waiting in a process's journal. While the store is down an
 #: invitation id cannot be checked, so without this any account could journal made-up ones
 #: without end, in front of the revocations accepted after them (G7). A phone accepts one
@@ -63,68 +64,75 @@ class Acceptance:
         }
 
 
-async def grant(
-    app: web.Application, invitation: Invitation, acceptance: Acceptance, device: Device
-) -> KeyRecord:
-    """Check a taken invitation against the store and store the key it grants. Raises ApiError
-    (404 invitation_not_found, 403 own_invitation, 409 device_has_key or too_soon) or
-    StoreUnavailable; it never puts the invitation back (the caller decides)."""
-    store = app[STORE]
-    vehicle = await store.vehicle(invitation.vin)
-    # An invitation dies with its inviter's ownership: the new owner never granted it.
-    if vehicle is None or vehicle.owner_id != invitation.inviter_id:
-        raise ApiError(404, NOT_FOUND, "no such invitation, or it is used or expired")
-    if invitation.inviter_id == acceptance.account_id:
-        raise ApiError(403, "own_invitation", "an invitation is for another account")
-    key = KeyRecord(
-        key_id=acceptance.key_id,
-        vin=invitation.vin,
-        account_id=acceptance.account_id,
-        device_id=device.device_id,
-        role=invitation.role,
-        entitlements=invitation.entitlements,
-        not_before=invitation.not_before,
-        not_after=invitation.not_after,
-        schedule=invitation.schedule,
-        status=KeyStatus.ACTIVE,
-        created_at=auth.now(),
-    )
-    await create_key(app, key, device, await store.keys_of_vehicle(invitation.vin))
-    return key
+class Acceptor:
+    """Accepts invitations: the route's procedure and the journal replay's."""
 
+    def __init__(self, store: Store, holders: Holders, clock: Clock) -> None:
+        self.store = store
+        self.holders = holders
+        self.clock = clock
 
-async def replay(app: web.Application, journal: Journal, operation: Operation) -> tuple[str, str]:
-    """Apply a journaled acceptance: (DONE or REFUSED, outcome). Raises StoreUnavailable or
-    NotYet to stop the replay here (it resumes at this operation)."""
-    store = app[STORE]
-    payload = operation.payload
-    acceptance = Acceptance(
-        payload["invitation_id"], payload["account_id"], payload["device_id"], payload["key_id"]
-    )
-    if await store.key(acceptance.key_id) is not None:  # applied before the journal said so
-        return DONE, f"key_id={acceptance.key_id}"
-    held = payload.get("invitation")
-    taken = None if held is None else invitation_from_json(held)
-    device = await store.device(acceptance.device_id)
-    if device is None or device.account_id != acceptance.account_id:
-        if taken is not None:
-            await store.put_invitation(taken)  # refused before use
-        return REFUSED, "unknown_device"
-    if taken is None:
-        taken = await store.take_invitation(acceptance.invitation_id, now=operation.accepted_at)
+    async def grant(
+        self, invitation: Invitation, acceptance: Acceptance, device: Device, *, now: int
+    ) -> KeyRecord:
+        """Check a taken invitation against the store and store the key it grants. Refused
+        (InvitationNotFound, OwnInvitation, DeviceHasKey, TooSoon, TooManyHolders) or
+        StoreUnavailable; it never puts the invitation back (the caller decides)."""
+        vehicle = await self.store.vehicle(invitation.vin)
+        # An invitation dies with its inviter's ownership: the new owner never granted it.
+        if vehicle is None or vehicle.owner_id != invitation.inviter_id:
+            raise InvitationNotFound(NOT_FOUND_MESSAGE)
+        if invitation.inviter_id == acceptance.account_id:
+            raise OwnInvitation("an invitation is for another account")
+        key = KeyRecord(
+            key_id=acceptance.key_id,
+            vin=invitation.vin,
+            account_id=acceptance.account_id,
+            device_id=device.device_id,
+            role=invitation.role,
+            entitlements=invitation.entitlements,
+            not_before=invitation.not_before,
+            not_after=invitation.not_after,
+            schedule=invitation.schedule,
+            status=KeyStatus.ACTIVE,
+            created_at=now,
+        )
+        keys = await self.store.keys_of_vehicle(invitation.vin)
+        await self.holders.create_key(key, device, keys, now=now)
+        return key
+
+    async def replay(self, journal: Journal, operation: Operation) -> tuple[str, str]:
+        """Apply a journaled acceptance: (DONE or REFUSED, outcome). Raises StoreUnavailable or
+        NotYet to stop the replay here (it resumes at this operation)."""
+        store = self.store
+        payload = operation.payload
+        acceptance = Acceptance(
+            payload["invitation_id"], payload["account_id"], payload["device_id"], payload["key_id"]
+        )
+        if await store.key(acceptance.key_id) is not None:  # applied before the journal said so
+            return DONE, f"key_id={acceptance.key_id}"
+        held = payload.get("invitation")
+        taken = None if held is None else invitation_from_json(held)
+        device = await store.device(acceptance.device_id)
+        if device is None or device.account_id != acceptance.account_id:
+            if taken is not None:
+                await store.put_invitation(taken)  # refused before use
+            return REFUSED, "unknown_device"
         if taken is None:
-            return REFUSED, NOT_FOUND
-        # held from now on by the journal: a failure below must not lose it
-        await journal.set_payload(operation.seq, acceptance.payload(taken))
-    try:
-        await grant(app, taken, acceptance, device)
-    except ApiError as error:
-        if error.code == "too_soon":
+            taken = await store.take_invitation(acceptance.invitation_id, now=operation.accepted_at)
+            if taken is None:
+                return REFUSED, NOT_FOUND
+            # held from now on by the journal: a failure below must not lose it
+            await journal.set_payload(operation.seq, acceptance.payload(taken))
+        try:
+            await self.grant(taken, acceptance, device, now=self.clock())
+        except TooSoon as error:
             raise NotYet(f"acceptance {operation.op_id}: {error.message}") from None
-        if error.code != NOT_FOUND:
-            await store.put_invitation(taken)  # refused before use: the recipient may try again
-        return REFUSED, error.code
-    return DONE, f"key_id={acceptance.key_id}"
+        except Refused as error:
+            if not isinstance(error, InvitationNotFound):
+                await store.put_invitation(taken)  # refused before use: may be tried again
+            return REFUSED, error.code
+        return DONE, f"key_id={acceptance.key_id}"
 
 
 def invitation_json(invitation: Invitation) -> dict[str, Any]:

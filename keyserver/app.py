@@ -1,50 +1,71 @@
-"""The keyserver's aiohttp application: ``create_app(config)``, its resources and its routes.
+"""The keyserver's aiohttp application: ``create_app(config)`` and its routes.
 
-Resources are ``cleanup_ctx`` generators (the store, the issuer key ring), reached through typed
-``web.AppKey``s. The zero-configuration default is one node on the embedded SQLite store with a key
-ring created on first start; a configured ``key_dir`` must hold one (``keyserver keys``), and a
-rotation published there is served without a restart (``keyserver.keyring_reload``).
+Resources and services are built in one place, ``keyserver.resources`` (one ``cleanup_ctx``);
+handlers read them from ``request.app[SERVICES]``. The zero-configuration default is one node on
+the embedded SQLite store with a key ring created on first start; a configured ``key_dir`` must
+hold one (``keyserver keys``), and a rotation published there is served without a restart
+(``keyserver.keyring_reload``).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import AsyncIterator
 from importlib.metadata import version
-from typing import Any, cast
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from keycore.breaker_metrics import BreakerCollector
 from keycore.channel import CLOSE_GOING_AWAY
 from keyserver import admission, openapi, ratelimit
 from keyserver.auth import DeviceKeys
+from keyserver.clock import CLOCK, Clock, process_clock
 from keyserver.config import Config
 from keyserver.degraded import STORE_UNAVAILABLE, degraded_json
 from keyserver.errors import StoreUnavailable
-from keyserver.http import ApiError, error_middleware
+from keyserver.http import CBOR, ApiError, error_middleware
 from keyserver.hub import ChannelHub
-from keyserver.keyring_reload import ServedKeyRing
-from keyserver.observability import MeasuredStore, Metrics
+from keyserver.observability import Metrics
+from keyserver.resources import (
+    CONFIG,
+    DEVICE_KEYS,
+    HUB,
+    INJECTED_STORE,
+    JOURNAL,
+    KEYRING,
+    LAST_KNOWN,
+    METRICS,
+    OPENAPI,
+    REPLAYER,
+    SERVICES,
+    STORE,
+    STORE_GUARD,
+    open_store,
+    resources_context,
+)
+from keyserver.routes import audit, channel, commands, identity, keys, vehicles
 from keyserver.store import Store
-from keyserver.store.guarded import GuardedStore, store_breaker
 
-CONFIG = web.AppKey("config", Config)
-METRICS = web.AppKey("metrics", Metrics)
-STORE = web.AppKey("store", Store)
-KEYRING = web.AppKey("keyring", ServedKeyRing)
-INJECTED_STORE = web.AppKey("injected_store", Store)
-OPENAPI = web.AppKey("openapi", dict[str, Any])
-DEVICE_KEYS = web.AppKey("device_keys", DeviceKeys)
-HUB = web.AppKey("hub", ChannelHub)
-STORE_GUARD = web.AppKey("store_guard", GuardedStore)  # set when the store is Redis
+__all__ = [  # the resources' keys, for tests and tools that look inside a running app
+    "CONFIG",
+    "DEVICE_KEYS",
+    "HUB",
+    "JOURNAL",
+    "KEYRING",
+    "LAST_KNOWN",
+    "METRICS",
+    "OPENAPI",
+    "REPLAYER",
+    "SERVICES",
+    "STORE",
+    "STORE_GUARD",
+    "create_app",
+    "open_store",
+]
 
-CBOR = "application/cbor"
 
-
-def create_app(config: Config, *, store: Store | None = None) -> web.Application:
+def create_app(
+    config: Config, *, store: Store | None = None, clock: Clock = process_clock
+) -> web.Application:
     """The app for ``config``. Pass ``store`` to use one the caller owns (tests)."""
     metrics = Metrics.create()
     app = web.Application(
@@ -53,77 +74,17 @@ def create_app(config: Config, *, store: Store | None = None) -> web.Application
     )
     app[CONFIG] = config
     app[METRICS] = metrics
+    app[CLOCK] = clock
     app[DEVICE_KEYS] = DeviceKeys()
     app[HUB] = ChannelHub()
     if store is not None:
         app[INJECTED_STORE] = store
-    app.cleanup_ctx.append(_store_context)
-    app.cleanup_ctx.append(_keyring_context)
-    from keyserver.hub_bridge import bridge_context  # these use this module's AppKeys
-    from keyserver.outage import outage_context
-
-    app.cleanup_ctx.append(outage_context)  # wraps the store: keep it after _store_context
-    app.cleanup_ctx.append(bridge_context)  # the hub across instances (Redis only)
+    app.cleanup_ctx.append(resources_context)
     app.on_shutdown.append(_close_channels)
     setup_routes(app)
     ratelimit.setup(app, config, metrics.registry, app[OPENAPI], store=lambda: app[STORE])
     admission.setup(app, config, metrics.registry, app[OPENAPI])  # innermost: inside the errors
     return app
-
-
-async def open_store(config: Config) -> Store:
-    if config.redis_url is not None:
-        from keyserver.store.redis import RedisStore
-
-        return await RedisStore.connect(
-            config.redis_url,
-            prefix=config.redis_prefix,
-            socket_timeout=config.redis_timeout_s,
-            connect_timeout=config.redis_timeout_s,
-            wait_replicas=config.redis_wait_replicas,
-        )
-    if config.redis_sentinels:
-        from keyserver.config import sentinel_addresses
-        from keyserver.store.redis import RedisStore
-
-        return await RedisStore.connect_sentinel(
-            sentinel_addresses(config.redis_sentinels),
-            config.redis_service,
-            prefix=config.redis_prefix,
-            socket_timeout=config.redis_timeout_s,
-            connect_timeout=config.redis_timeout_s,
-            wait_replicas=config.redis_wait_replicas,
-        )
-    from keyserver.store.sqlite import SQLiteStore
-
-    config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    return await SQLiteStore.open(config.sqlite_path)
-
-
-async def _store_context(app: web.Application) -> AsyncIterator[None]:
-    if INJECTED_STORE in app:
-        app[STORE] = _measured(app, app[INJECTED_STORE])
-        yield
-        return
-    store = await open_store(app[CONFIG])
-    app[STORE] = _measured(app, store)
-    try:
-        yield
-    finally:
-        await store.close()
-
-
-async def _keyring_context(app: web.Application) -> AsyncIterator[None]:
-    config = app[CONFIG]
-    served = ServedKeyRing.start(config, app[METRICS].registry)
-    app[KEYRING] = served
-    watching = asyncio.create_task(served.watch(config.key_poll_s))
-    try:
-        yield
-    finally:
-        watching.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watching
 
 
 async def _close_channels(app: web.Application) -> None:
@@ -132,28 +93,7 @@ async def _close_channels(app: web.Application) -> None:
     await app[HUB].close_all(CLOSE_GOING_AWAY, b"server shutting down")
 
 
-def _measured(app: web.Application, store: Store) -> Store:
-    return cast(Store, MeasuredStore(_guarded(app, store), app[METRICS]))
-
-
-def _guarded(app: web.Application, store: Store) -> Store:
-    """Redis behind its circuit breaker and the one retry layer (inside the metrics, so they see
-    every call); SQLite as it is (``keyserver.store.guarded`` says why)."""
-    from keyserver.store.redis import RedisStore
-
-    if not isinstance(store, RedisStore):
-        return store
-    name = "redis-primary" if app[CONFIG].redis_sentinels else "redis"
-    guarded = GuardedStore(store, store_breaker(name), deadline=admission.current_deadline.get)
-    app[STORE_GUARD] = guarded
-    app[METRICS].registry.register(BreakerCollector([guarded.breaker]))
-    return cast(Store, guarded)
-
-
 def setup_routes(app: web.Application) -> None:
-    # imported here: route modules use this module's AppKeys, so a top-level import is circular
-    from keyserver.routes import audit, channel, commands, identity, keys, vehicles
-
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_endpoint)

@@ -9,13 +9,18 @@ A car signs its own requests the same way, with its vehicle key (``require_vehic
 in the same order with the same refusals, for a request on one key (token refresh, the hot path):
 with the device's key already known here (``DeviceKeys``), the proof is checked first and the
 session, the device, the key and the nonce's single use take one store round trip.
+
+Each check is written once, here: ``bearer`` (the session's token), ``read_proof`` (the header),
+``proof_error`` (signature and freshness over this request) and ``spend_nonce``. The degraded
+token refresh (keyserver.routes.keys_degraded) runs the same steps against what this process
+knows. Every check uses the request's one ``now`` (keyserver.clock.request_now).
 """
 
 from __future__ import annotations
 
 import hashlib
 import secrets
-import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -28,16 +33,13 @@ from keycore.request_proof import (
     parse_request_proof,
     verify_request_proof,
 )
+from keyserver.clock import request_now
 from keyserver.http import ApiError, read_body
 from keyserver.models import Device, KeyRecord, NonceClaim, Session, Vehicle
 from keyserver.store import Store
 
 TOKEN_BYTES = 32
 DEVICE_KEYS_KEPT = 16_384
-
-
-def now() -> int:
-    return int(time.time())
 
 
 def new_session_token() -> tuple[str, bytes]:
@@ -98,14 +100,14 @@ class DeviceKeys:
 
 
 async def require_session(request: web.Request, store: Store) -> Caller:
-    token_hash = _bearer(request)
-    session = await store.session(token_hash, now=now())
+    token_hash = bearer(request)
+    session = await store.session(token_hash, now=request_now(request))
     if session is None:
-        raise _unknown_session()
+        raise unknown_session()
     return Caller(session, token_hash)
 
 
-def _bearer(request: web.Request) -> bytes:
+def bearer(request: web.Request) -> bytes:
     """The hash of the request's bearer token; 401 without a well-formed one."""
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
@@ -119,7 +121,7 @@ def _bearer(request: web.Request) -> bytes:
     return session_hash(token)
 
 
-def _unknown_session() -> ApiError:
+def unknown_session() -> ApiError:
     return ApiError(
         401, "unauthorized", "the session is unknown or has expired",
         headers={"WWW-Authenticate": "Bearer"},
@@ -140,13 +142,13 @@ async def require_key_holder(
     ``require_device_proof``, in that order. One store round trip when the device's key is known
     here; otherwise the nonce is spent in a second one, after the proof has been checked with the
     stored key."""
-    token_hash = _bearer(request)
+    token_hash = bearer(request)
     proof: RequestProof | None
     try:
-        proof, bad_header = _read_proof(request), None
+        proof, bad_header = read_proof(request), None
     except ApiError as malformed:
         proof, bad_header = None, malformed
-    current = now()
+    current = request_now(request)
     # The body (bounded) is read first, its refusal kept for its turn after the session's, so
     # that with the device's key known the proof is checked now and its nonce spent in the same
     # store operation; the store confirms the key.
@@ -163,10 +165,10 @@ async def require_key_holder(
         if known is not None:
             early = (
                 known,
-                _proof_error(request, proof, known, body, now=current, max_skew=max_skew),
+                proof_error(request, proof, known, body, now=current, max_skew=max_skew),
             )
             if early[1] is None:
-                scope, expiry = _device_scope(proof.device_id), _nonce_expiry(proof, max_skew)
+                scope, expiry = device_scope(proof.device_id), nonce_expiry(proof, max_skew)
                 claim = NonceClaim(scope, proof.nonce, expiry, known)
     context = await store.refresh_context(
         token_hash,
@@ -177,7 +179,7 @@ async def require_key_holder(
     )
     session = context.session
     if session is None:
-        raise _unknown_session()
+        raise unknown_session()
     if bad_body is not None:
         raise bad_body
     if proof is None:
@@ -191,20 +193,20 @@ async def require_key_holder(
         if early is not None and early[0] == device.public_key:
             refusal = early[1]
         else:
-            refusal = _proof_error(
-                request, proof, device.public_key, body, now=now(), max_skew=max_skew
+            refusal = proof_error(
+                request, proof, device.public_key, body, now=current, max_skew=max_skew
             )
         if refusal is not None:
             raise refusal
         fresh = await store.claim_nonce(
-            _device_scope(proof.device_id),
+            device_scope(proof.device_id),
             proof.nonce,
-            now=now(),
-            expires_at=_nonce_expiry(proof, max_skew),
+            now=current,
+            expires_at=nonce_expiry(proof, max_skew),
         )
         device_keys.remember(device)
     if not fresh:
-        raise _replayed()
+        raise replayed()
     return KeyHolder(Caller(session, token_hash), device, context.key, body)
 
 
@@ -222,7 +224,7 @@ async def require_device_proof(
     ``enrolling``: the public key being enrolled, which must sign its own enrolment (the device
     is not in the store yet; None is returned).
     """
-    proof = _read_proof(request)
+    proof = read_proof(request)
     device: Device | None = None
     if enrolling is not None:
         if proof.device_id != device_id_for(enrolling):
@@ -234,7 +236,7 @@ async def require_device_proof(
             raise _unknown_device()
         key_xy = device.public_key
     await _check_proof(
-        request, store, proof, key_xy, body, scope=_device_scope(proof.device_id), max_skew=max_skew
+        request, store, proof, key_xy, body, scope=device_scope(proof.device_id), max_skew=max_skew
     )
     return device
 
@@ -244,7 +246,7 @@ async def require_vehicle_proof(
 ) -> Vehicle:
     """Check a request signed by a car with its own key, the way a phone signs (device id = the
     VIN); returns the car. An unknown VIN fails like a bad signature."""
-    proof = _read_proof(request)
+    proof = read_proof(request)
     vehicle = await store.vehicle(vin) if proof.device_id == vin else None
     if vehicle is None:
         raise ApiError(401, "bad_device_proof", "the proof is not made by this vehicle's key")
@@ -254,7 +256,7 @@ async def require_vehicle_proof(
     return vehicle
 
 
-def _read_proof(request: web.Request) -> RequestProof:
+def read_proof(request: web.Request) -> RequestProof:
     header = request.headers.get(HEADER)
     if header is None:
         raise ApiError(401, "device_proof_required", f"this operation needs a {HEADER} header")
@@ -275,17 +277,23 @@ async def _check_proof(
     max_skew: int,
 ) -> None:
     """Signature and freshness, then the nonce's single use within ``scope``."""
-    error = _proof_error(request, proof, key_xy, body, now=now(), max_skew=max_skew)
+    now = request_now(request)
+    error = proof_error(request, proof, key_xy, body, now=now, max_skew=max_skew)
     if error is not None:
         raise error
-    fresh = await store.claim_nonce(
-        scope, proof.nonce, now=now(), expires_at=_nonce_expiry(proof, max_skew)
-    )
-    if not fresh:
-        raise _replayed()
+    await spend_nonce(store.claim_nonce, scope, proof, now, max_skew)
 
 
-def _proof_error(
+async def spend_nonce(
+    claim: Callable[..., Awaitable[bool]], scope: str, proof: RequestProof, now: int, max_skew: int
+) -> None:
+    """Spend the proof's nonce in ``claim`` (the store's, or this process's own book while the
+    store is down): 401 replayed_device_proof if it was spent already."""
+    if not await claim(scope, proof.nonce, now=now, expires_at=nonce_expiry(proof, max_skew)):
+        raise replayed()
+
+
+def proof_error(
     request: web.Request,
     proof: RequestProof,
     key_xy: bytes,
@@ -312,12 +320,12 @@ def _proof_error(
     return None
 
 
-def _device_scope(device_id: str) -> str:
+def device_scope(device_id: str) -> str:
     """Where a device's nonces are single use."""
     return f"proof:{device_id}"
 
 
-def _nonce_expiry(proof: RequestProof, max_skew: int) -> int:
+def nonce_expiry(proof: RequestProof, max_skew: int) -> int:
     """After this, the proof is stale anyway: its nonce need not be remembered."""
     return proof.timestamp + max_skew + 1
 
@@ -326,5 +334,5 @@ def _unknown_device() -> ApiError:
     return ApiError(403, "unknown_device", "no such device on this account")
 
 
-def _replayed() -> ApiError:
+def replayed() -> ApiError:
     return ApiError(401, "replayed_device_proof", "this proof has been used already")

@@ -1,7 +1,9 @@
 """HTTP plumbing: the JSON error shape, request ids, body limits, and the error middleware.
 
 Every error leaves as ``{"error": {"code": ..., "message": ...}}`` with a 4xx, or a 500 with code
-``internal`` that says nothing more. Handlers raise ``ApiError``; nothing else reaches a client.
+``internal`` that says nothing more. Handlers raise ``ApiError``; the services below them raise
+domain refusals (``keyserver.errors.Refused``), given their HTTP status here, in ``REFUSALS``, the
+one table that maps them; nothing else reaches a client.
 A store failure no route turned into a degraded answer becomes 429 ``temporarily_unavailable``
 (never a 503), and an answer built from last known data gets the degraded marker
 (keyserver.degraded).
@@ -21,8 +23,18 @@ from typing import Any
 from aiohttp import web
 
 from keyserver import degraded
-from keyserver.errors import StoreUnavailable
+from keyserver.errors import (
+    DeviceHasKey,
+    InvitationNotFound,
+    OwnInvitation,
+    Refused,
+    SinceAhead,
+    StoreUnavailable,
+    TooManyHolders,
+    TooSoon,
+)
 
+CBOR = "application/cbor"
 REQUEST_ID_HEADER = "X-Request-Id"
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{8,64}")
 request_id_var: ContextVar[str] = ContextVar("request_id", default="-")
@@ -52,6 +64,23 @@ def error_response(
     )
 
 
+#: The HTTP status of each domain refusal; the code and message are the refusal's own.
+REFUSALS: dict[type[Refused], int] = {
+    DeviceHasKey: 409,
+    TooSoon: 409,
+    TooManyHolders: 409,
+    InvitationNotFound: 404,
+    OwnInvitation: 403,
+    SinceAhead: 400,
+}
+
+
+def refusal_error(refused: Refused) -> ApiError:
+    """The HTTP answer to a domain refusal (``REFUSALS``); Retry-After when it says when."""
+    headers = {} if refused.retry_after is None else {"Retry-After": str(refused.retry_after)}
+    return ApiError(REFUSALS[type(refused)], refused.code, refused.message, headers=headers)
+
+
 # aiohttp's own refusals, mapped to our codes
 _HTTP_CODES = {
     400: "bad_request",
@@ -77,6 +106,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             response = await handler(request)
         except ApiError as error:
             response = error_response(error.status, error.code, error.message, error.headers)
+        except Refused as refused:
+            answer = refusal_error(refused)
+            response = error_response(answer.status, answer.code, answer.message, answer.headers)
         except StoreUnavailable as error:
             # Never a 503 (G2): a route with a degraded path has answered already; reaching here
             # means it has none for this request (keyserver.degraded.ROUTES says which).

@@ -37,6 +37,7 @@ import re
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,14 +46,14 @@ from redis.exceptions import RedisError
 
 from keycore.token import check_vin
 from keycore.waiting import PredicateWaiters
-from keyserver import auth
-from keyserver.app import HUB, METRICS, STORE, STORE_GUARD
+from keyserver.clock import Clock, process_clock
 from keyserver.errors import StoreUnavailable
 from keyserver.hub import ChannelHub
 from keyserver.hub_presence import CarPresence, PresencePolicy
 from keyserver.models import CommandStatus
 from keyserver.observability import Metrics
 from keyserver.store import Store
+from keyserver.store.guarded import GuardedStore
 
 log = logging.getLogger("keyserver.hub_bridge")
 REVOKED, COMMAND = "revoked", "command"
@@ -141,8 +142,10 @@ class HubBridge:
         presence: CarPresence | None = None,
         instance: str | None = None,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Clock = process_clock,
     ) -> None:
         self.hub = hub
+        self.wall_clock = wall_clock
         self.presence = presence
         self.store = store
         self.metrics = metrics
@@ -301,7 +304,7 @@ class HubBridge:
             command is None
             or command.vin != vin
             or command.status not in _PENDING
-            or command.expires_at <= auth.now()
+            or command.expires_at <= self.wall_clock()
         ):
             self._count("in", "stale")
             return
@@ -314,7 +317,7 @@ class HubBridge:
         what it holds, and its pending commands (each connection sends a command once)."""
         for vin in self.hub.vins():
             self.hub.deliver_revoked(vin)
-            for command in await self.store.pending_commands(vin, now=auth.now()):
+            for command in await self.store.pending_commands(vin, now=self.wall_clock()):
                 self.hub.deliver_command(vin, command.command_id, command.document)
         self.resyncs += 1
         self._notify()
@@ -348,13 +351,17 @@ HUB_POLICY = web.AppKey("hub_policy", BridgePolicy)
 HUB_PRESENCE_POLICY = web.AppKey("hub_presence_policy", PresencePolicy)
 
 
-async def bridge_context(app: web.Application) -> AsyncIterator[None]:
-    """A cleanup_ctx: the bridge and its tasks with the Redis store; nothing with SQLite."""
-    guard = app.get(STORE_GUARD)
-    if guard is None:
-        yield
-        return
-    hub = app[HUB]
+@asynccontextmanager
+async def running_bridge(
+    hub: ChannelHub,
+    store: Store,
+    guard: GuardedStore,
+    metrics: Metrics,
+    *,
+    policy: BridgePolicy | None = None,
+    presence_policy: PresencePolicy | None = None,
+) -> AsyncIterator[HubBridge]:
+    """The bridge and its tasks, for the hub of a process on the Redis store (``guard``)."""
     instance = secrets.token_hex(8)
     presence = CarPresence(  # every store call here is behind the store's breaker and retries
         instance,
@@ -362,20 +369,19 @@ async def bridge_context(app: web.Application) -> AsyncIterator[None]:
         mark_offline=guard.mark_car_offline,
         lookup=guard.car_instance,
         local=hub.vins,
-        policy=app.get(HUB_PRESENCE_POLICY),
+        policy=presence_policy,
     )
     bridge = HubBridge(
         hub,
-        app[STORE],
-        app[METRICS],
+        store,
+        metrics,
         channel=guard.hub_channel,
         publish=guard.publish,
         pubsub=guard.pubsub,
-        policy=app.get(HUB_POLICY),
+        policy=policy,
         presence=presence,
         instance=instance,
     )
-    app[HUB_BRIDGE] = bridge
     hub.relay = bridge
     tasks = [
         asyncio.create_task(bridge.publish_forever(), name="hub-publish"),
@@ -384,7 +390,7 @@ async def bridge_context(app: web.Application) -> AsyncIterator[None]:
         asyncio.create_task(presence.run(), name="hub-presence"),
     ]
     try:
-        yield
+        yield bridge
     finally:
         hub.relay = None
         for task in tasks:

@@ -22,15 +22,16 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from aiohttp import web
-
-from keyserver.app import CONFIG, HUB, STORE, open_store
+from keyserver.acceptance import Acceptor
+from keyserver.clock import process_clock
 from keyserver.config import Config
 from keyserver.config import load as load_config
 from keyserver.errors import KeyserverError, StoreUnavailable
 from keyserver.hub import ChannelHub
+from keyserver.issuance import Holders
 from keyserver.journal import DONE, PENDING, REFUSED, Journal, NotYet
 from keyserver.replay import Replayer, announce
+from keyserver.resources import open_store
 from runtime.settings import refuse
 
 
@@ -88,13 +89,12 @@ async def _replay(config: Config, journal: Journal) -> str | None:
         store = await open_store(config)
     except (KeyserverError, sqlite3.Error, OSError) as error:
         return f"the store: {error}"
-    # the replay's procedures (keyserver.issuance) take the app: this one holds what they use,
-    # and a hub with no cars (none is connected to this process)
-    app = web.Application()
-    app[CONFIG] = config
-    app[STORE] = store
-    app[HUB] = ChannelHub()
-    replayer = Replayer(app, journal)
+    # the replay's services, on the store as it is and a hub with no cars (none is connected
+    # to this process)
+    hub = ChannelHub()
+    holders = Holders(store, hub, process_clock)
+    acceptor = Acceptor(store, holders, process_clock)
+    replayer = Replayer(store, hub, journal, holders, acceptor, process_clock)
     problem: str | None = None
     try:
         await replayer.replay_once()

@@ -1,22 +1,22 @@
-"""Last known data: a bounded per-process cache filled by every successful store read, and the
-store wrapper that answers reads from it while the store is down (marking the request stale).
+"""Last known data: a bounded per-process cache filled by every successful store read, and the store
+wrapper that answers reads from it while the store is down (marking the request stale).
 
 ``LastKnownStore`` wraps the app's store (outermost: it sees what the breaker and the retries
-finally made of a call). A read that succeeds refreshes the cache; a read that raises
-``StoreUnavailable`` is answered from the cache if the value is there and younger than
-``max_age_s`` — the request is then marked stale with the value's age
-(``keyserver.degraded.note_stale``) — and raises on a miss, so an unknown caller is refused (fail
-closed, 429) rather than shown anything. Only records are kept: a session under the hash of its
-bearer token (never the token), devices with their public keys, vehicles, keys, commands and
+finally made of a call; keyserver.resources.assemble_store puts it there). A read that succeeds
+refreshes the cache; a read that raises ``StoreUnavailable`` is answered from the cache if the
+value is there and younger than ``max_age_s`` — the request is then marked stale with the value's
+age (``keyserver.degraded.note_stale``) — and raises on a miss, so an unknown caller is refused
+(fail closed, 429) rather than shown anything. Only records are kept: a session under the hash of
+its bearer token (never the token), devices with their public keys, vehicles, keys, commands and
 revocation ledgers. A "no such record" answer evicts the entry.
 
 Writes are never answered from here: they raise, and the route decides (journal, 429, ...). The
-one exception is a device proof's nonce: while the store is down it is spent in a local book, so a
-proof is still single use on this process (across processes, only within the proof's skew).
+one exception is a device proof's nonce: while the store is down it is spent in a local book, so
+a proof is still single use on this process (across processes, only within the proof's skew).
 
-What a stale value can miss: a change made through another process since it was cached (a
-session closed, a key revoked there). Writes through this process update or evict the entries
-they touch; ``max_age_s`` bounds the rest.
+What a stale value can miss: a change made through another process since it was cached (a session
+closed, a key revoked there). Writes through this process update or evict the entries they touch;
+``max_age_s`` bounds the rest.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import replace
 from typing import Any, TypeVar
 
-from keyserver import auth
+from keyserver.clock import Clock, process_clock
 from keyserver.degraded import note_stale
 from keyserver.errors import StoreUnavailable
 from keyserver.models import (
@@ -104,10 +104,18 @@ class LocalNonces:
 class LastKnownStore:
     """The app's store, with reads answered from ``LastKnown`` while it is down (module doc)."""
 
-    def __init__(self, inner: Store, cache: LastKnown, nonces: LocalNonces | None = None) -> None:
+    def __init__(
+        self,
+        inner: Store,
+        cache: LastKnown,
+        nonces: LocalNonces | None = None,
+        *,
+        clock: Clock = process_clock,
+    ) -> None:
         self._inner = inner
         self.cache = cache
         self.nonces = nonces or LocalNonces()
+        self.clock = clock  # when a value was read: its age while the store is down
 
     def __getattr__(self, name: str) -> Any:  # every other operation goes straight through
         return getattr(self._inner, name)
@@ -116,7 +124,7 @@ class LastKnownStore:
         try:
             value = await call()
         except StoreUnavailable:
-            hit = self.cache.get(key, now=auth.now())
+            hit = self.cache.get(key, now=self.clock())
             if hit is None:
                 raise
             note_stale(hit[1])
@@ -124,7 +132,7 @@ class LastKnownStore:
         if value is None:
             self.cache.forget(key)
         else:
-            self.cache.put(key, value, now=auth.now())
+            self.cache.put(key, value, now=self.clock())
         return value
 
     async def session(self, token_hash: bytes, *, now: int) -> Session | None:
@@ -168,19 +176,19 @@ class LastKnownStore:
         try:
             sequence, entries = await self._inner.revocations(vin, since=since)
         except StoreUnavailable:
-            hit = self.cache.get(("ledger", vin), now=auth.now())
+            hit = self.cache.get(("ledger", vin), now=self.clock())
             if hit is None:
                 raise
             (sequence, full), age = hit
             note_stale(age)
             return sequence, [e for e in full if e.sequence > since]
         if since == 0:
-            self.cache.put(("ledger", vin), (sequence, entries), now=auth.now())
+            self.cache.put(("ledger", vin), (sequence, entries), now=self.clock())
         return sequence, entries
 
     def ledger(self, vin: str) -> tuple[int, list[RevocationEntry]] | None:
         """The vehicle's last known full ledger, if this process has read it."""
-        hit = self.cache.get(("ledger", vin), now=auth.now())
+        hit = self.cache.get(("ledger", vin), now=self.clock())
         if hit is None:
             return None
         ledger: tuple[int, list[RevocationEntry]] = hit[0]
@@ -193,7 +201,7 @@ class LastKnownStore:
         context = await self._inner.refresh_context(
             token_hash, device_id=device_id, key_id=key_id, now=now, claim=claim
         )
-        stamp = auth.now()
+        stamp = now  # the request's: no second clock read on the hot path
         if context.session is not None:
             self.cache.put(("session", token_hash), context.session, now=stamp)
         if context.device is not None:
@@ -223,23 +231,23 @@ class LastKnownStore:
     ) -> None:
         """A key's status as changed here (by the store, or by a journaled write): the cached
         record follows, so a degraded refresh on this process sees it at once."""
-        hit = self.cache.get(("key", key_id), now=auth.now())
+        hit = self.cache.get(("key", key_id), now=self.clock())
         if hit is None:
             return
         key: KeyRecord = hit[0]
         if key.status in expected:
             key = _with_status(key, status)
             self._restamp(("key", key_id), key)
-        listed = self.cache.get(("keys_of_vehicle", key.vin), now=auth.now())
+        listed = self.cache.get(("keys_of_vehicle", key.vin), now=self.clock())
         if listed is not None:  # the vehicle's list says the same, keeping its age
             keys = [key if k.key_id == key_id else k for k in listed[0]]
             self._restamp(("keys_of_vehicle", key.vin), keys)
 
     def _restamp(self, key: Hashable, value: Any) -> None:
         """Replace a cached value, keeping the time it was read (its age stays honest)."""
-        hit = self.cache.get(key, now=auth.now())
+        hit = self.cache.get(key, now=self.clock())
         age = 0 if hit is None else hit[1]
-        self.cache.put(key, value, now=auth.now() - age)
+        self.cache.put(key, value, now=self.clock() - age)
 
     async def append_revocations(self, vin: str, entries: Sequence[RevocationEntry]) -> int:
         sequence = await self._inner.append_revocations(vin, entries)
@@ -271,7 +279,7 @@ class LastKnownStore:
 
     def _put_all(self, items: list[tuple[Hashable, Any]]) -> None:
         """Each record of a list read: the list is as fresh as a read of each of them."""
-        now = auth.now()
+        now = self.clock()
         for key, value in items:
             self.cache.put(key, value, now=now)
 

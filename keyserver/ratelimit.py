@@ -29,8 +29,8 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter
 
-from keyserver import auth
 from keyserver.client_address import client_address, trusted_networks
+from keyserver.clock import request_now
 from keyserver.config import Config
 from keyserver.errors import StoreUnavailable
 from keyserver.http import ApiError, Handler
@@ -176,7 +176,7 @@ class RateLimiter:
         route = _route(request)
         handler = request.match_info.handler
         name = f"{handler.__module__.rpartition('.')[2]}.{handler.__name__}"
-        now = auth.now()
+        now = request_now(request)
         for scope, setting in limit.settings().items():
             subject = self.address(request) if scope is Scope.ADDRESS else subjects[scope]
             window = window_of(setting)

@@ -4,9 +4,10 @@
 tries a replay, and waits for ``kick()`` or ``interval_s`` between tries. ``replay_once`` applies
 pending operations in order (a store failure stops it at that operation, to resume later), then
 moves each vehicle's ledger past the lists signed during the outage and tells the hub. ``drain``
-is the last replay of a process that stops (keyserver.outage), bounded by a deadline; it and
+is the last replay of a process that stops (keyserver.resources), bounded by a deadline; it and
 ``keyserver journal replay`` (keyserver.journal_cli) run with no hub bridge, so they ``announce``
-the vehicles whose ledger grew to the other instances themselves.
+the vehicles whose ledger grew to the other instances themselves. The replayer receives the
+store, the hub, the journal and the services that apply each operation (``Holders``, ``Acceptor``).
 """
 
 from __future__ import annotations
@@ -18,15 +19,15 @@ import secrets
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable
 
-from aiohttp import web
-
-from keyserver import acceptance
-from keyserver.app import HUB, STORE
+from keyserver.acceptance import ACCEPT, Acceptor
+from keyserver.clock import Clock
 from keyserver.errors import StoreUnavailable
+from keyserver.hub import ChannelHub
 from keyserver.hub_bridge import REVOKED, Notice
-from keyserver.issuance import revoke_keys, suspend_keys
+from keyserver.issuance import Holders
 from keyserver.journal import DONE, REFUSED, IssuedList, Journal, NotYet, Operation
 from keyserver.models import KeyStatus
+from keyserver.store import Store
 
 log = logging.getLogger("keyserver.replay")
 WITHDRAW = "withdraw"  # a journaled revocation or suspension (keyserver.outage)
@@ -34,9 +35,23 @@ TASK_NAME = "journal-replay"
 
 
 class Replayer:
-    def __init__(self, app: web.Application, journal: Journal, *, interval_s: float = 1.0) -> None:
-        self.app = app
+    def __init__(
+        self,
+        store: Store,
+        hub: ChannelHub,
+        journal: Journal,
+        holders: Holders,
+        acceptor: Acceptor,
+        clock: Clock,
+        *,
+        interval_s: float = 1.0,
+    ) -> None:
+        self.store = store
+        self.hub = hub
         self.journal = journal
+        self.holders = holders
+        self.acceptor = acceptor
+        self.clock = clock
         self.interval_s = interval_s
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()  # one replay at a time, whoever asks
@@ -135,11 +150,11 @@ class Replayer:
         self.replays += 1
 
     async def _apply(self, operation: Operation) -> tuple[str, str]:
-        if operation.kind == acceptance.ACCEPT:
-            return await acceptance.replay(self.app, self.journal, operation)
+        if operation.kind == ACCEPT:
+            return await self.acceptor.replay(self.journal, operation)
         if operation.kind != WITHDRAW:
             return REFUSED, f"unknown operation {operation.kind}"
-        store = self.app[STORE]
+        store = self.store
         status = KeyStatus(operation.payload["status"])
         keys = []
         for key_id in operation.payload["key_ids"]:
@@ -150,25 +165,26 @@ class Replayer:
             keys = [k for k in keys if k.status is not KeyStatus.REVOKED]
         if not keys:  # a business refusal: recorded, never retried
             return REFUSED, "unknown_key" if status is KeyStatus.REVOKED else "key_revoked"
-        withdraw = revoke_keys if status is KeyStatus.REVOKED else suspend_keys
-        done = await withdraw(self.app, operation.vin, keys)
+        holders = self.holders
+        withdraw = holders.revoke_keys if status is KeyStatus.REVOKED else holders.suspend_keys
+        done = await withdraw(operation.vin, keys, now=self.clock())
         return DONE, f"revocation_sequence={done.sequence}"
 
     async def _converge(self, vin: str, rows: list[IssuedList]) -> None:
         """Move the ledger past every sequence signed here during the outage, renumbering every
         entry after the lowest ledger base above them (keyserver.journal, steps 1–3)."""
-        store = self.app[STORE]
+        store = self.store
         highest = max(r.sequence for r in rows)
         lowest_base = min(r.ledger_base for r in rows)
         # steps 1 and 2 in one atomic store step: the ledger moves past every D and the entries
         # after the lowest base are renumbered above them (one entry per subject: no copies)
         await store.renumber_revocations(vin, since=lowest_base, above=highest)
         await self.journal.settle_lists(vin, up_to=highest)
-        self.app[HUB].revoked(vin)
+        self.hub.revoked(vin)
         self._grown(vin)
 
     def _grown(self, vin: str) -> None:
-        if self.app[HUB].relay is None:
+        if self.hub.relay is None:
             self.unannounced.add(vin)
 
 

@@ -15,7 +15,7 @@ from keycore import (
     TrustStore,
     issue,
 )
-from keyserver import auth
+from keyserver import clock as clock_module
 from tests.keyserver.keys_harness import Clock
 
 VIN = "5YJ3E1EA7KF000001"
@@ -61,7 +61,7 @@ def world() -> World:
 
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
-    """The keyserver's clock (``keyserver.auth.now``), moved by the test."""
+    """The keyserver's clock (``keyserver.clock.now``), moved by the test."""
     fake = Clock()
-    monkeypatch.setattr(auth, "now", fake)
+    monkeypatch.setattr(clock_module, "now", fake)
     return fake

@@ -24,9 +24,9 @@ from typing import Any
 from aiohttp import web
 
 from keyserver import auth, fields, openapi
-from keyserver.app import STORE
 from keyserver.http import ApiError
 from keyserver.models import AUDIT_RETENTION_S
+from keyserver.resources import STORE
 from keyserver.tenure import CarEvent, tenures_of, within
 
 PATH = "/v1/vehicles/{vin}/audit"

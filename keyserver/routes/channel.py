@@ -57,12 +57,12 @@ from keycore.channel import (
 from keycore.errors import InvalidFrame
 from keycore.trust import MAX_SEQUENCE
 from keyserver import auth, fields, openapi
-from keyserver.app import CONFIG, HUB, KEYRING, METRICS, STORE
-from keyserver.errors import StoreUnavailable
+from keyserver.clock import CLOCK
+from keyserver.errors import SinceAhead, StoreUnavailable
 from keyserver.http import ApiError
-from keyserver.issuance import revocation_list
 from keyserver.models import CommandRecord, CommandStatus
 from keyserver.pacing import PACING, PacedChannel
+from keyserver.resources import CONFIG, HUB, KEYRING, METRICS, SERVICES, STORE
 from keyserver.routes.commands import entitles
 
 PATH = "/v1/vehicles/{vin}/channel"
@@ -131,6 +131,7 @@ class CarSession:
         # the car got a list signed during a store outage (keyserver.journal explains)
         self.ledger_sequence = 0
         self._metrics = app[METRICS]
+        self._clock = app[CLOCK]  # a connection lives long: each frame reads the clock
         self._outbox: asyncio.Queue[bytes | _Lacking] = asyncio.Queue(MAX_OUTBOX)
         self._synced = False
         self._revocations_queued = False
@@ -151,7 +152,7 @@ class CarSession:
         try:
             sequence, _ = await self.app[STORE].revocations(self._vin, since=MAX_SEQUENCE)
             ring = self.app[KEYRING]
-            self._send(Hello(auth.now(), sequence, ring.trust_sequence))
+            self._send(Hello(self._clock(), sequence, ring.trust_sequence))
             await self._read()
         except StoreUnavailable as error:
             log.warning("channel store unavailable", extra={"fields": {"error": str(error)}})
@@ -231,24 +232,24 @@ class CarSession:
                 self._queue(_Lacking.COMMANDS)
             case TimeRequest():
                 signer = self.app[KEYRING].ring.active.signer
-                answer = sign_time(signer, nonce=frame.nonce, now=auth.now())
+                answer = sign_time(signer, nonce=frame.nonce, now=self._clock())
                 self._send(TimeAnswer(frame.nonce, answer))
             case Received():
                 await store.set_command_status(
                     frame.command_id, CommandStatus.DELIVERED, vin=vin,
-                    expected=(CommandStatus.QUEUED,), detail="", now=auth.now(),
+                    expected=(CommandStatus.QUEUED,), detail="", now=self._clock(),
                 )  # fmt: skip
             case Results():
                 for result in frame.results:
                     applied = await store.set_command_status(
                         result.command_id, _RESULT_STATUS[result.status], vin=vin,
-                        expected=_UNFINISHED, detail=result.detail, now=auth.now(),
+                        expected=_UNFINISHED, detail=result.detail, now=self._clock(),
                     )  # fmt: skip
                     outcome = "applied" if applied else "repeated"
                     self._metrics.command_results.labels(outcome, result.status).inc()
                 self._send(ResultsAck(frame.batch_id))
             case Audit():
-                await store.add_audit_batch(vin, frame.batch_id, frame.events, now=auth.now())
+                await store.add_audit_batch(vin, frame.batch_id, frame.events, now=self._clock())
                 self._send(AuditAck(frame.batch_id))
 
     # writing
@@ -312,7 +313,7 @@ class CarSession:
         ownership gone) is withdrawn, never sent: revocation means deny (G5)."""
         store, vin = self.app[STORE], self._vin
         try:
-            pending = await store.pending_commands(vin, now=auth.now())
+            pending = await store.pending_commands(vin, now=self._clock())
             fresh = [c for c in pending if c.command_id not in self._sent_commands]
             allowed = await self._still_allowed(fresh) if fresh else set()
         except StoreUnavailable:  # stay connected: revocations still reach the car
@@ -324,7 +325,7 @@ class CarSession:
                 with contextlib.suppress(StoreUnavailable):
                     await store.set_command_status(
                         command.command_id, CommandStatus.FAILED, vin=vin,
-                        expected=(CommandStatus.QUEUED,), detail=WITHDRAWN, now=auth.now(),
+                        expected=(CommandStatus.QUEUED,), detail=WITHDRAWN, now=self._clock(),
                     )  # fmt: skip
                 continue
             self._sent_commands.add(command.command_id)
@@ -337,7 +338,7 @@ class CarSession:
         store = self.app[STORE]
         vehicle = await store.vehicle(self._vin)
         keys = await store.keys_of_vehicle(self._vin)
-        now = auth.now()
+        now = self._clock()
         return {
             c.command_id
             for c in commands
@@ -351,10 +352,10 @@ class CarSession:
         After a list signed during an outage the delta starts at the car's last ledger sequence
         and is sent once the ledger has passed what the car holds (keyserver.journal)."""
         try:
-            sequence, document, complete = await revocation_list(
-                self.app, self._vin, since=self.ledger_sequence, now=auth.now()
+            sequence, document, complete = await self.app[SERVICES].issuer.revocation_list(
+                self._vin, since=self.ledger_sequence, now=self._clock()
             )
-        except ValueError:  # the car holds more than the ledger has: nothing to give it yet
+        except SinceAhead:  # the car holds more than the ledger has: nothing to give it yet
             return None
         if document is None or sequence <= self.revocation_sequence:
             return None

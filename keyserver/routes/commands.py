@@ -34,11 +34,12 @@ from keycore import Action
 from keycore.command import RemoteCommand, sign_command
 from keycore.roles import allows, from_mask
 from keyserver import auth, fields, openapi, ratelimit
-from keyserver.app import CONFIG, HUB, KEYRING, METRICS, STORE
+from keyserver.clock import request_now
 from keyserver.errors import StoreUnavailable
 from keyserver.grants import OPEN_END, load_schedule
 from keyserver.http import ApiError, parse_json_object, read_body
 from keyserver.models import CommandRecord, CommandStatus, KeyRecord, KeyStatus
+from keyserver.resources import CONFIG, HUB, KEYRING, METRICS, STORE
 from keyserver.routes import commands_degraded
 
 COMMAND_ID_BYTES = 16
@@ -77,7 +78,7 @@ async def create_command(request: web.Request) -> web.Response:
     mine = [k for k in keys if k.account_id == caller.account_id]
     if vehicle is None or (vehicle.owner_id != caller.account_id and not mine):
         raise ApiError(404, "unknown_vehicle", "no such vehicle among the caller's")
-    now = auth.now()
+    now = request_now(request)
     entitled = [k for k in mine if entitles(k, action, now)]
     if vehicle.owner_id != caller.account_id and not entitled:
         raise ApiError(403, "not_entitled", f"no active key of yours allows {action.name.lower()}")
@@ -139,7 +140,7 @@ async def show_command(request: web.Request) -> web.Response:
     connected = hub.connected(command.vin) or (
         command.status is CommandStatus.QUEUED and await hub.elsewhere(command.vin)
     )
-    view = _view(command, now=auth.now(), connected=connected, key=key)
+    view = _view(command, now=request_now(request), connected=connected, key=key)
     return commands_degraded.command_answer(view, status=200)
 
 

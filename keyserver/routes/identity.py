@@ -17,14 +17,13 @@ from aiohttp import web
 
 from keycore.encoding import b64url_encode
 from keyserver import fields, openapi, ratelimit
-from keyserver.app import CONFIG, STORE
 from keyserver.auth import (
     device_id_for,
     new_session_token,
-    now,
     require_device_proof,
     require_session,
 )
+from keyserver.clock import request_now
 from keyserver.errors import Conflict
 from keyserver.http import ApiError, parse_json_object, read_body, read_json
 from keyserver.models import Account, Device, Session
@@ -36,6 +35,7 @@ from keyserver.passwords import (
     hash_password,
     verify_password,
 )
+from keyserver.resources import CONFIG, STORE
 
 log = logging.getLogger("keyserver.identity")
 
@@ -77,7 +77,9 @@ async def register(request: web.Request) -> web.Response:
     if await store.account_by_email(email) is not None:  # before spending a hash on it
         raise _email_taken()
     password_hash = await asyncio.to_thread(hash_password, password)
-    account = Account(secrets.token_hex(ACCOUNT_ID_BYTES), email, password_hash, now())
+    account = Account(
+        secrets.token_hex(ACCOUNT_ID_BYTES), email, password_hash, request_now(request)
+    )
     try:
         await store.create_account(account)
     except Conflict:  # registered by a concurrent request since the check above
@@ -122,7 +124,7 @@ async def login(request: web.Request) -> web.Response:
         log.info("login refused", extra={"fields": {"reason": "bad_credentials"}})
         raise _bad_credentials()
     token, token_hash = new_session_token()
-    session = Session(token_hash, account.account_id, now() + config.session_ttl_s)
+    session = Session(token_hash, account.account_id, request_now(request) + config.session_ttl_s)
     await store.put_session(session)
     log.info("session opened", extra={"fields": {"account_id": account.account_id}})
     return web.json_response(
@@ -170,7 +172,9 @@ async def enroll_device(request: web.Request) -> web.Response:
         or account is None
     ):
         raise ApiError(401, "bad_credentials", "the account password is required to add a device")
-    device = Device(device_id_for(public_key), caller.account_id, public_key, name, now())
+    device = Device(
+        device_id_for(public_key), caller.account_id, public_key, name, request_now(request)
+    )
     try:
         await store.add_device(device)
     except Conflict:

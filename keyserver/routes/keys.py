@@ -35,24 +35,16 @@ from aiohttp import web
 from keycore import ROLE_ENTITLEMENTS, Role
 from keycore.request_proof import HEADER
 from keycore.roles import to_mask
-from keyserver import acceptance, auth, fields, outage, ratelimit
-from keyserver.app import CBOR, CONFIG, DEVICE_KEYS, STORE
-from keyserver.errors import StoreUnavailable
+from keyserver import acceptance, auth, fields, ratelimit
+from keyserver.clock import request_now
+from keyserver.errors import InvitationNotFound, Refused, StoreUnavailable
 from keyserver.grants import OPEN_END, key_view, parse_grant
-from keyserver.http import ApiError, parse_json_object, read_body
-from keyserver.issuance import (
-    check_cutoff,
-    create_key,
-    first_refresh,
-    holder_cutoff,
-    issue_token,
-    new_key_id,
-    revocation_list,
-    revoke_keys,
-    suspend_keys,
-)
+from keyserver.http import CBOR, ApiError, parse_json_object, read_body
+from keyserver.issuance import check_cutoff, first_refresh, new_key_id
 from keyserver.models import Device, Invitation, KeyRecord, KeyStatus, Vehicle
+from keyserver.resources import SERVICES, Services
 from keyserver.routes import keys_degraded, keys_openapi
+from keyserver.store import Store
 
 PATHS = keys_openapi.PATHS
 SCHEMAS = keys_openapi.SCHEMAS
@@ -64,7 +56,6 @@ INVITATION_FIELDS = (
     "role", "entitlements", "not_before", "not_after", "schedule", "invitation_ttl_s",
 )  # fmt: skip
 SEQUENCE_HEADER = "PK-Revocation-Sequence"
-PENDING_RETRY_AFTER_S = 30  # a store outage's usual length is not known: ask again soon
 MAX_SEQUENCE = 2**63 - 1
 _ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _SINCE = re.compile(r"[0-9]{1,19}")
@@ -92,7 +83,7 @@ async def issue_owner_key(request: web.Request) -> web.Response:
     vehicle, keys = await _vehicle_for(request, caller)
     _require_owner(vehicle, caller)
     device = await _own_device(request, caller, device_id)
-    now = auth.now()
+    services, now = request.app[SERVICES], request_now(request)
     key = KeyRecord(
         key_id=new_key_id(),
         vin=vehicle.vin,
@@ -106,9 +97,9 @@ async def issue_owner_key(request: web.Request) -> web.Response:
         status=KeyStatus.ACTIVE,
         created_at=now,
     )
-    await create_key(request.app, key, device, keys)
-    # signed after the cutoff check passed: a token from before it would be dead on arrival
-    issued = issue_token(request.app, key, device.public_key, now=auth.now())
+    await services.holders.create_key(key, device, keys, now=now)
+    # the cutoff check passed at ``now``: a token signed at ``now`` is not before it
+    issued = services.issuer.issue_token(key, device.public_key, now=now)
     assert issued is not None  # an owner key's window starts now and has no end
     return web.json_response(keys_degraded.token_view(key, issued), status=201)
 
@@ -121,7 +112,7 @@ async def invite(request: web.Request) -> web.Response:
     _known_fields(body, INVITATION_FIELDS)
     vehicle, _ = await _vehicle_for(request, caller)
     _require_owner(vehicle, caller)
-    now = auth.now()
+    now = request_now(request)
     grant = parse_grant(body, now=now)
     ttl = body.get("invitation_ttl_s", DEFAULT_INVITATION_TTL_S)
     if type(ttl) is not int or not MIN_INVITATION_TTL_S <= ttl <= MAX_INVITATION_TTL_S:
@@ -139,7 +130,7 @@ async def invite(request: web.Request) -> web.Response:
         schedule=grant.schedule,
         expires_at=min(now + ttl, grant.not_after),  # no use accepting a key that has ended
     )
-    await request.app[STORE].put_invitation(invitation)
+    await _store(request).put_invitation(invitation)
     return web.json_response(
         {"invitation_id": invitation.invitation_id, "expires_at": invitation.expires_at},
         status=201,
@@ -150,35 +141,35 @@ async def invite(request: web.Request) -> web.Response:
 async def accept(request: web.Request) -> web.Response:
     """The recipient takes an invitation (once) for one of its devices and gets the key.
     With the store down the acceptance is journaled (keyserver.acceptance)."""
-    app = request.app
-    store = app[STORE]
+    services, now = request.app[SERVICES], request_now(request)
+    store = services.store
     caller, body, _ = await _signed(request, takes_body=True)
     await ratelimit.check(request, account=caller.account_id)
     device = await _own_device(request, caller, _device_id(fields.exact(body, ("device_id",))))
     invitation_id = request.match_info["invitation_id"]
     if not _ID.fullmatch(invitation_id):
-        raise ApiError(404, acceptance.NOT_FOUND, "no such invitation, or it is used or expired")
+        raise InvitationNotFound(acceptance.NOT_FOUND_MESSAGE)
     accepted = acceptance.Acceptance(
         invitation_id, caller.account_id, device.device_id, new_key_id()
     )
     try:
-        taken = await store.take_invitation(invitation_id, now=auth.now())
+        taken = await store.take_invitation(invitation_id, now=now)
     except StoreUnavailable:  # must not be lost: journaled, decided when the store is back
-        return await _pending_acceptance(request, accepted, None)
+        return await keys_degraded.pending_acceptance(services, accepted, None, now=now)
     if taken is None:
-        raise ApiError(404, acceptance.NOT_FOUND, "no such invitation, or it is used or expired")
+        raise InvitationNotFound(acceptance.NOT_FOUND_MESSAGE)
     try:
-        key = await acceptance.grant(app, taken, accepted, device)
-    except ApiError as error:
-        if error.code != acceptance.NOT_FOUND:  # refused before use: the recipient may try again
+        key = await services.acceptor.grant(taken, accepted, device, now=now)
+    except Refused as refused:
+        if not isinstance(refused, InvitationNotFound):  # refused before use: may try again
             await store.put_invitation(taken)
         raise
     except StoreUnavailable:  # taken already: the journal keeps the invitation itself
-        return await _pending_acceptance(request, accepted, taken)
-    now = auth.now()  # after the cutoff check passed, as for an owner key
-    issued = issue_token(app, key, device.public_key, now=now)
+        return await keys_degraded.pending_acceptance(services, accepted, taken, now=now)
+    # the cutoff check passed at ``now``, as for an owner key
+    issued = services.issuer.issue_token(key, device.public_key, now=now)
     if issued is None:  # the key starts too far ahead for any token yet
-        lifetime = app[CONFIG].lifetime(key.role)
+        lifetime = services.config.lifetime(key.role)
         view: dict[str, Any] = {
             "key_id": key.key_id,
             "role": key.role.name.lower(),
@@ -194,7 +185,7 @@ async def accept(request: web.Request) -> web.Response:
 
 async def list_keys(request: web.Request) -> web.Response:
     """Every key of the vehicle for its owner; a holder sees its own keys only."""
-    caller = await auth.require_session(request, request.app[STORE])
+    caller = await auth.require_session(request, _store(request))
     vehicle, keys = await _vehicle_for(request, caller)
     if vehicle.owner_id != caller.account_id:
         keys = [k for k in keys if k.account_id == caller.account_id]
@@ -212,25 +203,30 @@ async def suspend(request: web.Request) -> web.Response:
     if key.status is KeyStatus.SUSPENDED:  # a repeat changes nothing, not even the journal
         return await _key_unchanged(request, key)
     try:
-        done = await suspend_keys(request.app, key.vin, [key])
+        done = await _services(request).holders.suspend_keys(
+            key.vin, [key], now=request_now(request)
+        )
     except StoreUnavailable:  # must not be lost: journaled, and connected cars are told now
-        return await _journaled(request, key.vin, [key], KeyStatus.SUSPENDED)
+        return await keys_degraded.journaled(
+            _services(request), request_now(request), key.vin, [key], KeyStatus.SUSPENDED
+        )
     return await _key_change(request, key.key_id, done.sequence, changed=bool(done.changed))
 
 
 @ratelimit.limited(ratelimit.WRITES)
 async def resume(request: web.Request) -> web.Response:
     """The owner makes a suspended key active again; tokens signed from now on work."""
-    store = request.app[STORE]
+    services = request.app[SERVICES]
+    store = services.store
     caller, _, _ = await _signed(request, takes_body=False)
     await ratelimit.check(request, account=caller.account_id)
     key = await _key_for(request, caller, holder_may=False)
     if key.status is KeyStatus.REVOKED:
         raise ApiError(409, "key_revoked", "the key is revoked for good")
-    sequence, cutoff = await holder_cutoff(request.app, key.vin, key.device_id)
+    sequence, cutoff = await services.holders.holder_cutoff(key.vin, key.device_id)
     changed = False
     if key.status is KeyStatus.SUSPENDED:
-        check_cutoff(cutoff, auth.now())
+        check_cutoff(cutoff, request_now(request))
         expected = (KeyStatus.SUSPENDED,)
         changed = await store.set_key_status(key.key_id, KeyStatus.ACTIVE, expected=expected)
         if not changed:
@@ -249,9 +245,13 @@ async def revoke(request: web.Request) -> web.Response:
     if key.status is KeyStatus.REVOKED:  # a repeat changes nothing, not even the journal
         return await _key_unchanged(request, key)
     try:
-        done = await revoke_keys(request.app, key.vin, [key])
+        done = await _services(request).holders.revoke_keys(
+            key.vin, [key], now=request_now(request)
+        )
     except StoreUnavailable:
-        return await _journaled(request, key.vin, [key], KeyStatus.REVOKED)
+        return await keys_degraded.journaled(
+            _services(request), request_now(request), key.vin, [key], KeyStatus.REVOKED
+        )
     return await _key_change(request, key.key_id, done.sequence, changed=bool(done.changed))
 
 
@@ -282,9 +282,13 @@ async def revoke_holder(request: web.Request) -> web.Response:
             }
         )
     try:
-        done = await revoke_keys(request.app, vehicle.vin, chosen)
+        done = await _services(request).holders.revoke_keys(
+            vehicle.vin, chosen, now=request_now(request)
+        )
     except StoreUnavailable:
-        return await _journaled(request, vehicle.vin, chosen, KeyStatus.REVOKED)
+        return await keys_degraded.journaled(
+            _services(request), request_now(request), vehicle.vin, chosen, KeyStatus.REVOKED
+        )
     return web.json_response(
         {
             "revoked": [k.key_id for k in chosen],
@@ -302,18 +306,18 @@ async def refresh(request: web.Request) -> web.Response:
     """A fresh token for the key's own device, while the key is active and within its window.
 
     The hot path: session, device proof and key come from one store operation (auth)."""
-    app = request.app
-    config = app[CONFIG]
+    services = request.app[SERVICES]
+    config = services.config
     key_id = request.match_info["key_id"]
     # The token's time is read before the key's status: a revocation that lands after the read
     # takes its cutoff from a later clock, so this token is always before it
-    # (keyserver.issuance._withdraw; tests/keyserver/test_revoke_race.py).
-    now = auth.now()
+    # (keyserver.issuance.Holders._withdraw; tests/keyserver/test_revoke_race.py).
+    now = request_now(request)
     try:
         holder = await auth.require_key_holder(
             request,
-            app[STORE],
-            app[DEVICE_KEYS],
+            services.store,
+            services.device_keys,
             key_id=key_id if _ID.fullmatch(key_id) else None,
             max_body_bytes=config.max_body_bytes,
             max_skew=config.proof_max_skew_s,
@@ -331,7 +335,7 @@ async def refresh(request: web.Request) -> web.Response:
         raise ApiError(403, "key_suspended", "the key is suspended; ask the owner to resume it")
     if key.status is KeyStatus.REVOKED:
         raise ApiError(403, "key_revoked", "the key is revoked")
-    issued = issue_token(app, key, device.public_key, now=now)
+    issued = services.issuer.issue_token(key, device.public_key, now=now)
     if issued is None:
         raise ApiError(403, "key_not_valid_now", "the key's validity window excludes now")
     return web.json_response(keys_degraded.token_view(key, issued))
@@ -342,15 +346,16 @@ async def revocations(request: web.Request) -> web.Response:
 
     Readable by the owner, by holders of an active key (phones carry lists to cars), and by the
     car itself (a vehicle proof, device id = the VIN, and no bearer session)."""
-    store = request.app[STORE]
+    services = request.app[SERVICES]
+    store = services.store
     vin = fields.path_vin(request)
     raw_since = request.query.get("since", "0")
     if not _SINCE.fullmatch(raw_since) or int(raw_since) > MAX_SEQUENCE:
         raise ApiError(400, "invalid_since", "since must be a sequence number, 0 for a full list")
     since = int(raw_since)
     if "Authorization" not in request.headers and HEADER in request.headers:
-        config = request.app[CONFIG]
-        await auth.require_vehicle_proof(request, store, vin, b"", max_skew=config.proof_max_skew_s)
+        skew = services.config.proof_max_skew_s
+        await auth.require_vehicle_proof(request, store, vin, b"", max_skew=skew)
     else:
         caller = await auth.require_session(request, store)
         vehicle = await store.vehicle(vin)
@@ -362,10 +367,8 @@ async def revocations(request: web.Request) -> web.Response:
             )
         ):
             raise ApiError(404, "unknown_vehicle", "no such vehicle among the caller's")
-    try:
-        sequence, document, _ = await revocation_list(request.app, vin, since=since, now=auth.now())
-    except ValueError:
-        raise ApiError(400, "since_ahead", "since is ahead of the vehicle's sequence") from None
+    now = request_now(request)
+    sequence, document, _ = await services.issuer.revocation_list(vin, since=since, now=now)
     headers = {SEQUENCE_HEADER: str(sequence)}
     if document is None:  # nothing ever revoked, or nothing newer than since
         return web.Response(status=204, headers=headers)
@@ -379,7 +382,8 @@ async def _signed(
     request: web.Request, *, takes_body: bool
 ) -> tuple[auth.Caller, dict[str, Any], Device]:
     """Session, then the body (read once, bounded), then the device proof over those bytes."""
-    config, store = request.app[CONFIG], request.app[STORE]
+    services = request.app[SERVICES]
+    config, store = services.config, services.store
     caller = await auth.require_session(request, store)
     raw = b""
     if takes_body or request.body_exists:
@@ -398,7 +402,7 @@ async def _vehicle_for(
     request: web.Request, caller: auth.Caller
 ) -> tuple[Vehicle, list[KeyRecord]]:
     """The vehicle in the path and its keys, if the caller owns it or holds a key on it."""
-    store = request.app[STORE]
+    store = _store(request)
     vin = fields.path_vin(request)
     vehicle = await store.vehicle(vin)
     keys = [] if vehicle is None else await store.keys_of_vehicle(vin)
@@ -417,7 +421,7 @@ def _require_owner(vehicle: Vehicle, caller: auth.Caller) -> None:
 
 async def _key_for(request: web.Request, caller: auth.Caller, *, holder_may: bool) -> KeyRecord:
     """The key in the path, if the caller owns its vehicle (or holds it, when ``holder_may``)."""
-    store = request.app[STORE]
+    store = _store(request)
     key_id = request.match_info["key_id"]
     key = await store.key(key_id) if _ID.fullmatch(key_id) else None
     if key is None:
@@ -433,7 +437,7 @@ async def _key_for(request: web.Request, caller: auth.Caller, *, holder_may: boo
 
 
 async def _own_device(request: web.Request, caller: auth.Caller, device_id: str) -> Device:
-    device = await request.app[STORE].device(device_id)
+    device = await _store(request).device(device_id)
     if device is None or device.account_id != caller.account_id:
         raise ApiError(403, "unknown_device", "no such device on this account")
     return device
@@ -442,7 +446,7 @@ async def _own_device(request: web.Request, caller: auth.Caller, device_id: str)
 async def _key_change(
     request: web.Request, key_id: str, sequence: int, *, changed: bool
 ) -> web.Response:
-    key = await request.app[STORE].key(key_id)
+    key = await _store(request).key(key_id)
     if key is None:
         raise ApiError(404, "unknown_key", "no such key")
     return web.json_response(
@@ -465,39 +469,18 @@ async def _key_unchanged(request: web.Request, key: KeyRecord) -> web.Response:
 async def _sequence_or_none(request: web.Request, vin: str) -> int | None:
     """The vehicle's ledger sequence, or None while the store cannot say."""
     try:
-        sequence, _ = await request.app[STORE].revocations(vin, since=MAX_SEQUENCE)
+        sequence, _ = await _store(request).revocations(vin, since=MAX_SEQUENCE)
     except StoreUnavailable:
         return None
     return sequence
 
 
-async def _pending_acceptance(
-    request: web.Request, accepted: acceptance.Acceptance, taken: Invitation | None
-) -> web.Response:
-    """Journal the acceptance (202), bounded per account: the same invitation again is answered
-    with the waiting operation; past ``MAX_PENDING_ACCEPTANCES`` others, 429 too_many_pending.
-    An acceptance already holding its taken invitation is always journaled (never lost)."""
-    waiting = request.app[outage.JOURNAL].pending_of(acceptance.ACCEPT, accepted.account_id)
-    if taken is None:
-        for operation in waiting:
-            if operation.payload["invitation_id"] == accepted.invitation_id:
-                return outage.pending_answer(operation, key_id=operation.payload["key_id"])
-        if len(waiting) >= acceptance.MAX_PENDING_ACCEPTANCES:
-            raise ApiError(
-                429, "too_many_pending",
-                "the state store is unavailable and this account has acceptances waiting "
-                "already; retry once they are applied",
-                headers={"Retry-After": str(PENDING_RETRY_AFTER_S)},
-            )  # fmt: skip
-    operation = await outage.accept_share(request.app, accepted, taken)
-    return outage.pending_answer(operation, key_id=accepted.key_id)
+def _services(request: web.Request) -> Services:
+    return request.app[SERVICES]
 
 
-async def _journaled(
-    request: web.Request, vin: str, keys: list[KeyRecord], status: KeyStatus
-) -> web.Response:
-    """The store failed during a revocation or suspension: 202 accepted_pending (outage)."""
-    return outage.pending_answer(await outage.accept_withdrawal(request.app, vin, keys, status))
+def _store(request: web.Request) -> Store:
+    return request.app[SERVICES].store
 
 
 def _known_fields(body: Mapping[str, Any], names: tuple[str, ...]) -> None:

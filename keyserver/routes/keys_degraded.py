@@ -17,6 +17,11 @@ never a guess):
 
 The new token has the same holder, role, entitlements and schedule as the one presented, starts
 now and lives at most ``min(role lifetime, degraded_token_lifetime_s)``, never past the key's end.
+It is signed by the one token-issuing path, ``Issuer.issue_token``, after the checks of
+keyserver.auth (bearer, proof header, proof, nonce) run against what this process knows.
+
+Also here: the 202 accepted_pending answers of writes journaled during an outage
+(``journaled``, ``pending_acceptance``; keyserver.outage).
 """
 
 from __future__ import annotations
@@ -25,38 +30,42 @@ from typing import Any
 
 from aiohttp import web
 
-from keycore import InvalidProof, InvalidToken, RevocationState, issue
+from keycore import InvalidToken, RevocationState
 from keycore.encoding import b64url_decode, b64url_encode
-from keycore.request_proof import HEADER, parse_request_proof, verify_request_proof
 from keycore.token import KeyToken
 from keycore.verifier import authenticate
-from keyserver import auth, degraded, fields
-from keyserver.app import CONFIG, KEYRING, METRICS
+from keyserver import acceptance, auth, degraded, fields
+from keyserver.clock import request_now
 from keyserver.http import ApiError, parse_json_object, read_body
-from keyserver.issuance import IssuedToken, refresh_after, token_window
-from keyserver.models import KeyRecord, KeyStatus, RevocationEntry, RevocationKind, Session
-from keyserver.outage import LAST_KNOWN
+from keyserver.issuance import IssuedToken
+from keyserver.journal import Operation
+from keyserver.models import (
+    Invitation,
+    KeyRecord,
+    KeyStatus,
+    RevocationEntry,
+    RevocationKind,
+    Session,
+)
+from keyserver.resources import SERVICES, Services
 
 MAX_TOKEN_CHARS = 2048
+PENDING_RETRY_AFTER_S = 30  # a store outage's usual length is not known: ask again soon
 
 
 async def refresh_without_store(request: web.Request, key_id: str) -> web.Response:
-    """The degraded refresh (module docstring); the normal refusal codes otherwise."""
-    app = request.app
-    config, known = app[CONFIG], app[LAST_KNOWN]
-    now = auth.now()
+    """The degraded refresh (module docstring); the normal refusal codes otherwise. The checks
+    are keyserver.auth's, against what this process knows; the token comes from the one
+    ``Issuer.issue_token``."""
+    services = request.app[SERVICES]
+    config, known = services.config, services.last_known
+    now = request_now(request)
     # the bearer check of keyserver.auth (401 without one), then the session as last known here
-    token_hash = auth._bearer(request)
+    token_hash = auth.bearer(request)
     session = _known(known.cache.get(("session", token_hash), now=now))
     if not isinstance(session, Session) or session.expires_at <= now:
         return _unknown("the session")
-    header = request.headers.get(HEADER)
-    if header is None:
-        raise ApiError(401, "device_proof_required", f"this operation needs a {HEADER} header")
-    try:
-        proof = parse_request_proof(header)
-    except InvalidProof:
-        raise ApiError(400, "bad_device_proof", f"the {HEADER} header is malformed") from None
+    proof = auth.read_proof(request)
     body = await read_body(request, config.max_body_bytes) if request.body_exists else b""
     presented = token_field(parse_json_object(body) if body else {})
     key = _known(known.cache.get(("key", key_id), now=now))
@@ -67,7 +76,7 @@ async def refresh_without_store(request: web.Request, key_id: str) -> web.Respon
     if key.account_id != session.account_id:
         raise ApiError(404, "unknown_key", "no such key among the caller's")
     try:
-        claims, holder_key = authenticate(presented, now=now, trust=app[KEYRING].trust_store())
+        claims, holder_key = authenticate(presented, now=now, trust=services.keyring.trust_store())
     except InvalidToken:
         raise ApiError(
             403, "invalid_token", "the token presented is not a valid key token"
@@ -80,45 +89,86 @@ async def refresh_without_store(request: web.Request, key_id: str) -> web.Respon
         raise ApiError(404, "unknown_key", "the token presented is not this key's")
     if proof.device_id != key.device_id:
         raise ApiError(403, "wrong_device", "only the key's own device can refresh its token")
-    try:
-        verify_request_proof(
-            proof, public_key=holder_key, method=request.method, path=request.path_qs,
-            body=body, now=now, max_skew=config.proof_max_skew_s,
-        )  # fmt: skip
-    except InvalidProof as error:
-        stale = error.reason.value == "stale"
-        code = "stale_device_proof" if stale else "bad_device_proof"
-        raise ApiError(401, code, "the device proof does not verify") from None
-    expiry = proof.timestamp + config.proof_max_skew_s + 1
-    if not known.nonces.claim(f"proof:{proof.device_id}", proof.nonce, now=now, expires_at=expiry):
-        raise ApiError(401, "replayed_device_proof", "this proof has been used already")
+    skew = config.proof_max_skew_s
+    refusal = auth.proof_error(request, proof, claims.holder, body, now=now, max_skew=skew)
+    if refusal is not None:
+        raise refusal
+    scope, expiry = auth.device_scope(proof.device_id), auth.nonce_expiry(proof, skew)
+    if not known.nonces.claim(scope, proof.nonce, now=now, expires_at=expiry):
+        raise auth.replayed()
     if key.status is KeyStatus.SUSPENDED:
         raise ApiError(403, "key_suspended", "the key is suspended; ask the owner to resume it")
     if key.status is KeyStatus.REVOKED or _revoked(known.ledger(key.vin), claims):
         raise ApiError(403, "key_revoked", "the key is revoked")
     if now >= claims.expires:
         raise ApiError(403, "key_not_valid_now", "the token presented has expired")
-    lifetime = min(config.lifetime(key.role), config.degraded_token_lifetime_s)
-    window = token_window(key, now=now, lifetime=lifetime)
-    if window is None:
+    issued = services.issuer.issue_token(
+        key,
+        holder_key,
+        now=now,
+        max_lifetime=config.degraded_token_lifetime_s,
+        presented=claims,
+    )
+    if issued is None:
         raise ApiError(403, "key_not_valid_now", "the key's validity window excludes now")
-    not_before, expires = window
-    token = issue(
-        signer=app[KEYRING].ring.active.signer, vin=key.vin, holder=holder_key, role=claims.role,
-        now=now, expires=expires, not_before=not_before, entitlements=claims.entitlements,
-        schedule=claims.schedule,
-    )  # fmt: skip
-    app[METRICS].tokens_issued.labels(key.role.name.lower()).inc()
-    issued = IssuedToken(
-        token, not_before, expires,
-        refresh_after(not_before, expires, now=now, ahead=config.refresh_ahead_s),
-    )  # fmt: skip
     return degraded.degraded_json(
         token_view(key, issued),
         reason=degraded.STORE_UNAVAILABLE,
-        detail=f"signed without the state store: valid until {expires}, refresh again after"
-        f" {issued.refresh_after}",
+        detail=f"signed without the state store: valid until {issued.expires}, refresh again"
+        f" after {issued.refresh_after}",
     )
+
+
+def pending_answer(operation: Operation, *, key_id: str | None = None) -> web.Response:
+    """202 accepted_pending, with the marker (and the id of the key it will create, if any)."""
+    body: dict[str, Any] = {
+        "status": "accepted_pending",
+        "operation_id": operation.op_id,
+        "accepted_at": operation.accepted_at,
+    }
+    detail = (
+        "the state store is unavailable: this change is recorded and will be applied as soon as"
+        " it is back; connected cars have been told already"
+    )
+    if key_id is not None:
+        body["key_id"] = key_id
+        detail = (
+            "the state store is unavailable: the acceptance is recorded and will be checked and"
+            " applied as soon as it is back; then this key's token comes from its refresh"
+        )
+    return degraded.degraded_json(
+        body, reason=degraded.STORE_UNAVAILABLE, detail=detail, status=202
+    )
+
+
+async def pending_acceptance(
+    services: Services, accepted: acceptance.Acceptance, taken: Invitation | None, *, now: int
+) -> web.Response:
+    """Journal the acceptance (202), bounded per account: the same invitation again is answered
+    with the waiting operation; past ``MAX_PENDING_ACCEPTANCES`` others, 429 too_many_pending.
+    An acceptance already holding its taken invitation is always journaled (never lost)."""
+    waiting = services.outage.pending_acceptances(accepted.account_id)
+    if taken is None:
+        for operation in waiting:
+            if operation.payload["invitation_id"] == accepted.invitation_id:
+                return pending_answer(operation, key_id=operation.payload["key_id"])
+        if len(waiting) >= acceptance.MAX_PENDING_ACCEPTANCES:
+            raise ApiError(
+                429, "too_many_pending",
+                "the state store is unavailable and this account has acceptances waiting "
+                "already; retry once they are applied",
+                headers={"Retry-After": str(PENDING_RETRY_AFTER_S)},
+            )  # fmt: skip
+    operation = await services.outage.accept_share(accepted, taken, now=now)
+    return pending_answer(operation, key_id=accepted.key_id)
+
+
+async def journaled(
+    services: Services, now: int, vin: str, keys: list[KeyRecord], status: KeyStatus
+) -> web.Response:
+    """The store failed during a revocation or suspension: 202 accepted_pending (outage)."""
+    operation = await services.outage.accept_withdrawal(vin, keys, status, now=now)
+    return pending_answer(operation)
 
 
 def token_view(key: KeyRecord, issued: IssuedToken) -> dict[str, Any]:

@@ -25,12 +25,12 @@ and reveals nothing to a guesser.
 
 Ownership transfer. ``POST /v1/vehicles/{vin}/transfer {to_email}`` by the current owner (session
 and device proof) moves the owner record with a compare-and-set, so two racing transfers cannot
-both win. It changes only that record. Cutting off the previous owner is the keys module's job
-(``keyserver.issuance.revoke_keys``), not this module's: every live key on the car revoked, which
-puts a holder entry ("every token of device X issued before T") in the car's revocation list for
-each device, the old owner's and those of the people it shared with, since the new owner granted
-none of them. It belongs before the owner record moves: a crash in between then leaves the old
-owner able to retry, instead of a sold car that still opens for the seller.
+both win. It changes only that record. Cutting off the previous owner is the keys' service's job
+(``keyserver.issuance.Holders.revoke_keys``), not this module's: every live key on the car
+revoked, which puts a holder entry ("every token of device X issued before T") in the car's
+revocation list for each device, the old owner's and those of the people it shared with, since
+the new owner granted none of them. It belongs before the owner record moves: a crash in between
+then leaves the old owner able to retry, instead of a sold car that still opens for the seller.
 
 ``GET /v1/vehicles/{vin}`` shows the car to its owner; to anyone else it does not exist (404).
 """
@@ -47,11 +47,11 @@ from typing import Any
 from aiohttp import web
 
 from keyserver import auth, fields, openapi, ratelimit
-from keyserver.app import CONFIG, STORE
+from keyserver.clock import request_now
 from keyserver.errors import Conflict
 from keyserver.http import ApiError, parse_json_object, read_body, read_json
-from keyserver.issuance import revoke_keys
 from keyserver.models import Pairing, PairingResult, Vehicle
+from keyserver.resources import CONFIG, SERVICES, STORE
 
 CODE_DIGITS = 8
 _CODE = re.compile(rf"[0-9]{{{CODE_DIGITS}}}")
@@ -94,7 +94,7 @@ async def provision(request: web.Request) -> web.Response:
         vin=fields.vin(body),
         public_key=fields.public_key(body),
         owner_id=None,
-        created_at=auth.now(),
+        created_at=request_now(request),
     )
     try:
         await request.app[STORE].add_vehicle(vehicle)
@@ -119,7 +119,7 @@ async def pairing_code(request: web.Request) -> web.Response:
     if vehicle.owner_id is not None:
         raise ApiError(409, "already_owned", "this vehicle has an owner; transfer it instead")
     code = f"{secrets.randbelow(10**CODE_DIGITS):0{CODE_DIGITS}d}"
-    expires_at = auth.now() + config.pairing_ttl_s
+    expires_at = request_now(request) + config.pairing_ttl_s
     await store.put_pairing(
         Pairing(vin, pairing_hash(vin, code), expires_at, attempts_left=config.pairing_attempts)
     )
@@ -148,11 +148,13 @@ async def pair_owner(request: web.Request) -> web.Response:
     store = request.app[STORE]
     caller, vin, code = await _signed_field(request, "code", _pairing_code)
     await ratelimit.check(request, account=caller.account_id)  # per account, across all cars
-    result = await store.try_pairing(vin, pairing_hash(vin, code), now=auth.now())
+    result = await store.try_pairing(vin, pairing_hash(vin, code), now=request_now(request))
     if result is not PairingResult.PAIRED:
         status, error, message = _PAIRING_REFUSALS[result]
         raise ApiError(status, error, message)
-    if not await store.set_owner(vin, owner_id=caller.account_id, expected=None, now=auth.now()):
+    if not await store.set_owner(
+        vin, owner_id=caller.account_id, expected=None, now=request_now(request)
+    ):
         raise ApiError(409, "already_owned", "this vehicle has an owner")
     return web.json_response({"vin": vin, "owner_id": caller.account_id})
 
@@ -174,9 +176,10 @@ async def transfer(request: web.Request) -> web.Response:
     # Every key of the car dies first — the seller's and those the seller shared. In this order a
     # crash in between leaves the seller owner without keys (safe; retry the transfer), never a
     # sold car that still opens for the seller.
-    await revoke_keys(request.app, vin, await store.keys_of_vehicle(vin))
+    holders, now = request.app[SERVICES].holders, request_now(request)
+    await holders.revoke_keys(vin, await store.keys_of_vehicle(vin), now=now)
     moved = await store.set_owner(
-        vin, owner_id=recipient.account_id, expected=caller.account_id, now=auth.now()
+        vin, owner_id=recipient.account_id, expected=caller.account_id, now=now
     )
     if not moved:
         raise ApiError(409, "ownership_changed", "the vehicle's owner changed meanwhile")

@@ -46,7 +46,7 @@ Client = TestClient[web.Request, web.Application]
 
 
 class Clock:
-    """The server's clock (``keyserver.auth.now``), moved by hand. A few seconds ahead of the
+    """The server's clock (``keyserver.clock.now``), moved by hand. A few seconds ahead of the
     wall clock, so the issuer key made at start-up is valid at every time the tests use."""
 
     def __init__(self) -> None:

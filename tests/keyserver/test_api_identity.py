@@ -20,7 +20,8 @@ from keycore import SoftwareSigner
 from keycore.cose import point_bytes
 from keycore.encoding import b64url_encode
 from keycore.request_proof import HEADER, sign_request
-from keyserver import auth, passwords
+from keyserver import clock as clock_module
+from keyserver import passwords
 from keyserver.app import STORE, create_app
 from keyserver.auth import device_id_for
 from keyserver.config import build
@@ -329,7 +330,7 @@ async def test_login_field_errors(client: Client) -> None:
 def frozen_clock(monkeypatch: pytest.MonkeyPatch) -> int:
     """One fixed instant for the rate limiter, so a test never straddles two windows."""
     instant = int(time.time())
-    monkeypatch.setattr(auth, "now", lambda: instant)
+    monkeypatch.setattr(clock_module, "now", lambda: instant)
     return instant
 
 

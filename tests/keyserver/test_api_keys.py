@@ -23,7 +23,7 @@ from keycore import (
 from keycore.cose import point_bytes
 from keycore.request_proof import HEADER, sign_request
 from keycore.revocation import read_revocation_list
-from keyserver.app import METRICS, create_app
+from keyserver.app import METRICS, SERVICES, create_app
 from keyserver.config import build
 from keyserver.models import KeyStatus, Vehicle
 from tests.keyserver.keys_harness import (
@@ -600,20 +600,22 @@ async def test_bodies_are_bounded_and_exact(api: Api, fleet: Fleet) -> None:
 async def test_ownership_transfer_revokes_every_key_through_revoke_keys(
     api: Api, fleet: Fleet
 ) -> None:
-    from keyserver.issuance import revoke_keys
+    holders = api.app[SERVICES].holders
 
     tokens = {}
     for role in ROLES[:5]:
         reply = await api.call(fleet.people[role], "POST", TOKEN, key_id=fleet.keys[role])
         tokens[role] = reply.body["token"]
-    done = await revoke_keys(api.app, VIN, await api.store.keys_of_vehicle(VIN))
+    done = await holders.revoke_keys(VIN, await api.store.keys_of_vehicle(VIN), now=api.clock.now)
     assert done.sequence == 6  # one holder entry per device
     assert len(done.changed) == 6
     assert {k.status for k in await api.store.keys_of_vehicle(VIN)} == {KeyStatus.REVOKED}
     car = api.car((await api.revocation_list(fleet.people["owner"])).data)
     assert all(api.check(t, revocations=car) is Reason.REVOKED for t in tokens.values())
     with pytest.raises(ValueError, match="belong"):
-        await revoke_keys(api.app, OTHER_VIN, await api.store.keys_of_vehicle(VIN))
+        await holders.revoke_keys(
+            OTHER_VIN, await api.store.keys_of_vehicle(VIN), now=api.clock.now
+        )
 
 
 async def test_the_car_itself_reads_its_list_with_a_vehicle_proof(api: Api, owner: Person) -> None:

@@ -1,7 +1,7 @@
 """Vehicles over HTTP: provisioning, the car's pairing code, owner pairing, transfer, visibility.
 
 Accounts, sessions and devices are made directly in the store, so these tests stand on the store
-and keyserver.auth alone. One fake clock (``keyserver.auth.now``) drives proofs, expiry and rate
+and keyserver.auth alone. One fake clock (``keyserver.clock.now``) drives proofs, expiry and rate
 windows: nothing sleeps.
 """
 
@@ -24,6 +24,7 @@ from keycore.cose import point_bytes
 from keycore.encoding import b64url_encode
 from keycore.request_proof import HEADER, sign_request
 from keyserver import auth
+from keyserver import clock as clock_module
 from keyserver.app import STORE, create_app
 from keyserver.config import Config, ConfigError, build
 from keyserver.models import Account, Device, KeyRecord, KeyStatus, Session, Vehicle
@@ -51,7 +52,7 @@ class Clock:
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     fake = Clock()
-    monkeypatch.setattr(auth, "now", fake)
+    monkeypatch.setattr(clock_module, "now", fake)
     return fake
 
 

@@ -10,9 +10,9 @@ import pytest
 
 from keycore import Reason
 from keycore.cose import holder_id
+from keyserver.app import JOURNAL, REPLAYER
 from keyserver.issuance import MAX_TOKEN_LIFETIME
 from keyserver.models import RevocationEntry, RevocationKind
-from keyserver.outage import JOURNAL, REPLAYER
 from tests.keyserver.flaky_store import FlakyStore
 from tests.keyserver.keys_harness import KEYS, REVOKE, VIN, Api, Person
 from tests.vehicle_agent.channel_harness import frames_in, hub_until, register, start_car

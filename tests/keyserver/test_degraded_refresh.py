@@ -12,10 +12,9 @@ from keycore import Action, Reason, Role, SoftwareSigner, issue
 from keycore.cose import load_point
 from keycore.encoding import b64url_encode
 from keycore.request_proof import HEADER, sign_request
-from keyserver.app import CONFIG, KEYRING
+from keyserver.app import CONFIG, KEYRING, LAST_KNOWN
 from keyserver.degraded import DEGRADED_HEADER
 from keyserver.models import KeyStatus
-from keyserver.outage import LAST_KNOWN
 from tests.keyserver.flaky_store import FlakyStore
 from tests.keyserver.keys_harness import REVOKE, TOKEN, VIN, Api, Clock, Person
 

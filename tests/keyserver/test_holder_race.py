@@ -1,8 +1,8 @@
 """One device, one live key per vehicle, even under concurrent requests (review of issue 12).
 
-``keyserver.issuance.create_key`` checks "this device holds no live key" on the vehicle's keys
-read before the holder claim and the insert; two acceptances for one device that both read the
-keys before either stores its key both pass. The holder bound relies on the rule: revoking one
+``keyserver.issuance.Holders.create_key`` checks "this device holds no live key" on the vehicle's
+keys read before the holder claim and the insert; two acceptances for one device that both read
+the keys before either stores its key both pass. The holder bound relies on the rule: revoking one
 of the two keys ends the holder's claim (``Store.withdraw_keys``) while the other stays live, so
 once the revocation has left the ledger the phone holds a key and is counted nowhere.
 

@@ -7,12 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from keyserver.app import CONFIG
+from keyserver.app import CONFIG, JOURNAL, REPLAYER
 from keyserver.degraded import DEGRADED_HEADER
 from keyserver.errors import StoreUnavailable
 from keyserver.journal import DONE, PENDING, REFUSED, Journal
 from keyserver.models import KeyStatus, RevocationKind
-from keyserver.outage import JOURNAL, REPLAYER
 from tests.keyserver.flaky_store import FlakyStore
 from tests.keyserver.keys_harness import KEYS, REVOCATIONS, REVOKE, SUSPEND, VIN, Api, Person
 

@@ -14,12 +14,11 @@ from typing import Any
 
 import pytest
 
-from keyserver.app import create_app
+from keyserver.app import REPLAYER, create_app
 from keyserver.config import Config, build
 from keyserver.errors import StoreUnavailable
 from keyserver.journal import Journal
 from keyserver.models import KeyStatus
-from keyserver.outage import REPLAYER
 from keyserver.replay import TASK_NAME
 from tests.keyserver.flaky_store import PROVISIONING_SECRET, FlakyStore
 from tests.keyserver.keys_harness import KEYS, REVOKE, VIN, Api, Clock

@@ -16,9 +16,8 @@ from typing import Any
 import pytest
 
 from keyserver.acceptance import ACCEPT, MAX_PENDING_ACCEPTANCES
-from keyserver.app import create_app
+from keyserver.app import JOURNAL, create_app
 from keyserver.journal import PENDING
-from keyserver.outage import JOURNAL
 from tests.keyserver.flaky_store import FlakyStore, flaky_config
 from tests.keyserver.keys_harness import KEYS, NO_RATE_LIMITS, REVOKE, VIN, Api, Clock, Person
 

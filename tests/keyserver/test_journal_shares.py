@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
+from keyserver.app import JOURNAL, REPLAYER
 from keyserver.degraded import DEGRADED_HEADER
 from keyserver.journal import DONE, PENDING, REFUSED, NotYet, Operation
 from keyserver.models import KeyStatus
-from keyserver.outage import JOURNAL, REPLAYER
 from tests.keyserver.flaky_store import FlakyStore
 from tests.keyserver.keys_harness import (
     ACCEPT,

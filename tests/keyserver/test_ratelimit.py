@@ -21,10 +21,9 @@ from keycore.cose import point_bytes
 from keycore.encoding import b64url_encode
 from keycore.request_proof import HEADER, sign_request
 from keyserver import auth, ratelimit
-from keyserver.app import OPENAPI, create_app
+from keyserver.app import OPENAPI, REPLAYER, create_app
 from keyserver.config import Config, build, load
 from keyserver.models import KeyStatus, Session
-from keyserver.outage import REPLAYER
 from keyserver.store.guarded import READS
 from tests.keyserver.flaky_store import PROVISIONING_SECRET, FlakyStore
 from tests.keyserver.keys_harness import (

@@ -15,10 +15,10 @@ import pytest
 from keycore import Reason
 from keycore.revocation import MAX_VEHICLE_HOLDERS, read_revocation_list
 from keyserver import auth
-from keyserver.app import STORE
+from keyserver.app import SERVICES, STORE
 from keyserver.errors import StoreUnavailable
-from keyserver.issuance import LEDGER_GRACE_S, MAX_TOKEN_LIFETIME, revoke_keys
-from keyserver.models import KeyStatus, Session
+from keyserver.issuance import LEDGER_GRACE_S, MAX_TOKEN_LIFETIME, Withdrawn
+from keyserver.models import KeyRecord, KeyStatus, Session
 from keyserver.store import sqlite as sqlite_store
 from tests.keyserver.keys_harness import (
     DAY,
@@ -102,14 +102,14 @@ async def test_a_failure_inside_the_withdrawal_leaves_nothing_half_done(
     with monkeypatch.context() as patch:
         patch.setattr(sqlite_store, "_merge_entries", crash)
         with pytest.raises(StoreUnavailable):
-            await revoke_keys(api.app, VIN, [record])
+            await revoke(api, [record])
     # rolled back as one: the key is still active, so a retry does the whole withdrawal
     assert (await api.store.key(key["key_id"])).status is KeyStatus.ACTIVE  # type: ignore[union-attr]
     assert await api.store.revocations(VIN) == (0, [])
-    done = await revoke_keys(api.app, VIN, [record])
+    done = await revoke(api, [record])
     assert (done.sequence, done.changed) == (1, (key["key_id"],))
     # the answer was lost and the client retries: nothing more
-    again = await revoke_keys(api.app, VIN, [record])
+    again = await revoke(api, [record])
     assert (again.sequence, again.changed) == (1, ())
     sequence, entries = await api.store.revocations(VIN)
     assert (sequence, len(entries)) == (1, 1)
@@ -229,7 +229,7 @@ async def test_a_withdrawal_whose_clock_moves_on_moves_its_cutoff(
     monkeypatch.setattr(store, "withdraw_keys", slow_withdraw)
     record = await store.key(key["key_id"])
     assert record is not None
-    done = await revoke_keys(api.app, VIN, [record])
+    done = await revoke(api, [record])
     _, entries = await store.revocations(VIN)
     assert done.sequence == 2
     assert [e.before for e in entries] == [start + 7 + 1]
@@ -246,3 +246,7 @@ async def test_refused_requests_leave_the_ledger_alone(api: Api, owner: Person) 
         reply = await api.call(who, "POST", REVOCATIONS, {"device_id": "x"}, vin=VIN)
         assert reply.status == 404
     assert await api.state() == before
+
+
+async def revoke(api: Api, keys: list[KeyRecord]) -> Withdrawn:
+    return await api.app[SERVICES].holders.revoke_keys(VIN, keys, now=api.clock.now)

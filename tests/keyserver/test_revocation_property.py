@@ -21,9 +21,9 @@ from keycore.revocation import (
     read_revocation_list,
 )
 from keyserver import auth
-from keyserver.app import create_app
+from keyserver.app import SERVICES, create_app
 from keyserver.config import build
-from keyserver.issuance import LEDGER_GRACE_S, MAX_TOKEN_LIFETIME, revocation_list
+from keyserver.issuance import LEDGER_GRACE_S, MAX_TOKEN_LIFETIME
 from keyserver.models import Session
 from tests.keyserver.keys_harness import (
     ACCEPT,
@@ -124,7 +124,7 @@ async def check_lists(model: Model) -> None:
         return
     sinces = sorted({0, model.car.sequence, max(0, sequence - 1)} - {sequence})
     for since in sinces:
-        cut = await revocation_list(api.app, VIN, since=since, now=api.clock.now)
+        cut = await api.app[SERVICES].issuer.revocation_list(VIN, since=since, now=api.clock.now)
         assert cut.document is not None
         assert cut.complete
         assert len(cut.document) <= WORST_CASE_LIST_BYTES

@@ -30,7 +30,7 @@ from keycore.channel import (
     encode,
 )
 from keycore.request_proof import HEADER, sign_request
-from keyserver.issuance import revocation_list
+from keyserver.app import SERVICES
 from keyserver.models import CommandStatus
 from keyserver.routes import channel as channel_route
 from tests.keyserver.keys_harness import REVOKE, VIN, Api, Person
@@ -198,7 +198,7 @@ async def test_a_frame_too_large_for_the_car_is_withheld_and_the_rest_still_arri
     reply = await command(api, owner, "climate", "warm-up-02")
     stored = await api.store.command(reply.body["command_id"])
     assert stored is not None
-    listed = await revocation_list(api.app, VIN, since=0, now=api.clock.now)
+    listed = await api.app[SERVICES].issuer.revocation_list(VIN, since=0, now=api.clock.now)
     assert listed.document is not None
     too_large = len(encode(Revocations(listed.document)))
     fits = len(encode(CommandPush(stored.command_id, stored.document)))
