@@ -139,9 +139,13 @@ async def test_the_world_unlocks_at_the_car_over_ble_whatever_the_cloud_does(
 
     await asyncio.to_thread(keyserver.server.stop)  # the whole cloud is gone
     down_at = time.time()
-    await until(world, lambda: valid["ble"] >= len(at_car) + 8)
-    after = [e for e in unlocks(world, "valid") if e["t"] - e["latency_s"] > down_at]
-    assert len(after) >= 3
+
+    def after_down() -> list[dict[str, Any]]:  # begun once the cloud was gone
+        return [e for e in unlocks(world, "valid") if e["t"] - e["latency_s"] > down_at]
+
+    # (a stop drains for a while on a loaded machine: count from when it returned)
+    await until(world, lambda: len(after_down()) >= 3)
+    after = after_down()
     assert all(e["path"] == "ble" and e["ok"] for e in after), after  # nothing changed there
     assert all(e["presses"] == 1 for e in after)
 

@@ -5,7 +5,7 @@ without closing its socket (the pool forgets it; compare redis/redis-py#3201), a
 collector finalizes it later — with ``filterwarnings = error``, as a ResourceWarning raised in
 whatever test happens to be running then. The fault tests call ``finalize_cut_connections()``
 after closing their stores: it collects now, while the event loop is open, counts the
-"unclosed …" warnings of those dropped sockets and stream writers, and hands every other
+"unclosed …" warnings of those dropped sockets, stream writers and redis-py connections, and hands every other
 exception raised in a finalizer to the usual hook, so that one still fails the test.
 """
 
@@ -24,7 +24,7 @@ def finalize_cut_connections() -> int:
     def hook(unraisable: Any) -> None:
         nonlocal dropped
         error = unraisable.exc_value
-        if isinstance(error, ResourceWarning) and str(error).startswith("unclosed <"):
+        if isinstance(error, ResourceWarning) and str(error).startswith("unclosed "):
             dropped += 1
         else:
             previous(unraisable)

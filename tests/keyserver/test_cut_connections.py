@@ -27,6 +27,15 @@ def test_a_dropped_socket_is_counted_not_raised() -> None:
     assert finalize_cut_connections() == 1
 
 
+def test_a_dropped_redis_connection_is_counted() -> None:
+    class Connection:  # what redis-py's own finalizer says of a connection never closed
+        def __del__(self) -> None:
+            raise ResourceWarning("unclosed Connection <redis.asyncio.connection.Connection>")
+
+    _Cycle(Connection())
+    assert finalize_cut_connections() == 1
+
+
 def test_any_other_finalizer_error_reaches_the_usual_hook(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[BaseException | None] = []
 
