@@ -5,8 +5,9 @@ without closing its socket (the pool forgets it; compare redis/redis-py#3201), a
 collector finalizes it later — with ``filterwarnings = error``, as a ResourceWarning raised in
 whatever test happens to be running then. The fault tests call ``finalize_cut_connections()``
 after closing their stores: it collects now, while the event loop is open, counts the
-"unclosed …" warnings of those dropped sockets, stream writers and redis-py connections, and hands every other
-exception raised in a finalizer to the usual hook, so that one still fails the test.
+"unclosed …" warnings of those dropped sockets, stream writers and redis-py connections, and
+hands every other exception raised in a finalizer to the usual hook, so that one still fails
+the test.
 """
 
 from __future__ import annotations
