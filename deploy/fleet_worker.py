@@ -14,6 +14,7 @@ import base64
 import contextlib
 import json
 import logging
+import re
 import secrets
 import signal
 import sys
@@ -36,7 +37,9 @@ from vehicle_agent.backoff import ReconnectPolicy
 from vehicle_agent.channel import LinkState
 
 MAX_LINE_BYTES = 64 * 1024 * 1024  # one answer carries a figure per car: a bound far above it
-RETRIES_AFTER_OUTAGE = 3  # a revocation the outage refused is asked again at most this often
+ARM_ATTEMPTS = 10  # a key withdrawn a moment ago is issued again after a short wait
+RETRIES_AFTER_OUTAGE = 30  # a revocation the outage refused is asked again at most this often
+RETRY_WAIT_MAX_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -259,9 +262,23 @@ class Worker:
 
         async def arm(car: SimulatedCar) -> None:
             nonlocal issued
-            if car.unlock_as_operator(fleet.operator).code == "revoked":
-                car.key_id, car.token = await fleet.issue_key(car.vin)
-                issued += 1
+            for attempt in range(ARM_ATTEMPTS):
+                if car.unlock_as_operator(fleet.operator).code != "revoked":
+                    break
+                try:
+                    car.key_id, car.token = await fleet.issue_key(car.vin)
+                    issued += 1
+                except ApiCallError as error:  # 409 too_soon: a key withdrawn a moment ago
+                    if error.status != 409 or attempt == ARM_ATTEMPTS - 1:
+                        raise
+                    await asyncio.sleep(min(error.retry_after or 1.0, 5.0))
+            # the phone refreshes its token, as phones do: the keyserver then knows the key
+            # (its last-known cache), and can accept its revocation while the store is down
+            token = base64.urlsafe_b64encode(car.token).decode().rstrip("=")
+            await call(
+                fleet.api, f"/v1/keys/{car.key_id}/token", {"token": token},
+                bearer=fleet.operator.bearer, signer=fleet.operator.signer,
+            )  # fmt: skip
 
         await self._each(arm)
         self.held = {car.vin: car.vehicle.revocations.sequence for car in self.cars}
@@ -277,7 +294,7 @@ class Worker:
                 answer = await self._revoke_key(car)
                 outcome = f"2xx {answer.get('status', '')}".strip()
             except ApiCallError as error:
-                outcome = str(error.status)
+                outcome = f"{error.status} {_error_code(str(error))}".strip()
             except (OSError, TimeoutError) as error:
                 outcome = f"error {type(error).__name__}"
             self.outage_answers[car.vin] = outcome
@@ -307,8 +324,10 @@ class Worker:
                     try:
                         await self._revoke_key(car)
                         break
-                    except (ApiCallError, OSError, TimeoutError):
-                        await asyncio.sleep(1.0)
+                    except ApiCallError as error:
+                        await asyncio.sleep(min(error.retry_after or 1.0, RETRY_WAIT_MAX_S))
+                    except (OSError, TimeoutError):
+                        await asyncio.sleep(RETRY_WAIT_MAX_S)
             await car.link.wait_until(lambda: car.vehicle.revocations.sequence > held)
             reached[car.vin] = time.monotonic() - listen_at
 
@@ -347,6 +366,12 @@ class Worker:
     async def close(self) -> None:
         if self.fleet is not None:
             await self.fleet.close()
+
+
+def _error_code(message: str) -> str:
+    """The error code in an ApiCallError's message (its answer's first bytes), or ""."""
+    match = re.search(r'"code": ?"([a-z_]{1,64})"', message)
+    return match.group(1) if match else ""
 
 
 async def serve(reader: asyncio.StreamReader, write: Callable[[bytes], None]) -> None:
