@@ -34,7 +34,9 @@ The cloud path, by what the cloud came to:
 
 Against overload (G6): every request carries its deadline (``PK-Deadline-Ms``); an adaptive
 throttle (SRE, K = 2) refuses cloud requests locally while the cloud answers 429/503 — a local
-refusal is a "refused before acting", like a 429 — and after a Retry-After the cloud is not asked
+refusal is a "refused before acting", like a 429; one request per 5 s always goes out, so a
+phone that asks rarely is never locked out once the cloud is back (keycore.overload, issue 14)
+— and after a Retry-After the cloud is not asked
 again until it has passed. Re-reading a command after a failed read spends from a retry budget.
 A 429 ``deadline_exceeded`` to a write means the cloud may have acted.
 """

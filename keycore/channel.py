@@ -41,6 +41,11 @@ CLOSE_INTERNAL = 1011
 CLOSE_TRY_LATER = 1013  # a dependency failed, or the car's outbox overflowed: reconnect later
 CLOSE_SUPERSEDED = 4000  # the same car connected again; this older connection ends
 
+# The upgrade refused with a slot (docs/protocol.md §17.2): 429, this code in the JSON body and in
+# this header (a WebSocket client does not read a refused upgrade's body), and Retry-After.
+REFUSAL_HEADER = "PK-Refusal"
+RECONNECT_PACED = "reconnect_paced"
+
 _ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _COMMAND_ID = re.compile(r"[A-Za-z0-9_-]{8,64}")
 T = 0  # the type key of every frame

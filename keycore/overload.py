@@ -59,11 +59,23 @@ class SlidingCounts:
 
 class AdaptiveThrottle:
     """Client-side throttling, the SRE book's formula over a sliding window:
-    reject locally with P = max(0, (requests − K·accepts) / (requests + 1)).
+    reject locally with P = max(0, (requests − K·accepts) / (requests + 1)),
+    plus two guarantees the book leaves out, for clients that ask rarely (issue 14).
 
-    Every attempt is counted once: by ``allow()`` when it is rejected locally, otherwise by
-    ``record()``. Local rejections count as requests, as in the book: P climbs towards 1 while
-    the backend refuses but never reaches it, so a few requests still find out when it is back.
+    Every attempt that reaches the backend is counted once, by ``record()``. A local rejection
+    counts as a request too, as in the book, but only while the backend's last answer was a
+    refusal: then P climbs towards 1 for a busy client, and the backend sees about K times what
+    it accepts. Once the backend has accepted again, the client's own caution is no evidence of
+    overload: its rejections stop counting and the old refusals age out of the window.
+
+    The probe: whatever P says, a request is let through when none has reached the backend for
+    ``probe_interval_s``. The book's formula assumes a client busy enough that a few percent of
+    its requests still find out when the backend is back; a client asking every few tens of
+    seconds (a car reconnecting) has no such few percent — its own rejections keep P at
+    n / (n + 1) and it can lock itself out for many minutes after the backend recovered. With
+    the probe it learns within one interval, whatever the draws; a client asking less often than
+    that is never throttled, which costs the backend nothing. A busy client pays one request
+    per interval above the book's share.
     """
 
     def __init__(
@@ -71,16 +83,22 @@ class AdaptiveThrottle:
         k: float = 2.0,
         window_s: float = 120.0,
         *,
+        probe_interval_s: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
         rng: Callable[[], float] = random.random,
         bucket_s: float = 1.0,
     ) -> None:
         if k < 1.0:
             raise ValueError("k below 1 rejects requests a healthy backend would accept")
+        if not probe_interval_s > 0:
+            raise ValueError("probe_interval_s must be positive (math.inf: no probe)")
         self.k = k
+        self.probe_interval_s = probe_interval_s
         self._clock = clock
         self._rng = rng
         self._counts = SlidingCounts(window_s, 2, bucket_s=bucket_s)  # requests, accepts
+        self._last_sent = -math.inf  # when a request was last let through (or answered)
+        self._refusing = False  # the backend's last answer was a refusal for overload
 
     @property
     def requests(self) -> int:
@@ -95,14 +113,26 @@ class AdaptiveThrottle:
         return max(0.0, (requests - self.k * accepts) / (requests + 1))
 
     def allow(self) -> bool:
-        if self._rng() < self.reject_probability():
-            self._counts.add(self._clock(), 1, 0)
-            return False
-        return True
+        now = self._clock()
+        if now - self._last_sent >= self.probe_interval_s or (
+            self._rng() >= self.reject_probability()
+        ):
+            self._last_sent = now
+            return True
+        if self._refusing:
+            self._counts.add(now, 1, 0)
+        return False
+
+    def until_probe(self) -> float:
+        """Seconds until a request is let through whatever the draw (0: now)."""
+        return max(0.0, self._last_sent + self.probe_interval_s - self._clock())
 
     def record(self, accepted: bool) -> None:
         """The backend answered: ``accepted`` unless it refused for overload (429, 503, …)."""
-        self._counts.add(self._clock(), 1, int(accepted))
+        now = self._clock()
+        self._last_sent = max(self._last_sent, now)
+        self._refusing = not accepted
+        self._counts.add(now, 1, int(accepted))
 
 
 class RetryBudget:

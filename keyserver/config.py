@@ -69,6 +69,9 @@ class Config:
     proof_max_skew_s: int = 60
     command_ttl_s: int = 60  # a remote command's life: from issue to the car's last moment to act
     channel_heartbeat_s: float = 30.0  # WebSocket ping interval; a silent car is dropped after it
+    # channel upgrades admitted per second (a burst of one second's worth); the cars over it get
+    # 429 reconnect_paced and a slot to come back at (keyserver.pacing): a restart's reconnects
+    channel_upgrades_per_s: float = 250.0
     max_body_bytes: int = 64 * 1024
     request_deadline_s: float = 5.0  # also the cap on a caller's PK-Deadline-Ms
     # admission control (keyserver.admission): requests inside handlers, open WebSockets aside
@@ -117,6 +120,7 @@ _BOUNDS: dict[str, tuple[float, float]] = {
     "proof_max_skew_s": (5, 600),
     "command_ttl_s": (5, 300),
     "channel_heartbeat_s": (1, 600),
+    "channel_upgrades_per_s": (1, 5_000),
     "max_body_bytes": (1024, 16 * 1024 * 1024),
     "request_deadline_s": (0.05, 120),
     "max_in_flight": (1, 100_000),

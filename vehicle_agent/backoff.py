@@ -3,13 +3,18 @@
 One tenacity ``AsyncRetrying`` per connect (``connect_retrying``): ``wait_random_exponential``
 between attempts, a bounded number of attempts, and the server's Retry-After honoured — as that
 many seconds *plus* the jittered wait, so cars told the same thing do not come back together.
+A paced refusal (429 ``reconnect_paced``) is different: its Retry-After is a slot the keyserver
+reserved for this car, so the car comes back in [T, T + ``retry_after_jitter_s``] — not later,
+with no backoff of its own on top, and a fresh retrier afterwards (``ReconnectPolicy.paced_wait``).
+Every Retry-After is capped at ``max_retry_after_s``: a hostile or buggy server cannot park a car.
 After a connection drops, the first attempt also waits: ``uniform(0, first_jitter × 2^drops)``
 (``after_drop``), so a restarted keyserver sees its cars spread out, and a flapping one sees them
 further apart each time. The sleep is injected, so tests never wait.
 
 ``ConnectThrottle`` is the SRE book's adaptive client throttling on connects: while the keyserver
 refuses upgrades for overload (429, 503), the car refuses a growing share of its own attempts
-locally, before they cost the server anything.
+locally, before they cost the server anything — never all of them: one attempt in every probe
+interval reaches the server (keycore.overload explains why a car needs that).
 """
 
 from __future__ import annotations
@@ -18,12 +23,12 @@ import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 from tenacity.wait import wait_base, wait_random_exponential
 
 from keycore.breaker import BreakerConfig
 from keycore.overload import AdaptiveThrottle
-from vehicle_agent.errors import LinkError
+from vehicle_agent.errors import LinkError, LinkPaced
 
 CLOUD_LINK_BREAKER = BreakerConfig(
     window_size=5,
@@ -38,6 +43,9 @@ CLOUD_LINK_BREAKER = BreakerConfig(
 )
 
 
+MIN_PACED_WAIT_S = 1.0  # a paced refusal saying 0 (the keyserver never does) waits this
+
+
 @dataclass(frozen=True)
 class ReconnectPolicy:
     """Every wait is full jitter and every bound is finite."""
@@ -48,7 +56,10 @@ class ReconnectPolicy:
     max_wait_s: float = 60.0
     attempts: int = 8  # per AsyncRetrying; then a rest of uniform(0, max_wait_s), and again
     attempt_timeout_s: float = 10.0  # one TCP connect + upgrade
+    # the longest wait a server's Retry-After can impose: a hostile or buggy one cannot park the
+    # car for hours (the keyserver's pacing never asks for more than keyserver.pacing.HORIZON_S)
     max_retry_after_s: float = 600.0
+    retry_after_jitter_s: float = 1.0  # a paced car comes back in [T, T + this]
     heartbeat_s: float = 30.0  # WebSocket ping; a silent server is dropped after it
     flush_interval_s: float = 5.0  # audit outbox upload, at the latest
     # the cloud-link breaker: after 3 failed connects of the last 5, no socket is opened for
@@ -63,6 +74,13 @@ class ReconnectPolicy:
     def rest(self) -> float:
         """The wait after a whole cycle of attempts failed, before the next cycle."""
         return random.uniform(0, self.max_wait_s)  # noqa: S311
+
+    def paced_wait(self, retry_after: float) -> float:
+        """The wait after a paced refusal with ``Retry-After: retry_after``: the slot, capped at
+        ``max_retry_after_s`` (and at least MIN_PACED_WAIT_S), plus a little jitter — never more,
+        whatever the attempts before it."""
+        slot = min(max(retry_after, MIN_PACED_WAIT_S), self.max_retry_after_s)
+        return slot + random.uniform(0, self.retry_after_jitter_s)  # noqa: S311
 
 
 class wait_retry_after(wait_base):  # named like tenacity's own strategies
@@ -81,17 +99,23 @@ class wait_retry_after(wait_base):  # named like tenacity's own strategies
         return wait
 
 
+def _retryable(error: BaseException) -> bool:
+    # a paced refusal leaves the retrier at once: the caller waits for the slot (paced_wait)
+    return isinstance(error, LinkError) and not isinstance(error, LinkPaced)
+
+
 def connect_retrying(
     policy: ReconnectPolicy, sleep: Callable[[float], Awaitable[None]]
 ) -> AsyncRetrying:
-    """A fresh retrier for one connect: retries ``LinkError`` only, re-raises the last one."""
+    """A fresh retrier for one connect: retries ``LinkError`` only, re-raises the last one; a
+    ``LinkPaced`` is re-raised at once, without a wait or an attempt spent on it."""
     return AsyncRetrying(
         stop=stop_after_attempt(policy.attempts),
         wait=wait_retry_after(
             wait_random_exponential(multiplier=policy.multiplier_s, max=policy.max_wait_s),
             cap=policy.max_retry_after_s,
         ),
-        retry=retry_if_exception_type(LinkError),
+        retry=retry_if_exception(_retryable),
         sleep=sleep,
         reraise=True,
     )
@@ -101,11 +125,12 @@ OVERLOAD_STATUSES = frozenset({429, 503})  # refusals that say "too much", not "
 
 
 class ConnectThrottle:
-    """Adaptive throttling of the car's connects (K = 2, a two-minute window).
+    """Adaptive throttling of the car's connects (K = 2, a two-minute window, a probe every 5 s).
 
     ``admit()`` raises ``LinkError`` for an attempt refused locally — the retrier backs off from
-    it like from a refused upgrade. Only the server's answers are recorded: a connect that
-    fails without an answer is the circuit breaker's business, not an overload signal.
+    it like from a refused upgrade. Only the server's overload answers are recorded: a connect
+    that fails without an answer is the circuit breaker's business, and a paced refusal (a slot
+    to come back at) is the server doing its own pacing, not an overload signal.
     """
 
     def __init__(self, throttle: AdaptiveThrottle | None = None) -> None:
@@ -119,8 +144,13 @@ class ConnectThrottle:
         return False
 
     def admit(self) -> None:
+        """Raise ``LinkError`` for an attempt refused locally; its Retry-After is the time until
+        the throttle's next probe, so the retrier's next attempt is not refused the same way."""
         if not self.allow():
-            raise LinkError("connect throttled locally: the keyserver is refusing for overload")
+            raise LinkError(
+                "connect throttled locally: the keyserver is refusing for overload",
+                retry_after=self.throttle.until_probe(),
+            )
 
     def record(self, accepted: bool) -> None:
         self.throttle.record(accepted)

@@ -14,7 +14,10 @@ movement.
 
 Reconnection follows ``vehicle_agent.backoff``: tenacity full-jitter backoff, bounded, honouring
 Retry-After; a timeout on each attempt; and a cloud-link circuit breaker (keycore.breaker) that
-stops opening sockets to a cloud that keeps failing, probing it once per wait. The link never
+stops opening sockets to a cloud that keeps failing, probing it once per wait. A paced refusal
+(429 ``reconnect_paced``, docs/protocol.md §17.2) is a slot, not a failure: the car comes back
+at it, and neither the breaker nor the throttle counts it. No 429 counts against the breaker: it
+is an answer from a live keyserver, and overload is the throttle's business. The link never
 blocks an unlock: ``Vehicle.unlock`` decides from local state and shares no lock or await with
 this module.
 """
@@ -45,6 +48,8 @@ from keycore.channel import (
     MAX_EVENT_CHARS,
     MAX_RESULTS,
     MAX_SERVER_FRAME_BYTES,
+    RECONNECT_PACED,
+    REFUSAL_HEADER,
     AgentFrame,
     Audit,
     AuditAck,
@@ -70,7 +75,7 @@ from keycore.request_proof import HEADER, sign_request
 from keycore.waiting import PredicateWaiters
 from vehicle_agent.actuator import ActuatorError
 from vehicle_agent.backoff import ConnectThrottle, ReconnectPolicy, connect_retrying
-from vehicle_agent.errors import LinkError
+from vehicle_agent.errors import LinkError, LinkPaced
 from vehicle_agent.vehicle import Vehicle
 
 log = logging.getLogger("vehicle_agent.channel")
@@ -92,7 +97,8 @@ class LinkStats:
     attempts: int = 0
     connects: int = 0
     disconnects: int = 0
-    last_error: str = ""
+    last_error: str = ""  # the last failure (a paced refusal is not one: see ``paced``)
+    paced: int = 0  # upgrades refused 429 reconnect_paced: each a slot the car came back at
     close_codes: list[int | None] = field(default_factory=list)
     revocations_applied: int = 0
     commands_executed: int = 0
@@ -195,18 +201,29 @@ class CloudLink:
     # connecting
 
     async def _connect(self, http: aiohttp.ClientSession) -> aiohttp.ClientWebSocketResponse | None:
-        retrying = connect_retrying(self.policy, self._sleep)
-        try:
-            async for attempt in retrying:
-                with attempt:
-                    return await self._open(http)
-        except LinkError as error:
-            log.warning("keyserver unreachable", extra={"fields": {"error": str(error)}})
-        self._set_state(LinkState.OFFLINE)
-        return None
+        """One cycle of attempts: the socket, or None once the cycle failed. A paced refusal
+        ends the wait at its slot and starts the cycle afresh: no attempt is spent on it."""
+        while True:
+            retrying = connect_retrying(self.policy, self._sleep)
+            try:
+                async for attempt in retrying:
+                    with attempt:
+                        return await self._open(http)
+            except LinkPaced as paced:
+                self.stats.paced += 1
+                await self._sleep(self.policy.paced_wait(paced.slot_s))
+                continue
+            except LinkError as error:
+                log.warning("keyserver unreachable", extra={"fields": {"error": str(error)}})
+            self._set_state(LinkState.OFFLINE)
+            return None
 
     async def _open(self, http: aiohttp.ClientSession) -> aiohttp.ClientWebSocketResponse:
-        self.throttle.admit()  # an overloaded keyserver is not asked again at full rate
+        try:
+            self.throttle.admit()  # an overloaded keyserver is not asked again at full rate
+        except LinkError as error:
+            self.stats.last_error = str(error)
+            raise
         permit = self.breaker.try_acquire()
         if permit is None:  # the cloud failed recently: no socket until the breaker's wait ends
             self.stats.last_error = "cloud-link breaker open"
@@ -215,7 +232,10 @@ class CloudLink:
         try:
             ws = await self._upgrade(http)
         except LinkError as error:
-            permit.failure(error, time.monotonic() - started)
+            if error.status == 429:  # a live keyserver's answer, with a slot or a Retry-After
+                permit.release()
+            else:
+                permit.failure(error, time.monotonic() - started)
             raise
         except BaseException:  # cancelled: neither success nor failure
             permit.release()
@@ -245,9 +265,14 @@ class CloudLink:
                     heartbeat=self.policy.heartbeat_s,
                 )
         except aiohttp.WSServerHandshakeError as error:
+            retry_after = _retry_after(error)
+            if _paced(error) and retry_after is not None:
+                raise LinkPaced(retry_after) from None  # a slot: not an overload signal
             self.throttle.record_status(error.status)
             self.stats.last_error = f"upgrade refused: {error.status}"
-            raise LinkError(self.stats.last_error, retry_after=_retry_after(error)) from None
+            raise LinkError(
+                self.stats.last_error, retry_after=retry_after, status=error.status
+            ) from None
         except (aiohttp.ClientError, OSError, TimeoutError) as error:
             self.stats.last_error = f"cannot connect: {type(error).__name__}"
             raise LinkError(self.stats.last_error) from None
@@ -499,8 +524,15 @@ class CloudLink:
 
 
 def _retry_after(error: aiohttp.WSServerHandshakeError) -> float | None:
+    """Retry-After as delta-seconds (ASCII digits only; an HTTP date or anything else is None).
+    Its size is bounded here; how long the car accepts to wait is the policy's cap."""
     raw = "" if error.headers is None else error.headers.get("Retry-After", "")
-    return float(raw) if raw.isdigit() else None
+    return float(raw) if raw.isascii() and raw.isdigit() and len(raw) <= 9 else None
+
+
+def _paced(error: aiohttp.WSServerHandshakeError) -> bool:
+    code = "" if error.headers is None else error.headers.get(REFUSAL_HEADER, "")
+    return error.status == 429 and code == RECONNECT_PACED
 
 
 def _event_text(event: dict[str, Any]) -> str:

@@ -10,6 +10,10 @@ failure closes it with "try again later"; neither ever reaches the car as anythi
 
 Each connection has one writer and a bounded outbox: a car that does not read is disconnected
 (it reconnects and resyncs) rather than letting its backlog grow.
+
+Upgrades are paced (keyserver.pacing): once the car has proved it is that car, an upgrade over
+``channel_upgrades_per_s`` is refused 429 ``reconnect_paced`` with the car's slot in Retry-After
+(and the code in ``PK-Refusal``, as a WebSocket client does not read a refused upgrade's body).
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ from keycore.channel import (
     CLOSE_UNSUPPORTED,
     MAX_AGENT_FRAME_BYTES,
     MAX_SERVER_FRAME_BYTES,
+    RECONNECT_PACED,
+    REFUSAL_HEADER,
     AgentFrame,
     Audit,
     AuditAck,
@@ -56,6 +62,7 @@ from keyserver.errors import StoreUnavailable
 from keyserver.http import ApiError
 from keyserver.issuance import revocation_list
 from keyserver.models import CommandRecord, CommandStatus
+from keyserver.pacing import PACING, PacedChannel
 from keyserver.routes.commands import entitles
 
 PATH = "/v1/vehicles/{vin}/channel"
@@ -80,6 +87,7 @@ class _Lacking(enum.Enum):
 
 
 def setup(app: web.Application) -> None:
+    app[PACING] = PacedChannel(app[CONFIG].channel_upgrades_per_s, app[METRICS].registry)
     app.router.add_get(PATH, channel)
 
 
@@ -98,6 +106,13 @@ async def channel(request: web.Request) -> web.StreamResponse:
         raise ApiError(
             426, "upgrade_required", "this endpoint is a WebSocket",
             headers={"Upgrade": "websocket"},
+        )  # fmt: skip
+    paced = app[PACING].ask(vin)
+    if paced.retry_after_s is not None:
+        raise ApiError(
+            429, RECONNECT_PACED,
+            "reconnects are paced: come back after Retry-After seconds, at your slot",
+            headers={"Retry-After": str(paced.retry_after_s), REFUSAL_HEADER: RECONNECT_PACED},
         )  # fmt: skip
     await ws.prepare(request)
     await CarSession(app, vin, ws).run()
@@ -374,6 +389,20 @@ PATHS: dict[str, Any] = {
                     "invalid_vin, bad_device_proof (malformed header), unexpected_body"
                 ),
                 "401": openapi.error(f"{_PROOF}: not signed by this vehicle's key, or stale"),
+                "429": {
+                    **openapi.error(
+                        "reconnect_paced: upgrades are admitted at channel_upgrades_per_s; come"
+                        " back after Retry-After seconds (this car's slot, docs/protocol.md"
+                        " §17.2). Or overloaded / deadline_exceeded (admission control)"
+                    ),
+                    "headers": {
+                        "Retry-After": {
+                            "required": True,
+                            "schema": {"type": "string", "pattern": "^[0-9]+$"},
+                        },
+                        REFUSAL_HEADER: {"schema": {"const": RECONNECT_PACED}},
+                    },
+                },
                 "426": {
                     **openapi.error("upgrade_required: not a WebSocket upgrade request"),
                     "headers": {"Upgrade": {"schema": {"const": "websocket"}}},

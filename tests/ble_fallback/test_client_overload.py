@@ -104,8 +104,9 @@ async def test_the_throttle_refuses_locally_while_the_cloud_refuses(
     aiohttp_server: Any, http: aiohttp.ClientSession, wallet: KeyWallet
 ) -> None:
     cloud = Cloud(429, OVERLOADED, {})  # no Retry-After: only the throttle holds the phone back
-    # rng 0.5: P(reject) = refused/(requests+1) passes 1/2 after the second refusal
-    throttle = AdaptiveThrottle(rng=lambda: 0.5)
+    # rng 0.5: P(reject) = refused/(requests+1) passes 1/2 after the second refusal; the clock
+    # stands still, so the throttle's probe (one request per interval whatever P) never falls due
+    throttle = AdaptiveThrottle(rng=lambda: 0.5, clock=lambda: 1000.0)
     client = await phone_for(cloud, aiohttp_server, http, wallet, throttle=throttle)
 
     outcomes = [await client.command(VIN, Action.UNLOCK) for _ in range(3)]
@@ -114,6 +115,27 @@ async def test_the_throttle_refuses_locally_while_the_cloud_refuses(
     assert "refused locally" in outcomes[2].reason
     assert not any(o.may_have_succeeded for o in outcomes)
     assert (throttle.requests, throttle.accepts) == (3, 0)  # a local refusal counts as a request
+
+
+async def test_once_the_cloud_is_back_the_throttles_probe_gets_the_phone_through(
+    aiohttp_server: Any, http: aiohttp.ClientSession, wallet: KeyWallet
+) -> None:
+    cloud = Cloud(429, OVERLOADED, {})
+    clock = [1000.0]
+    # the worst draws: every request is refused locally while P > 0 (issue 14)
+    throttle = AdaptiveThrottle(rng=lambda: 0.0, clock=lambda: clock[0])
+    client = await phone_for(cloud, aiohttp_server, http, wallet, throttle=throttle)
+
+    await client.command(VIN, Action.UNLOCK)
+    locked = await client.command(VIN, Action.UNLOCK)
+    assert "refused locally" in locked.reason
+    cloud.answer = (403, {"error": {"code": "not_entitled", "message": "no"}}, {})  # back
+    clock[0] += throttle.probe_interval_s
+    through = await client.command(VIN, Action.UNLOCK)
+
+    assert len(cloud.posts) == 2  # the first refusal, then the probe
+    assert "refused locally" not in through.reason
+    assert throttle.reject_probability() < 1 / 2  # an accepted answer: the rest follow soon
 
 
 async def test_accepted_answers_keep_the_throttle_open(

@@ -29,8 +29,10 @@ def test_overload_refusals_close_the_throttle_and_admit_raises_a_link_error() ->
     car.record_status(429)
     car.admit()  # P = 1/2: not yet
     car.record_status(503)
-    with pytest.raises(LinkError, match="throttled locally"):
+    with pytest.raises(LinkError, match="throttled locally") as refused:
         car.admit()  # P = 2/3
+    # the retrier waits at least until the probe falls due: the next attempt is not refused alike
+    assert refused.value.retry_after == car.throttle.probe_interval_s
     assert car.rejected == 1
     assert car.throttle.requests == 3  # the local refusal counts, as in the SRE book
 
