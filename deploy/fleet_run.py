@@ -375,11 +375,12 @@ async def _server_counts(url: str) -> dict[str, float]:
 
 
 CHANNEL_ROUTE = "/v1/vehicles/{vin}/channel"
+UPGRADES = "keyserver_channel_upgrades_"  # keyserver.pacing's counters
 
 
 def channel_counts(text: str) -> dict[str, float]:
     """From Prometheus text: the channel route's answers by status ("status 429": n; a 101 is
-    counted when its connection ends), and every series whose name says "paced" ("paced": n)."""
+    counted when its connection ends), and the pacer's upgrades ("admitted": n, "paced slot": n)."""
     from prometheus_client.parser import text_string_to_metric_families
 
     counts: dict[str, float] = {}
@@ -391,8 +392,11 @@ def channel_counts(text: str) -> dict[str, float]:
                 if sample.labels.get("route") == CHANNEL_ROUTE:
                     key = f"status {sample.labels.get('status', '?')}"
                     counts[key] = counts.get(key, 0.0) + sample.value
-            elif "paced" in sample.name:
-                counts["paced"] = counts.get("paced", 0.0) + sample.value
+            elif sample.name.startswith(UPGRADES):
+                what = sample.name.removeprefix(UPGRADES).removesuffix("_total")
+                reason = sample.labels.get("reason")
+                key = f"{what} {reason}" if reason else what
+                counts[key] = counts.get(key, 0.0) + sample.value
     return dict(sorted(counts.items()))
 
 

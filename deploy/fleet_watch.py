@@ -1,6 +1,7 @@
 """What each simulated car was answered when it asked for its channel: an aiohttp trace on the
 cars' shared session records every upgrade request's outcome per VIN — the status (with the
-error code of a refusal, read from its small JSON body, and its Retry-After), or the exception
+error code of a refusal, from its PK-Refusal header or its small JSON body, and its
+Retry-After), or the exception
 of a connection that failed — with the monotonic time. The car's own code is not touched.
 """
 
@@ -18,6 +19,7 @@ import aiohttp
 MAX_ANSWERS_PER_CAR = 512  # a bound: a car tries at most a few dozen times per restart
 MAX_BODY_BYTES = 4096
 _CHANNEL_SUFFIX = "/channel"
+REFUSAL_HEADER = "PK-Refusal"  # the keyserver names a paced refusal here as well as in the body
 
 
 @dataclass(frozen=True)
@@ -71,7 +73,8 @@ class UpgradeWatch:
             raw = response.headers.get("Retry-After", "")
             with contextlib.suppress(ValueError):
                 retry_after = float(raw) if raw else 0.0
-            outcome += f" {await _error_code(response)}"
+            code = response.headers.get(REFUSAL_HEADER, "") or await _error_code(response)
+            outcome += f" {code[:64]}"
         self._record(params.url, Answer(at, outcome.strip(), retry_after))
 
     async def _failed(

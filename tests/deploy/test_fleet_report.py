@@ -115,11 +115,17 @@ def test_channel_counts_read_the_keyservers_metrics() -> None:
             'keyserver_requests_total{route="/v1/vehicles/{vin}/channel",method="GET",'
             'status="101",outcome="ok"} 3.0',
             'keyserver_requests_total{route="/healthz",method="GET",status="200",outcome="ok"} 9',
-            "# TYPE keyserver_channel_paced counter",
-            "keyserver_channel_paced_total 5.0",
+            "# TYPE keyserver_channel_upgrades_paced counter",
+            'keyserver_channel_upgrades_paced_total{reason="slot"} 5.0',
+            'keyserver_channel_upgrades_paced_total{reason="early"} 2.0',
+            "# TYPE keyserver_channel_upgrades_admitted counter",
+            "keyserver_channel_upgrades_admitted_total 3.0",
         ]
     )
-    assert channel_counts(text) == {"paced": 5.0, "status 101": 3.0, "status 429": 7.0}
+    assert channel_counts(text) == {
+        "admitted": 3.0, "paced early": 2.0, "paced slot": 5.0,
+        "status 101": 3.0, "status 429": 7.0,
+    }  # fmt: skip
 
 
 def test_first_listen_is_when_the_port_accepts() -> None:
