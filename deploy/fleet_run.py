@@ -56,7 +56,8 @@ from vehicle_agent.backoff import ReconnectPolicy
 
 ROUND_CONCURRENCY = 32  # API calls in flight during a round, over all workers
 STEP_LIMIT_S = 300.0  # no step of a run may take longer: a hang guard, not a measurement
-LISTEN_POLL_S = 0.005
+SETUP_LIMIT_PER_CAR_S = 0.2  # on top of STEP_LIMIT_S: 10,000 cars may take half an hour
+ROUND_LIMIT_PER_CAR_S = 0.05  # a round (connect, revocations, commands) grows with the fleet too
 MAX_PROCESSES = 16
 Store = Literal["embedded", "redis"]
 
@@ -222,18 +223,23 @@ async def _run(
     pool = WorkerPool(settings.work_dir)
     try:
         await pool.start(_worker_configs(settings, url, root, secret, operator))
-        await _step(pool, "setup", "provisioning the cars")
+        # provisioning takes a few API calls per car: its bound grows with the fleet
+        setup_limit_s = STEP_LIMIT_S + settings.vehicles * SETUP_LIMIT_PER_CAR_S
+        await _step(pool, "setup", "provisioning the cars", limit_s=setup_limit_s)
         report.setup_s = round(time.monotonic() - started, 2)
-        connected = await _step(pool, "connect", "connecting")
+        round_limit_s = STEP_LIMIT_S + settings.vehicles * ROUND_LIMIT_PER_CAR_S
+        connected = await _step(pool, "connect", "connecting", limit_s=round_limit_s)
         report.connect_s = round(time.monotonic() - started, 2)
         report.online = sum(int(a["online"]) for a in connected)
         growth = sum(int(a["rss_growth"]) for a in connected)
         report.memory_per_vehicle_kib = round(growth / 1024 / settings.vehicles, 1)
         report.worker_pids = [w.pid for w in pool.workers]
         if settings.revoke:
-            _revocation_figures(report, await _step(pool, "revoke", "the revocation round"))
+            revoked = await _step(pool, "revoke", "the revocation round", limit_s=round_limit_s)
+            _revocation_figures(report, revoked)
         if settings.command:
-            _command_figures(report, await _step(pool, "command", "the command round"))
+            commanded = await _step(pool, "command", "the command round", limit_s=round_limit_s)
+            _command_figures(report, commanded)
         if settings.restart and own is not None:
             report.restart = await _restart(pool, own, settings)
             report.online = report.restart.spread.reconnected
@@ -272,9 +278,11 @@ def _worker_configs(
     return [c for c in configs if c.count > 0]
 
 
-async def _step(pool: WorkerPool, op: str, doing: str, **args: Any) -> list[dict[str, Any]]:
+async def _step(
+    pool: WorkerPool, op: str, doing: str, *, limit_s: float = STEP_LIMIT_S, **args: Any
+) -> list[dict[str, Any]]:
     try:
-        return await pool.ask(op, limit_s=STEP_LIMIT_S, **args)
+        return await pool.ask(op, limit_s=limit_s, **args)
     except WorkerError as error:
         raise FleetError(f"{doing}: {error}") from None
 
@@ -406,7 +414,8 @@ async def _restart_redis(
     try:
         return await restart_redis(
             pool, redis, processes=lambda: _processes(pool, keyserver=own, redis=redis),
-            step_limit_s=STEP_LIMIT_S, within_s=settings.back_limit_s,
+            step_limit_s=STEP_LIMIT_S + settings.vehicles * ROUND_LIMIT_PER_CAR_S,
+            within_s=settings.back_limit_s,
         )  # fmt: skip
     except WorkerError as error:
         raise FleetError(f"the Redis restart: {error}") from None
