@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import time
 from dataclasses import dataclass, field
@@ -81,9 +82,13 @@ class UpgradeWatch:
         self, session: aiohttp.ClientSession, context: SimpleNamespace,
         params: aiohttp.TraceRequestExceptionParams,
     ) -> None:  # fmt: skip
-        name = type(params.exception).__name__
+        error = params.exception
+        name = type(error).__name__
         if name == "CancelledError":  # the attempt's timeout, or the car stopping
             name = "timeout"
+        cause = getattr(error, "os_error", None)  # a connector error: which errno
+        if isinstance(cause, OSError) and cause.errno is not None:
+            name += f" {errno.errorcode.get(cause.errno, cause.errno)}"
         self._record(params.url, Answer(time.monotonic(), f"error {name}"))
 
 
