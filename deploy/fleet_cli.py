@@ -96,6 +96,9 @@ def run(args: argparse.Namespace) -> int:
     except (FleetError, ProcessError, ApiCallError, OSError) as error:
         print(f"phonekey fleet: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # the run has stopped its workers, keyserver and Redis
+        print("phonekey fleet: interrupted", file=sys.stderr)
+        return 130
     print(report.to_json() if args.json else _table(report))
     ok = report.revocations_enforced == report.vehicles if settings.revoke else True
     ok = ok and report.commands_doubled == 0 and report.online == report.vehicles
