@@ -17,14 +17,15 @@ import contextlib
 import os
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from deploy.api import call
+from deploy.api import ApiCallError, call
 from keycore import (
     Action,
     SoftwareSigner,
@@ -47,6 +48,24 @@ BOOT_ID = "fleet-simulator"
 SETUP_CONCURRENCY = 16  # cars provisioned at once: the keyserver's pace, not ours
 MAX_TIMELINE = 1_000_000  # link events kept: a bound, far above any run's need
 HTTP_TIMEOUT = aiohttp.ClientTimeout(total=30)
+OVERLOAD_ATTEMPTS = 5  # a request refused for overload (429) is asked again this often
+OVERLOAD_WAIT_MAX_S = 2.0
+
+
+async def retrying(
+    request: Callable[[], Awaitable[dict[str, Any]]], attempts: int = OVERLOAD_ATTEMPTS
+) -> dict[str, Any]:
+    """``request()``, asked again after a 429 (overloaded, deadline passed) at its Retry-After:
+    for requests that are safe to repeat (a revocation; a command with its idempotency key) and
+    for provisioning, which a busy shared machine slows past the keyserver's deadline."""
+    for attempt in range(attempts):
+        try:
+            return await request()
+        except ApiCallError as error:
+            if error.status != 429 or attempt == attempts - 1:
+                raise
+            await asyncio.sleep(min(error.retry_after or 1.0, OVERLOAD_WAIT_MAX_S))
+    raise AssertionError("unreachable")
 
 
 def fleet_vin(number: int) -> str:
@@ -182,13 +201,21 @@ class Fleet:
     ) -> SimulatedCar:
         key = SoftwareSigner.generate()
         registration = {"vin": vin, "public_key": b64(point_bytes(key.public_key))}
-        await call(self.api, "/v1/vehicles", registration, authorization=f"Provisioning {secret}")
-        shown = await call(self.api, f"/v1/vehicles/{vin}/pairing-code", signer=(key, vin))
+        await retrying(
+            lambda: call(
+                self.api, "/v1/vehicles", registration, authorization=f"Provisioning {secret}"
+            )
+        )
+        shown = await retrying(
+            lambda: call(self.api, f"/v1/vehicles/{vin}/pairing-code", signer=(key, vin))
+        )
         signer = self.operator.signer
         bearer = self.operator.bearer
-        await call(
-            self.api, f"/v1/vehicles/{vin}/owner", {"code": shown["code"]},
-            bearer=bearer, signer=signer,
+        await retrying(
+            lambda: call(
+                self.api, f"/v1/vehicles/{vin}/owner", {"code": shown["code"]},
+                bearer=bearer, signer=signer,
+            )
         )  # fmt: skip
         key_id, token = await self.issue_key(vin)
         path = Path(":memory:") if state_dir is None else state_dir / f"{vin}.db"
@@ -208,9 +235,11 @@ class Fleet:
     async def issue_key(self, vin: str) -> tuple[str, bytes]:
         """An owner key on ``vin`` for the operator's phone: (key id, token)."""
         body = {"device_id": self.operator.device_id}
-        answer = await call(
-            self.api, f"/v1/vehicles/{vin}/keys", body,
-            bearer=self.operator.bearer, signer=self.operator.signer,
+        answer = await retrying(
+            lambda: call(
+                self.api, f"/v1/vehicles/{vin}/keys", body,
+                bearer=self.operator.bearer, signer=self.operator.signer,
+            )
         )  # fmt: skip
         token = str(answer["token"])
         return str(answer["key_id"]), base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))

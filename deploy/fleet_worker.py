@@ -27,7 +27,7 @@ from typing import Any
 import aiohttp
 
 from deploy.api import ApiCallError, call
-from deploy.fleet import Fleet, Operator, SimulatedCar, rss_bytes
+from deploy.fleet import Fleet, Operator, SimulatedCar, retrying, rss_bytes
 from deploy.fleet_report import CarRestart
 from deploy.fleet_watch import UpgradeWatch
 from keycore import SoftwareSigner
@@ -40,7 +40,6 @@ MAX_LINE_BYTES = 64 * 1024 * 1024  # one answer carries a figure per car: a boun
 ARM_ATTEMPTS = 10  # a key withdrawn a moment ago is issued again after a short wait
 RETRIES_AFTER_OUTAGE = 30  # a revocation the outage refused is asked again at most this often
 RETRY_WAIT_MAX_S = 2.0
-ROUND_ATTEMPTS = 5  # a round's request refused for overload (429) is asked again this often
 
 
 @dataclass(frozen=True)
@@ -145,7 +144,7 @@ class Worker:
                 car.link.wait_until(lambda: car.vehicle.revocations.sequence > held)
             )
             sent = time.monotonic()
-            await _retrying(lambda: self._revoke_key(car))
+            await retrying(lambda: self._revoke_key(car))
             answered = time.monotonic()
             await applied
             done = time.monotonic()
@@ -169,7 +168,7 @@ class Worker:
             )
             sent = time.monotonic()
             body = {"action": "lock", "idempotency_key": secrets.token_urlsafe(12)}
-            await _retrying(
+            await retrying(
                 lambda: call(
                     fleet.api, f"/v1/vehicles/{car.vin}/commands", body,
                     bearer=fleet.operator.bearer, signer=fleet.operator.signer,
@@ -369,21 +368,6 @@ class Worker:
     async def close(self) -> None:
         if self.fleet is not None:
             await self.fleet.close()
-
-
-async def _retrying(
-    request: Callable[[], Awaitable[dict[str, Any]]], attempts: int = ROUND_ATTEMPTS
-) -> dict[str, Any]:
-    """``request()``, asked again after a 429 (overloaded, deadline passed) at its Retry-After:
-    only for requests that are safe to repeat (a revocation; a command with its idempotency key)."""
-    for attempt in range(attempts):
-        try:
-            return await request()
-        except ApiCallError as error:
-            if error.status != 429 or attempt == attempts - 1:
-                raise
-            await asyncio.sleep(min(error.retry_after or 1.0, RETRY_WAIT_MAX_S))
-    raise AssertionError("unreachable")
 
 
 def _error_code(message: str) -> str:
