@@ -1,13 +1,19 @@
 """One fleet run: cars connect, a revocation and a remote command go to every car, the keyserver
-restarts and the cars come back — with the figures of each step (``FleetReport``).
+restarts and the cars come back, Redis restarts under them — with the figures of each step
+(``FleetReport``).
 
-Without a keyserver URL the run starts its own (embedded SQLite store, a fresh data directory, a
-fixed loopback port so a restart keeps it) and stops it afterwards. Every wait has a bound.
+The cars live in worker processes (``deploy.fleet_worker``, ``--processes``), each with its share
+on its own event loop, so one core's worth of Python is not what limits a large fleet; this
+process conducts them (``deploy.fleet_pool``) and does the arithmetic (``deploy.fleet_report``).
+Without a keyserver URL the run starts its own (embedded SQLite store, or with ``store="redis"``
+a redis-server of its own on a free loopback port, persisted so it can restart) and stops
+everything afterwards. Every wait has a bound.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import secrets
@@ -15,26 +21,45 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+import aiohttp
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from deploy.api import call
 from deploy.bench import percentile
-from deploy.fleet import Fleet, SimulatedCar, rss_bytes
+from deploy.fleet import HTTP_TIMEOUT, SETUP_CONCURRENCY, Operator, create_operator
+from deploy.fleet_pool import (
+    WorkerError,
+    WorkerPool,
+    cpu_between,
+    cpu_snapshot,
+    first_listen,
+    load_average,
+)
+from deploy.fleet_redis import OwnRedis, restart_redis
+from deploy.fleet_report import (
+    CarRestart,
+    RedisRestartReport,
+    RestartReport,
+    restart_report,
+)
+from deploy.fleet_worker import WorkerConfig
 from deploy.processes import LOOPBACK, AppServer, free_port
 from deploy.stack_spec import STAGING_RATE_LIMITS
+from keycore.cose import point_bytes
 from keyserver.keyring import KeyRingStore
 from vehicle_agent.backoff import ReconnectPolicy
-from vehicle_agent.channel import LinkState
 
-BUCKET_S = 0.1  # the reconnect rate is counted in windows of this length
-ROUND_CONCURRENCY = 32  # API calls in flight during a round
+ROUND_CONCURRENCY = 32  # API calls in flight during a round, over all workers
 STEP_LIMIT_S = 300.0  # no step of a run may take longer: a hang guard, not a measurement
+SETUP_LIMIT_PER_CAR_S = 0.2  # on top of STEP_LIMIT_S: 10,000 cars may take half an hour
+ROUND_LIMIT_PER_CAR_S = 0.05  # a round (connect, revocations, commands) grows with the fleet too
+MAX_PROCESSES = 16
+Store = Literal["embedded", "redis"]
 
 
 class FleetError(RuntimeError):
@@ -51,25 +76,19 @@ class FleetSettings:
     revoke: bool = True
     command: bool = True
     restart: bool = False  # only with a keyserver of our own
+    restart_redis: bool = False  # only with store="redis" (and a keyserver of our own)
+    store: Store = "embedded"
+    processes: int = 1  # worker processes the cars are spread over
+    back_limit_s: float = STEP_LIMIT_S  # how long a restart waits for every car, at most
     state_dir: Path | None = None
-
-
-@dataclass
-class Spread:
-    """How cars came back after a keyserver restart."""
-
-    reconnected: int = 0
-    first_s: float = 0.0  # from the restart's start (keyserver stopped) to the first reconnect
-    last_s: float = 0.0
-    peak_per_bucket: int = 0
-    bucket_s: float = BUCKET_S
-    peak_per_s: float = 0.0
-    peak_share: float = 0.0  # peak_per_bucket / fleet size: 1.0 would be a synchronized burst
+    work_dir: Path | None = None  # the keyserver's data, Redis's files, the workers' logs
 
 
 @dataclass
 class FleetReport:
     vehicles: int
+    processes: int = 1
+    store: str = "embedded"
     online: int = 0
     setup_s: float = 0.0
     connect_s: float = 0.0  # from the first car started to all online
@@ -87,8 +106,10 @@ class FleetReport:
     commands_doubled: int = 0
     command_p50_ms: float = 0.0
     command_p99_ms: float = 0.0
-    restart: Spread | None = None
+    restart: RestartReport | None = None
+    redis_restart: RedisRestartReport | None = None
     first_jitter_s: float = 0.0
+    worker_pids: list[int] = field(default_factory=list)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -98,14 +119,34 @@ def run_fleet(settings: FleetSettings) -> FleetReport:
     """The whole run, on a fresh event loop."""
     if settings.vehicles < 1:
         raise FleetError("a fleet needs at least one vehicle")
-    if settings.restart and settings.keyserver_url is not None:
-        raise FleetError("--restart needs the fleet's own keyserver (no --keyserver URL)")
+    if not 1 <= settings.processes <= MAX_PROCESSES:
+        raise FleetError(f"--processes must be in 1…{MAX_PROCESSES}")
+    if settings.processes > settings.vehicles:
+        raise FleetError("more processes than cars")
+    if (settings.restart or settings.store == "redis") and settings.keyserver_url is not None:
+        raise FleetError(
+            "--restart and --store need the fleet's own keyserver (no --keyserver URL)"
+        )
+    if settings.restart_redis and settings.store != "redis":
+        raise FleetError("--restart-redis needs --store redis")
     with ExitStack() as stack:
-        if settings.keyserver_url is None:
+        work = settings.work_dir
+        if work is None:
             work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="phonekey-fleet-")))
-            own = stack.enter_context(_own_keyserver(work))
-            return asyncio.run(_run(settings, own))
-        return asyncio.run(_run(settings, None))
+        settings = _with_work_dir(settings, work)
+        if settings.keyserver_url is not None:
+            return asyncio.run(_run(settings, None, None))
+        redis = None
+        if settings.store == "redis":
+            redis = stack.enter_context(OwnRedis.running(work / "redis"))
+        own = stack.enter_context(
+            _own_keyserver(work, redis_url=None if redis is None else redis.url)
+        )
+        return asyncio.run(_run(settings, own, redis))
+
+
+def _with_work_dir(settings: FleetSettings, work: Path) -> FleetSettings:
+    return replace(settings, work_dir=work)
 
 
 @dataclass
@@ -116,6 +157,7 @@ class OwnKeyserver:
     secret: str
     port: int
     server: AppServer | None = None
+    redis_url: str | None = None  # None: the embedded SQLite store
 
     @property
     def url(self) -> str:
@@ -131,6 +173,8 @@ class OwnKeyserver:
             **STAGING_RATE_LIMITS,  # one operator pairs, revokes and commands every car
             PHONEKEY_LOG_LEVEL="warning",
         )
+        if self.redis_url is not None:
+            env["PHONEKEY_REDIS_URL"] = self.redis_url
         args = [sys.executable, "-m", "keyserver.cli", "serve"]
         self.server = AppServer(args, workdir=self.work / "keyserver", env=env, name="keyserver")
         self.server.start()
@@ -140,13 +184,17 @@ class OwnKeyserver:
             self.server.stop()
             self.server = None
 
+    @property
+    def pid(self) -> int | None:
+        return None if self.server is None or self.server.process is None else self.server.pid
+
     def root(self) -> ec.EllipticCurvePublicKey:
         return KeyRingStore(self.work / "keyserver" / "keys").load().root_key
 
 
 @contextmanager
-def _own_keyserver(work: Path) -> Iterator[OwnKeyserver]:
-    own = OwnKeyserver(work, secrets.token_urlsafe(24), free_port())
+def _own_keyserver(work: Path, *, redis_url: str | None = None) -> Iterator[OwnKeyserver]:
+    own = OwnKeyserver(work, secrets.token_urlsafe(24), free_port(), redis_url=redis_url)
     own.start()
     try:
         yield own
@@ -154,8 +202,13 @@ def _own_keyserver(work: Path) -> Iterator[OwnKeyserver]:
         own.stop()
 
 
-async def _run(settings: FleetSettings, own: OwnKeyserver | None) -> FleetReport:
-    report = FleetReport(settings.vehicles, first_jitter_s=settings.first_jitter_s)
+async def _run(
+    settings: FleetSettings, own: OwnKeyserver | None, redis: OwnRedis | None
+) -> FleetReport:
+    report = FleetReport(
+        settings.vehicles, first_jitter_s=settings.first_jitter_s, processes=settings.processes,
+        store="redis" if redis is not None else "embedded",
+    )  # fmt: skip
     if own is not None:
         url, root, secret = own.url, own.root(), own.secret
     else:
@@ -163,34 +216,75 @@ async def _run(settings: FleetSettings, own: OwnKeyserver | None) -> FleetReport
         if settings.root_key is None or not settings.provisioning_secret:
             raise FleetError("an outside keyserver needs --root-key and a provisioning secret")
         url, root, secret = settings.keyserver_url, settings.root_key, settings.provisioning_secret
-    policy = ReconnectPolicy(first_jitter_s=settings.first_jitter_s)
-    before = rss_bytes()
     started = time.monotonic()
-    fleet = await _bounded(Fleet.create(url, root), "logging the operator in")
+    async with aiohttp.ClientSession(base_url=url, timeout=HTTP_TIMEOUT) as api:
+        operator = await _bounded(create_operator(api), "logging the operator in")
+    assert settings.work_dir is not None
+    pool = WorkerPool(settings.work_dir)
     try:
-        await _bounded(
-            fleet.add_cars(
-                settings.vehicles,
-                provisioning_secret=secret,
-                policy=policy,
-                state_dir=settings.state_dir,
-            ),
-            "provisioning the cars",
-        )
+        await pool.start(_worker_configs(settings, url, root, secret, operator))
+        # provisioning takes a few API calls per car: its bound grows with the fleet
+        setup_limit_s = STEP_LIMIT_S + settings.vehicles * SETUP_LIMIT_PER_CAR_S
+        await _step(pool, "setup", "provisioning the cars", limit_s=setup_limit_s)
         report.setup_s = round(time.monotonic() - started, 2)
-        await _bounded(fleet.wait(lambda: fleet.online() == len(fleet.cars)), "connecting")
+        round_limit_s = STEP_LIMIT_S + settings.vehicles * ROUND_LIMIT_PER_CAR_S
+        connected = await _step(pool, "connect", "connecting", limit_s=round_limit_s)
         report.connect_s = round(time.monotonic() - started, 2)
-        report.online = fleet.online()
-        report.memory_per_vehicle_kib = round((rss_bytes() - before) / 1024 / settings.vehicles, 1)
+        report.online = sum(int(a["online"]) for a in connected)
+        growth = sum(int(a["rss_growth"]) for a in connected)
+        report.memory_per_vehicle_kib = round(growth / 1024 / settings.vehicles, 1)
+        report.worker_pids = [w.pid for w in pool.workers]
         if settings.revoke:
-            await _revocation_round(fleet, report)
+            revoked = await _step(pool, "revoke", "the revocation round", limit_s=round_limit_s)
+            _revocation_figures(report, revoked)
         if settings.command:
-            await _command_round(fleet, report)
+            commanded = await _step(pool, "command", "the command round", limit_s=round_limit_s)
+            _command_figures(report, commanded)
         if settings.restart and own is not None:
-            report.restart = await _restart(fleet, own)
+            report.restart = await _restart(pool, own, settings)
+            report.online = report.restart.spread.reconnected
+        if settings.restart_redis and redis is not None and own is not None:
+            report.redis_restart = await _restart_redis(pool, own, redis, settings)
     finally:
-        await fleet.close()
+        await pool.close()
     return report
+
+
+def _worker_configs(
+    settings: FleetSettings, url: str, root: ec.EllipticCurvePublicKey, secret: str,
+    operator: Operator,
+) -> list[WorkerConfig]:  # fmt: skip
+    share, extra = divmod(settings.vehicles, settings.processes)
+    configs, first = [], 0
+    for index in range(settings.processes):
+        count = share + (index < extra)
+        configs.append(
+            WorkerConfig(
+                url=url,
+                root=base64.urlsafe_b64encode(point_bytes(root)).decode().rstrip("="),
+                secret=secret,
+                bearer=operator.bearer,
+                device_pem=operator.device.to_pem().decode(),
+                device_id=operator.device_id,
+                first=first,
+                count=count,
+                first_jitter_s=settings.first_jitter_s,
+                setup_concurrency=max(2, SETUP_CONCURRENCY // settings.processes),
+                round_concurrency=max(4, ROUND_CONCURRENCY // settings.processes),
+                state_dir=None if settings.state_dir is None else str(settings.state_dir),
+            )
+        )
+        first += count
+    return [c for c in configs if c.count > 0]
+
+
+async def _step(
+    pool: WorkerPool, op: str, doing: str, *, limit_s: float = STEP_LIMIT_S, **args: Any
+) -> list[dict[str, Any]]:
+    try:
+        return await pool.ask(op, limit_s=limit_s, **args)
+    except WorkerError as error:
+        raise FleetError(f"{doing}: {error}") from None
 
 
 async def _bounded(step: Awaitable[Any], doing: str) -> Any:
@@ -201,108 +295,127 @@ async def _bounded(step: Awaitable[Any], doing: str) -> Any:
         raise FleetError(f"{doing} took more than {STEP_LIMIT_S:.0f} s") from None
 
 
-async def _each(fleet: Fleet, act: Callable[[SimulatedCar], Awaitable[None]]) -> None:
-    gate = asyncio.Semaphore(ROUND_CONCURRENCY)
-
-    async def one(car: SimulatedCar) -> None:
-        async with gate:
-            await act(car)
-
-    await asyncio.gather(*(one(car) for car in fleet.cars))
-
-
-async def _revocation_round(fleet: Fleet, report: FleetReport) -> None:
-    """Revoke the operator's key on every car; time from the request (and from the keyserver's
-    answer) to the car holding the new list, which then denies the key."""
-    delays: list[float] = []
-    after_answer: list[float] = []
-
-    async def revoke(car: SimulatedCar) -> None:
-        held = car.vehicle.revocations.sequence
-        applied = asyncio.ensure_future(
-            car.link.wait_until(lambda: car.vehicle.revocations.sequence > held)
-        )
-        sent = time.monotonic()
-        await call(
-            fleet.api, f"/v1/keys/{car.key_id}/revoke",
-            bearer=fleet.operator.bearer, signer=fleet.operator.signer,
-        )  # fmt: skip
-        answered = time.monotonic()
-        report.revocations_sent += 1
-        await applied
-        enforced = time.monotonic()
-        delays.append((enforced - sent) * 1000)
-        after_answer.append(max(0.0, enforced - answered) * 1000)
-        report.revocations_enforced += car.unlock_as_operator(fleet.operator).code == "revoked"
-
-    await _bounded(_each(fleet, revoke), "the revocation round")
-    report.revocations_reached = len(delays)
-    report.revocation_p50_ms = round(statistics.median(delays), 1)
-    report.revocation_p99_ms = round(percentile(delays, 0.99), 1)
-    report.revocation_max_ms = round(max(delays), 1)
-    report.revocation_after_answer_p50_ms = round(statistics.median(after_answer), 1)
-    report.revocation_after_answer_p99_ms = round(percentile(after_answer, 0.99), 1)
+def _revocation_figures(report: FleetReport, answers: list[dict[str, Any]]) -> None:
+    delays = [d for a in answers for d in a["delays_ms"]]
+    after = [d for a in answers for d in a["after_answer_ms"]]
+    report.revocations_sent = report.revocations_reached = len(delays)
+    report.revocations_enforced = sum(int(a["enforced"]) for a in answers)
+    if delays:
+        report.revocation_p50_ms = round(statistics.median(delays), 1)
+        report.revocation_p99_ms = round(percentile(delays, 0.99), 1)
+        report.revocation_max_ms = round(max(delays), 1)
+        report.revocation_after_answer_p50_ms = round(statistics.median(after), 1)
+        report.revocation_after_answer_p99_ms = round(percentile(after, 0.99), 1)
 
 
-async def _command_round(fleet: Fleet, report: FleetReport) -> None:
-    """A remote lock to every car; time from the request to the car's actuator moving."""
-    delays: list[float] = []
-
-    async def lock(car: SimulatedCar) -> None:
-        moved = len(car.actuator.performed)
-        done = asyncio.ensure_future(
-            car.link.wait_until(lambda: len(car.actuator.performed) > moved)
-        )
-        sent = time.monotonic()
-        body = {"action": "lock", "idempotency_key": secrets.token_urlsafe(12)}
-        await call(
-            fleet.api, f"/v1/vehicles/{car.vin}/commands", body,
-            bearer=fleet.operator.bearer, signer=fleet.operator.signer,
-        )  # fmt: skip
-        report.commands_sent += 1
-        await done
-        delays.append((time.monotonic() - sent) * 1000)
-
-    await _bounded(_each(fleet, lock), "the command round")
-    for car in fleet.cars:  # each car moved exactly once for its one command
-        moves = len(car.actuator.performed)
-        report.commands_executed += moves >= 1
-        report.commands_doubled += moves > 1
-    report.command_p50_ms = round(statistics.median(delays), 1)
-    report.command_p99_ms = round(percentile(delays, 0.99), 1)
+def _command_figures(report: FleetReport, answers: list[dict[str, Any]]) -> None:
+    delays = [d for a in answers for d in a["delays_ms"]]
+    report.commands_sent = len(delays)
+    report.commands_executed = sum(int(a["executed"]) for a in answers)
+    report.commands_doubled = sum(int(a["doubled"]) for a in answers)
+    if delays:
+        report.command_p50_ms = round(statistics.median(delays), 1)
+        report.command_p99_ms = round(percentile(delays, 0.99), 1)
 
 
-async def _restart(fleet: Fleet, own: OwnKeyserver) -> Spread:
+# restarts
+
+
+async def _restart(pool: WorkerPool, own: OwnKeyserver, settings: FleetSettings) -> RestartReport:
     """Stop the keyserver (SIGTERM: it closes every channel), start it again on the same port,
-    and see how the cars come back: the reconnect timeline, in buckets of BUCKET_S."""
+    and see how the cars come back, timed from the moment the new process listens."""
+    load = load_average()
+    await _step(pool, "mark", "marking the restart")
     down = time.monotonic()
-    mark = len(fleet.timeline)
     await asyncio.to_thread(own.stop)
-    await _bounded(fleet.wait(lambda: fleet.online() == 0), "the cars noticing the restart")
-    await asyncio.to_thread(own.start)
-    await _bounded(fleet.wait(lambda: fleet.online() == len(fleet.cars)), "reconnecting")
-    back: dict[str, float] = {}
-    for event in fleet.timeline[mark:]:
-        if event.state is LinkState.ONLINE and event.vin not in back:
-            back[event.vin] = event.at - down
-    return spread(list(back.values()), fleet_size=len(fleet.cars))
+    await _step(pool, "wait_offline", "the cars noticing the restart")
+    listening = asyncio.ensure_future(first_listen(own.port, STEP_LIMIT_S))
+    try:
+        await asyncio.to_thread(own.start)
+        ready = time.monotonic()
+        listen_at = await listening
+    finally:
+        listening.cancel()
+    processes = _processes(pool, keyserver=own, redis=None)
+    before = cpu_snapshot(processes)
+    try:
+        answers = await pool.ask(
+            "wait_back", limit_s=settings.back_limit_s, listen_at=listen_at,
+            within_s=settings.back_limit_s,
+        )  # fmt: skip
+    except WorkerError as error:
+        raise FleetError(f"reconnecting: {error}") from None
+    end = time.monotonic()
+    cpu = cpu_between(before, cpu_snapshot(processes), end - listen_at)
+    cars = [CarRestart(**c) for a in answers for c in a["cars"]]
+    result = restart_report(cars, fleet_size=settings.vehicles)
+    result.down_to_listen_s = round(listen_at - down, 3)
+    result.listen_to_ready_s = round(max(0.0, ready - listen_at), 3)
+    result.server = await _server_counts(own.url)
+    result.cpu = cpu
+    result.load_before = load
+    return result
 
 
-def spread(offsets: list[float], *, fleet_size: int, bucket_s: float = BUCKET_S) -> Spread:
-    """The reconnect figures from each car's reconnect time (seconds after the restart)."""
-    if not offsets:
-        return Spread()
-    buckets: dict[int, int] = {}
-    for offset in offsets:
-        index = int(offset // bucket_s)
-        buckets[index] = buckets.get(index, 0) + 1
-    peak = max(buckets.values())
-    return Spread(
-        reconnected=len(offsets),
-        first_s=round(min(offsets), 3),
-        last_s=round(max(offsets), 3),
-        peak_per_bucket=peak,
-        bucket_s=bucket_s,
-        peak_per_s=round(peak / bucket_s, 1),
-        peak_share=round(peak / fleet_size, 4),
-    )
+def _processes(
+    pool: WorkerPool, *, keyserver: OwnKeyserver | None, redis: OwnRedis | None
+) -> dict[str, int]:
+    """The run's processes by name, for their CPU time."""
+    named = {f"worker {w.index}": w.pid for w in pool.workers}
+    if keyserver is not None and keyserver.pid is not None:
+        named["keyserver"] = keyserver.pid
+    if redis is not None and redis.pid is not None:
+        named["redis"] = redis.pid
+    return named
+
+
+async def _server_counts(url: str) -> dict[str, float]:
+    """The restarted keyserver's own counts of channel upgrade answers (its /metrics)."""
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=HTTP_TIMEOUT) as http,
+            http.get(f"{url}/metrics") as response,
+        ):
+            text = await response.text()
+    except (aiohttp.ClientError, TimeoutError):
+        return {}
+    return channel_counts(text)
+
+
+CHANNEL_ROUTE = "/v1/vehicles/{vin}/channel"
+UPGRADES = "keyserver_channel_upgrades_"  # keyserver.pacing's counters
+
+
+def channel_counts(text: str) -> dict[str, float]:
+    """From Prometheus text: the channel route's answers by status ("status 429": n; a 101 is
+    counted when its connection ends), and the pacer's upgrades ("admitted": n, "paced slot": n)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    counts: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if not sample.name.endswith("_total"):
+                continue
+            if sample.name == "keyserver_requests_total":
+                if sample.labels.get("route") == CHANNEL_ROUTE:
+                    key = f"status {sample.labels.get('status', '?')}"
+                    counts[key] = counts.get(key, 0.0) + sample.value
+            elif sample.name.startswith(UPGRADES):
+                what = sample.name.removeprefix(UPGRADES).removesuffix("_total")
+                reason = sample.labels.get("reason")
+                key = f"{what} {reason}" if reason else what
+                counts[key] = counts.get(key, 0.0) + sample.value
+    return dict(sorted(counts.items()))
+
+
+async def _restart_redis(
+    pool: WorkerPool, own: OwnKeyserver, redis: OwnRedis, settings: FleetSettings
+) -> RedisRestartReport:
+    try:
+        return await restart_redis(
+            pool, redis, processes=lambda: _processes(pool, keyserver=own, redis=redis),
+            step_limit_s=STEP_LIMIT_S + settings.vehicles * ROUND_LIMIT_PER_CAR_S,
+            within_s=settings.back_limit_s,
+        )  # fmt: skip
+    except WorkerError as error:
+        raise FleetError(f"the Redis restart: {error}") from None

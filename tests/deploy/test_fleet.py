@@ -1,14 +1,17 @@
-"""`phonekey fleet`: a thousand simulated cars against one keyserver process on loopback."""
+"""`phonekey fleet`: simulated cars (in worker processes) against one keyserver on loopback.
+
+The report's arithmetic is in tests/deploy/test_fleet_report.py."""
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 
 from deploy.cli import main
-from deploy.fleet_run import FleetSettings, OwnKeyserver, run_fleet, spread
+from deploy.fleet_run import FleetSettings, OwnKeyserver, run_fleet
 from keycore.cose import point_bytes
 from keycore.encoding import b64url_encode
 
@@ -32,18 +35,11 @@ def test_a_thousand_cars_get_a_revocation_and_a_command_and_come_back_spread_out
     # whole fleet into one 100 ms window (peak_share 1.0)
     restart = report.restart
     assert restart is not None
-    assert restart.reconnected == FLEET
-    assert restart.peak_share <= 0.5
-    assert restart.last_s > restart.first_s
-
-
-def test_spread_counts_the_busiest_window() -> None:
-    burst = spread([1.0] * 100, fleet_size=100)
-    assert (burst.peak_per_bucket, burst.peak_share, burst.peak_per_s) == (100, 1.0, 1000.0)
-    even = spread([(i + 0.5) / 100 for i in range(100)], fleet_size=100)  # 10 per window
-    assert (even.peak_per_bucket, even.peak_share) == (10, 0.1)
-    assert (even.first_s, even.last_s, even.reconnected) == (0.005, 0.995, 100)
-    assert spread([], fleet_size=10).reconnected == 0
+    assert restart.spread.reconnected == FLEET
+    assert restart.spread.all_back_s is not None
+    assert restart.spread.peak_share <= 0.5
+    assert restart.spread.max_s > restart.spread.first_s
+    assert restart.answers.errors == 0
 
 
 def test_the_command_prints_the_report(capsys: pytest.CaptureFixture[str]) -> None:
@@ -83,6 +79,12 @@ def test_the_fleet_runs_against_a_keyserver_it_did_not_start(
     [
         (["--vehicles", "2", "--keyserver", "http://127.0.0.1:9", "--restart"], "own keyserver"),
         (["--vehicles", "2", "--keyserver", "http://127.0.0.1:9"], "needs --root-key"),
+        (["--vehicles", "2", "--restart-redis"], "needs --store redis"),
+        (["--vehicles", "2", "--processes", "3"], "more processes than cars"),
+        (
+            ["--vehicles", "2", "--store", "redis", "--keyserver", "http://127.0.0.1:9"],
+            "own keyserver",
+        ),
     ],
 )
 def test_impossible_runs_say_why(
@@ -99,9 +101,70 @@ def test_impossible_runs_say_why(
         ["--vehicles", "many"],
         ["--vehicles", "2", "--first-jitter", "-1"],
         ["--vehicles", "2", "--root-key", "not-a-key"],
+        ["--vehicles", "2", "--processes", "0"],
+        ["--vehicles", "2", "--processes", "17"],
+        ["--vehicles", "2", "--store", "sqlite"],
+        ["--vehicles", "2", "--within", "0"],
     ],
 )
 def test_bad_arguments_exit_2(argv: list[str]) -> None:
     with pytest.raises(SystemExit) as exit_:
         main(["fleet", *argv])
     assert exit_.value.code == 2
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return Path(f"/proc/{pid}/stat").read_text().split(") ")[1].startswith("Z")
+
+
+def test_cars_over_two_processes_come_back_after_a_restart_and_every_worker_stops() -> None:
+    report = run_fleet(FleetSettings(vehicles=20, processes=2, restart=True))
+    assert report.online == 20
+    assert report.revocations_enforced == report.commands_executed == 20
+    assert report.commands_doubled == 0
+    assert len(report.worker_pids) == 2
+    assert all(_gone(pid) for pid in report.worker_pids)
+    restart = report.restart
+    assert restart is not None
+    assert restart.spread.reconnected == 20
+    assert restart.spread.all_back_s is not None
+    assert restart.down_to_listen_s > 0
+    # every car's answers were seen: at least one upgrade each, no errors after it listened
+    assert restart.answers.upgrades >= 20
+    assert restart.answers.errors == 0
+    assert len(restart.slowest) == 10
+    assert all(car.back_s is not None and car.attempts >= 1 for car in restart.slowest)
+    assert {p.name for p in restart.cpu} == {"worker 0", "worker 1", "keyserver"}
+
+
+def test_a_redis_restart_under_the_cars_brings_every_car_to_the_ledgers_list(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    argv = ["fleet", "--vehicles", "6", "--processes", "2", "--no-command"]
+    assert main([*argv, "--store", "redis", "--restart-redis", "--within", "120"]) == 0
+    out = capsys.readouterr().out
+    assert "redis restart" in out
+    assert "every car current    " in out
+    assert "6 / 6" in out
+    assert "6 hold the ledger's sequence, 6 deny the key, 6 online" in out
+    assert "cpu redis" in out
+
+
+@pytest.mark.slow
+def test_three_hundred_cars_over_two_processes_through_both_restarts() -> None:
+    settings = FleetSettings(
+        vehicles=300, processes=2, restart=True, store="redis", restart_redis=True
+    )
+    report = run_fleet(settings)
+    with_restart = report.restart
+    assert with_restart is not None
+    assert with_restart.spread.reconnected == 300
+    assert with_restart.answers.errors == 0
+    redis = report.redis_restart
+    assert redis is not None
+    assert redis.current == redis.matching_ledger == redis.enforced == 300
+    assert redis.store_ops.samples > 0
