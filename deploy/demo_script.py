@@ -28,8 +28,8 @@ from deploy.demo_stack import DemoCar, DemoPhone, DemoStack
 from deploy.demo_view import Attempt, DemoReport
 from deploy.events import EventLog
 from keycore import Action
-from keycore.breaker import StateTransition
 from phone.client import CommandOutcome
+from resilience.breaker import StateTransition
 
 SHARE_S = 2 * 3600  # the friend's key: a guest key valid two hours
 WAIT_LIMIT_S = 15.0  # the longest any wait inside a step may take: a hang guard

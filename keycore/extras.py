@@ -17,7 +17,16 @@ from dataclasses import dataclass
 EXIT_MISSING_EXTRA = 2  # argparse's code for a command that cannot run as asked
 # ModuleNotFoundError for one of these is a bug or a broken install, not a missing extra.
 OWN_PACKAGES = frozenset(
-    {"keycore", "runtime", "keyserver", "vehicle_agent", "ble_fallback", "phone", "deploy"}
+    {
+        "keycore",
+        "resilience",
+        "runtime",
+        "keyserver",
+        "vehicle_agent",
+        "ble_fallback",
+        "phone",
+        "deploy",
+    }
 )
 # Modules that come with an extra other than the script's own (the radios are optional
 # everywhere; ble_fallback.gatt already answers for them where a link is made).

@@ -51,9 +51,9 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from keycore.overload import DEADLINE_HEADER, Deadline
 from keyserver.config import Config
 from keyserver.http import ApiError, Handler, error_response
+from resilience.overload import DEADLINE_HEADER, Deadline
 
 #: The deadline of the request being served; None outside a request and on an open WebSocket.
 current_deadline: ContextVar[Deadline | None] = ContextVar("current_deadline", default=None)

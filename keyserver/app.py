@@ -17,7 +17,6 @@ from typing import Any, cast
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from keycore.breaker_metrics import BreakerCollector
 from keycore.channel import CLOSE_GOING_AWAY
 from keyserver import admission, openapi, ratelimit
 from keyserver.auth import DeviceKeys
@@ -30,6 +29,7 @@ from keyserver.keyring_reload import ServedKeyRing
 from keyserver.observability import MeasuredStore, Metrics
 from keyserver.store import Store
 from keyserver.store.guarded import GuardedStore, store_breaker
+from resilience.breaker_metrics import BreakerCollector
 
 CONFIG = web.AppKey("config", Config)
 METRICS = web.AppKey("metrics", Metrics)

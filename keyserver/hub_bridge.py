@@ -44,7 +44,6 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from keycore.token import check_vin
-from keycore.waiting import PredicateWaiters
 from keyserver import auth
 from keyserver.app import HUB, METRICS, STORE, STORE_GUARD
 from keyserver.errors import StoreUnavailable
@@ -53,6 +52,7 @@ from keyserver.hub_presence import CarPresence, PresencePolicy
 from keyserver.models import CommandStatus
 from keyserver.observability import Metrics
 from keyserver.store import Store
+from resilience.waiting import PredicateWaiters
 
 log = logging.getLogger("keyserver.hub_bridge")
 REVOKED, COMMAND = "revoked", "command"

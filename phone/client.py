@@ -35,7 +35,7 @@ The cloud path, by what the cloud came to:
 Against overload (G6): every request carries its deadline (``PK-Deadline-Ms``); an adaptive
 throttle (SRE, K = 2) refuses cloud requests locally while the cloud answers 429/503 — a local
 refusal is a "refused before acting", like a 429; one request per 5 s always goes out, so a
-phone that asks rarely is never locked out once the cloud is back (keycore.overload, issue 14)
+phone that asks rarely is never locked out once the cloud is back (resilience.overload, issue 14)
 — and after a Retry-After the cloud is not asked
 again until it has passed. Re-reading a command after a failed read spends from a retry budget.
 A 429 ``deadline_exceeded`` to a write means the cloud may have acted.
@@ -56,9 +56,7 @@ from typing import Any
 import aiohttp
 
 from keycore import cose
-from keycore.breaker import CallNotPermitted, CircuitBreaker
 from keycore.encoding import b64url_decode, b64url_encode
-from keycore.overload import DEADLINE_HEADER, AdaptiveThrottle, RetryBudget
 from keycore.request_proof import HEADER, sign_request
 from keycore.roles import Action
 from keycore.token import check_vin
@@ -78,6 +76,8 @@ from phone.outcomes import (
 )
 from phone.proximity import AtCar, BleTries, ReachCar, command_at_car
 from phone.wallet import KeyWallet, WalletCorrupt, WalletEntry, read_token
+from resilience.breaker import CallNotPermitted, CircuitBreaker
+from resilience.overload import DEADLINE_HEADER, AdaptiveThrottle, RetryBudget
 
 __all__ = [
     "DEGRADED_HEADER", "ClientPolicy", "CommandOutcome", "PhoneClient", "ReachCar",

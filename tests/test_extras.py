@@ -4,6 +4,7 @@ when an extra is missing (keycore/extras.py). tests/test_lean_installs.py instal
 
 from __future__ import annotations
 
+import ast
 import re
 import sys
 import tomllib
@@ -13,6 +14,7 @@ from types import ModuleType
 
 import pytest
 
+import resilience
 from keycore import extras
 from keycore.extras import AGENT, KEYSERVER, LAB, Part
 
@@ -162,3 +164,26 @@ def test_a_missing_project_module_is_a_bug_not_an_extra(monkeypatch: pytest.Monk
 
 def test_with_its_extra_the_script_runs_the_part(monkeypatch: pytest.MonkeyPatch) -> None:
     assert extras.run(_fake_cli(monkeypatch, None)) == 7
+
+
+def third_party_imports(module: Path) -> set[str]:
+    """The top-level modules ``module`` imports (anywhere in it) that are neither the standard
+    library's nor the project's own."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(module.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.partition(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.partition(".")[0])
+    return names - sys.stdlib_module_names - extras.OWN_PACKAGES
+
+
+def test_resilience_needs_prometheus_only_for_the_breaker_metrics() -> None:
+    """The phone shares the breaker and the throttle on a set without prometheus-client; the
+    breaker's collector is for the keyserver and the car, whose extras carry it."""
+    package = Path(resilience.__file__).parent
+    needs = {m.stem: third_party_imports(m) for m in package.glob("*.py")}
+    assert needs.pop("breaker_metrics") == {"prometheus_client"}
+    assert {name: found for name, found in needs.items() if found} == {}
+    assert "prometheus-client" in declared("keyserver") & declared("agent")
+    assert "prometheus-client" not in declared("phone") | declared("base")

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from enum import Enum, StrEnum
 from typing import TypeVar
 
-from keycore.overload import SlidingCounts
+from resilience.overload import SlidingCounts
 
 T = TypeVar("T")
 
