@@ -1,6 +1,6 @@
 """Each part installs what it runs: the extras in pyproject.toml against what each part must not
 carry, the Makefile's install against all of them, and the console scripts' one-line answer
-when an extra is missing (keycore/extras.py). tests/test_lean_installs.py installs them for real."""
+when an extra is missing (runtime/extras.py). tests/test_lean_installs.py installs them for real."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from types import ModuleType
 import pytest
 
 import resilience
-from keycore import extras
-from keycore.extras import AGENT, KEYSERVER, LAB, Part
+from runtime import extras
+from runtime.extras import AGENT, KEYSERVER, LAB, Part
 
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
@@ -93,9 +93,9 @@ def test_make_installs_every_extra() -> None:
 
 def test_the_console_scripts_enter_through_the_extras_check() -> None:
     assert PROJECT["scripts"] == {
-        "keyserver": "keycore.extras:keyserver",
-        "vehicle-agent": "keycore.extras:vehicle_agent",
-        "phonekey": "keycore.extras:phonekey",
+        "keyserver": "runtime.extras:keyserver",
+        "vehicle-agent": "runtime.extras:vehicle_agent",
+        "phonekey": "runtime.extras:phonekey",
     }
 
 
