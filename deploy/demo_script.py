@@ -26,6 +26,7 @@ from ble_fallback.errors import BleError
 from ble_fallback.phone import carry_over_ble
 from deploy.demo_stack import DemoCar, DemoPhone, DemoStack
 from deploy.demo_view import Attempt, DemoReport
+from deploy.errors import LabError
 from deploy.events import EventLog
 from keycore import Action
 from phone.client import CommandOutcome
@@ -44,7 +45,7 @@ PHASES = {
 }
 
 
-class StepFailed(Exception):
+class StepFailed(LabError):
     """A step ran but did not do what it should; the message says what happened instead."""
 
 

@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from deploy.api import call
 from deploy.bench import percentile
+from deploy.errors import LabError
 from deploy.fleet import Fleet, SimulatedCar, rss_bytes
 from deploy.processes import LOOPBACK, AppServer, free_port
 from deploy.stack_spec import STAGING_RATE_LIMITS
@@ -37,7 +38,7 @@ ROUND_CONCURRENCY = 32  # API calls in flight during a round
 STEP_LIMIT_S = 300.0  # no step of a run may take longer: a hang guard, not a measurement
 
 
-class FleetError(RuntimeError):
+class FleetError(LabError, RuntimeError):
     """The run could not do what it was asked; one line for a person."""
 
 

@@ -52,6 +52,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from keyserver.config import Config
+from keyserver.errors import KeyserverError
 from keyserver.http import ApiError, Handler, error_response
 from resilience.overload import DEADLINE_HEADER, Deadline
 
@@ -102,7 +103,7 @@ ROUTES: dict[tuple[str, str], Criticality] = {
 }
 
 
-class UnclassifiedRoute(ValueError):
+class UnclassifiedRoute(KeyserverError, ValueError):
     """The app serves a route that has no criticality: a start-up error, by design."""
 
 

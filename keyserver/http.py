@@ -21,7 +21,7 @@ from typing import Any
 from aiohttp import web
 
 from keyserver import degraded
-from keyserver.errors import StoreUnavailable
+from keyserver.errors import KeyserverError, StoreUnavailable
 
 REQUEST_ID_HEADER = "X-Request-Id"
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{8,64}")
@@ -31,7 +31,7 @@ log = logging.getLogger("keyserver.http")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-class ApiError(Exception):
+class ApiError(KeyserverError):
     """A refusal with an HTTP status and a machine-readable code; the message is for people."""
 
     def __init__(

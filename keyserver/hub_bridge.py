@@ -46,7 +46,7 @@ from redis.exceptions import RedisError
 from keycore.token import check_vin
 from keyserver import auth
 from keyserver.app import HUB, METRICS, STORE, STORE_GUARD
-from keyserver.errors import StoreUnavailable
+from keyserver.errors import KeyserverError, StoreUnavailable
 from keyserver.hub import ChannelHub
 from keyserver.hub_presence import CarPresence, PresencePolicy
 from keyserver.models import CommandStatus
@@ -338,7 +338,7 @@ class HubBridge:
         self._waiters.notify()
 
 
-class ConnectionLost(Exception):
+class ConnectionLost(KeyserverError):
     """The subscriber heard nothing from Redis for too long."""
 
 

@@ -60,6 +60,7 @@ from keycore.encoding import b64url_decode, b64url_encode
 from keycore.request_proof import HEADER, sign_request
 from keycore.roles import Action
 from keycore.token import check_vin
+from phone.errors import PhoneError
 from phone.outcomes import (
     DEGRADED_HEADER,
     DONE,
@@ -108,7 +109,7 @@ class RefreshOutcome:
     expires: int  # of the token the wallet holds now
 
 
-class _CloudFailure(Exception):
+class _CloudFailure(PhoneError):
     """The cloud did not do the request. ``in_doubt``: it may have acted all the same."""
 
     def __init__(self, why: str, *, in_doubt: bool, code: str | None = None) -> None:
