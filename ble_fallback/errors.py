@@ -9,9 +9,14 @@
     │                           a phone message of that kind with a ``malformed`` Result instead
     ├── LinkError               the link failed under us (raised by adapters, never by the core)
     │   ├── LinkClosed          disconnected or closed
-    │   └── LinkTimeout         no answer within the attempts the link's policy allows
-    └── CarBusy                 the car is at its connection limit: try again after
-                                ``retry_after`` seconds
+    │   ├── LinkTimeout         no answer within the attempts the link's policy allows
+    │   └── BleUnavailable      no BLE stack: the ``ble`` extra or the OS's Bluetooth service is
+    │                           missing; nothing was sent (ble_fallback.gatt)
+    ├── CarBusy                 the car is at its connection limit: try again after
+    │                           ``retry_after`` seconds
+    └── SimulationDeadlock      the virtual-time loop of tests and drills would hang: nothing is
+                                ready and no timer is pending; also a RuntimeError
+                                (ble_fallback.virtual_time)
 
 ``may_have_succeeded`` is vehicle-command's rule: it is true when a command was sent and its
 result never came back, so the car may have executed it. ``retry_safe`` is its negation: only
@@ -40,6 +45,8 @@ class BleReason(StrEnum):
     CLOSED = "closed"  # the session or link is closed
     TIMEOUT = "timeout"
     BUSY = "busy"
+    # the virtual-time loop of tests and drills (never on the air): a scenario that would hang
+    SIMULATION_DEADLOCK = "simulation_deadlock"
 
 
 class BleError(Exception):

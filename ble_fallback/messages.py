@@ -187,10 +187,9 @@ def _status_fields(nonce: bytes, time_nonce: bytes, status: CarStatus) -> dict[i
     }
 
 
-class _Malformed(KeycoreError):
-    """keycore's decoding helpers raise a KeycoreError type; mapped at the boundary below."""
-
-    message = "malformed BLE message"
+# keycore's decoding helpers raise the KeycoreError type they are given: keycore's own base here
+# (only they raise inside decode), mapped to this package's errors at the boundary below.
+_Malformed = KeycoreError
 
 
 def decode(data: bytes, *, max_size: int = MAX_MESSAGE_BYTES) -> Message:

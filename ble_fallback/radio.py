@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from ble_fallback.errors import LinkClosed
 from ble_fallback.link import Link
-from keycore.waiting import PredicateWaiters
+from resilience.waiting import PredicateWaiters
 
 #: What an advertising car does with a phone's new connection: serve it, and hand back the
 #: phone's end (None: it cannot take one now, e.g. its agent just died).

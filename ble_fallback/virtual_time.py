@@ -13,14 +13,19 @@ import selectors
 from collections.abc import Coroutine, Mapping
 from typing import Any, TypeVar
 
+from ble_fallback.errors import BleError, BleReason
+
 T = TypeVar("T")
 
 #: With no timer pending, only another thread can wake the loop: wait this long (real seconds).
 IDLE_REAL_WAIT = 5.0
 
 
-class SimulationDeadlock(RuntimeError):
+class SimulationDeadlock(BleError, RuntimeError):
     """Nothing is ready, no timer is pending and no thread woke the loop: it would hang."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(BleReason.SIMULATION_DEADLOCK, detail)
 
 
 class _VirtualSelector(selectors.BaseSelector):

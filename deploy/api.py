@@ -13,11 +13,12 @@ from typing import Any
 
 import aiohttp
 
+from deploy.errors import LabError
 from keycore import SoftwareSigner
 from keycore.request_proof import HEADER, sign_request
 
 
-class ApiCallError(RuntimeError):
+class ApiCallError(LabError, RuntimeError):
     """A keyserver call answered with a non-2xx status (or not with JSON)."""
 
     def __init__(

@@ -38,6 +38,7 @@ import aiohttp
 
 from deploy.api import ApiCallError, call
 from deploy.bench import percentile
+from deploy.errors import LabError
 from deploy.loadgen import REQUEST_TIMEOUT_S, WARMUP_MAX_S
 from deploy.processes import LOOPBACK, AppServer, RedisServer
 from keycore import SoftwareSigner
@@ -53,7 +54,7 @@ SLICE_S = 0.5  # the timed run goes in rounds of about this long per server
 SETUP_TIMEOUT_S = 30.0
 
 
-class BenchError(RuntimeError):
+class BenchError(LabError, RuntimeError):
     """The benchmark could not run; the message is one line for a person."""
 
 

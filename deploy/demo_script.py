@@ -26,10 +26,11 @@ from ble_fallback.errors import BleError
 from ble_fallback.phone import carry_over_ble
 from deploy.demo_stack import DemoCar, DemoPhone, DemoStack
 from deploy.demo_view import Attempt, DemoReport
+from deploy.errors import LabError
 from deploy.events import EventLog
 from keycore import Action
-from keycore.breaker import StateTransition
 from phone.client import CommandOutcome
+from resilience.breaker import StateTransition
 
 SHARE_S = 2 * 3600  # the friend's key: a guest key valid two hours
 WAIT_LIMIT_S = 15.0  # the longest any wait inside a step may take: a hang guard
@@ -44,7 +45,7 @@ PHASES = {
 }
 
 
-class StepFailed(Exception):
+class StepFailed(LabError):
     """A step ran but did not do what it should; the message says what happened instead."""
 
 

@@ -34,6 +34,7 @@ from deploy.drill_report import (
     fault_windows,
     recover_after,
 )
+from deploy.errors import LabError
 from deploy.events import EventLog, read_events
 from deploy.stack import Stack
 from deploy.stack_spec import StackError, StackSpec
@@ -45,7 +46,7 @@ SETTLE_POLL_S = 1.0
 CHAOS_SETTINGS = {"runtime": {"rollbacks": {"strategy": "always"}}}
 
 
-class DrillError(RuntimeError):
+class DrillError(LabError, RuntimeError):
     """The drill could not be run (unknown name, bad settings); one line for a person."""
 
 

@@ -15,6 +15,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from deploy.errors import LabError
+
 # kind -> the fields every event of that kind carries (besides "t" and "kind"); events may carry
 # more: a valid-key ``unlock`` (one person's intent at the car) also has ``presses`` (1 or 2) and
 # ``first`` (the first press's status, path and command id), a failed one ``detail``; the
@@ -42,7 +44,7 @@ BREAKER_STATES = frozenset({"closed", "open", "half_open", "forced_open", "disab
 FAULT_PHASES = frozenset({"start", "end"})
 
 
-class EventError(ValueError):
+class EventError(LabError, ValueError):
     """An event that does not follow the schema, or a damaged line in the log."""
 
 

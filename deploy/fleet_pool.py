@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from deploy.errors import LabError
 from deploy.fleet_report import ProcessCpu, process_cpu
 from deploy.fleet_worker import MAX_LINE_BYTES, WorkerConfig
 from deploy.processes import LOOPBACK
@@ -27,7 +28,7 @@ STOP_GRACE_S = 15.0  # a worker closes its cars' links in this time, or is termi
 LISTEN_POLL_S = 0.005
 
 
-class WorkerError(RuntimeError):
+class WorkerError(LabError, RuntimeError):
     """A worker failed a step or died; one line for a person."""
 
 

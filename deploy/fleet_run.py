@@ -31,6 +31,7 @@ import aiohttp
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from deploy.bench import percentile
+from deploy.errors import LabError
 from deploy.fleet import HTTP_TIMEOUT, SETUP_CONCURRENCY, Operator, create_operator
 from deploy.fleet_pool import (
     WorkerError,
@@ -62,7 +63,7 @@ MAX_PROCESSES = 16
 Store = Literal["embedded", "redis"]
 
 
-class FleetError(RuntimeError):
+class FleetError(LabError, RuntimeError):
     """The run could not do what it was asked; one line for a person."""
 
 

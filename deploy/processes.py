@@ -23,13 +23,15 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Self
 
+from deploy.errors import LabError
+
 READY_MARKER = b"Ready to accept connections"
 LOOPBACK = "127.0.0.1"
 # what aiohttp's web.run_app prints once its site listens (with the port it was given)
 APP_READY = re.compile(rb"Running on http://127\.0\.0\.1:([0-9]+)[^0-9]")
 
 
-class ProcessError(RuntimeError):
+class ProcessError(LabError, RuntimeError):
     """A server process could not be found or started; the message is one line for a person."""
 
 

@@ -21,6 +21,7 @@ import urllib.request
 from dataclasses import asdict
 from typing import Any
 
+from deploy.errors import LabError
 from deploy.faultproxy import FaultProxy, Faults
 
 MAX_LATENCY_MS = 600_000.0  # ten minutes: longer is a black hole, say so
@@ -31,11 +32,11 @@ _FLAGS = ("black_hole", "reset")
 KEYS = frozenset({*_NUMBERS, *_FLAGS, "bandwidth_bps"})
 
 
-class FaultSpecError(ValueError):
+class FaultSpecError(LabError, ValueError):
     """A control request the proxy refuses; the message is one line for a person."""
 
 
-class ProxyControlError(RuntimeError):
+class ProxyControlError(LabError, RuntimeError):
     """The control API could not be reached or refused the request; one line for a person."""
 
 

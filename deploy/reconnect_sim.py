@@ -28,8 +28,8 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from deploy.bench import percentile
 from keycore import SoftwareSigner
-from keycore.breaker import CircuitBreaker
-from keycore.overload import AdaptiveThrottle
+from resilience.breaker import CircuitBreaker
+from resilience.overload import AdaptiveThrottle
 from vehicle_agent.backoff import ConnectThrottle, ReconnectPolicy
 from vehicle_agent.channel import CloudLink
 from vehicle_agent.vehicle import Vehicle

@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
+from deploy.errors import LabError
+
 Variant = Literal["embedded", "ha"]
 VARIANTS: tuple[Variant, ...] = ("embedded", "ha")
 KINDS = ("redis", "sentinel", "keyserver", "proxy", "world")
@@ -41,7 +43,7 @@ STAGING_RATE_LIMITS = {
 }
 
 
-class StackError(RuntimeError):
+class StackError(LabError, RuntimeError):
     """The stack could not do what it was asked; the message is one line for a person."""
 
 

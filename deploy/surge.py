@@ -27,9 +27,9 @@ import aiohttp
 
 from deploy.bench import percentile
 from deploy.surge_setup import Population
-from keycore.overload import DEADLINE_HEADER, AdaptiveThrottle, RetryBudget
 from keycore.request_proof import HEADER, sign_request
 from keyserver.admission import Criticality
+from resilience.overload import DEADLINE_HEADER, AdaptiveThrottle, RetryBudget
 
 DEADLINE_MS = 2_000  # what every surge client gives a request
 REQUEST_TIMEOUT_S = 5.0  # a hang guard above the deadline

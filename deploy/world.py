@@ -44,9 +44,9 @@ from deploy.world_phones import (
 )
 from deploy.world_setup import Holder, Population, Rest, WorldError, set_up, token_bytes
 from keycore import KeyToken
-from keycore.waiting import PredicateWaiters
 from phone.client import ClientPolicy
 from phone.wallet import read_token
+from resilience.waiting import PredicateWaiters
 from vehicle_agent.backoff import ReconnectPolicy
 
 log = logging.getLogger("deploy.world")

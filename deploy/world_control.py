@@ -29,6 +29,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from deploy.errors import LabError
 from deploy.world import World
 from deploy.world_setup import WorldError
 
@@ -70,7 +71,7 @@ def status(world: World) -> dict[str, Any]:
     }
 
 
-class BadRequest(Exception):
+class BadRequest(LabError):
     """Refused before anything changed; answered as JSON by ``_refusals``."""
 
     def __init__(self, code: str, message: str, *, status: int = 400) -> None:

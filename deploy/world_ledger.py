@@ -20,8 +20,8 @@ from deploy.world_cars import WorldCar
 from deploy.world_metrics import WorldMetrics
 from deploy.world_setup import ACCEPTED, gather_bounded
 from keycore import KeyToken
-from keycore.waiting import PredicateWaiters
 from phone.client import CommandOutcome
+from resilience.waiting import PredicateWaiters
 
 FINAL = frozenset({"executed", "failed", "expired"})
 SETTLE_POLL_S = 0.5

@@ -12,7 +12,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from keycore.waiting import PredicateWaiters
+from resilience.waiting import PredicateWaiters
 
 log = logging.getLogger("deploy.world")
 Span = tuple[float, float]

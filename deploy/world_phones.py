@@ -45,10 +45,10 @@ from deploy.world_setup import (
     token_bytes,
 )
 from keycore import Action
-from keycore.breaker import BreakerConfig, CircuitBreaker
-from keycore.waiting import PredicateWaiters
 from phone.client import ClientPolicy, CommandOutcome, PhoneClient
 from phone.wallet import KeyWallet, WalletEntry, read_token
+from resilience.breaker import BreakerConfig, CircuitBreaker
+from resilience.waiting import PredicateWaiters
 
 log = logging.getLogger("deploy.world")
 CLIENT_POLICY = ClientPolicy(cloud_timeout_s=5.0, follow_deadline_s=20.0, poll_interval_s=0.25)

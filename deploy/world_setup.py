@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 import aiohttp
 
 from deploy.api import ApiCallError, call
+from deploy.errors import LabError
 from keycore import SoftwareSigner
 from keycore.cose import point_bytes
 from keycore.encoding import b64url_decode, b64url_encode
@@ -41,7 +42,7 @@ T = TypeVar("T")
 ACCEPTED = (200, 202)  # a revocation applied, or journaled to be applied (accepted_pending)
 
 
-class WorldError(RuntimeError):
+class WorldError(LabError, RuntimeError):
     """The world could not be set up or given bad input; one line for a person."""
 
 

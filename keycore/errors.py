@@ -8,6 +8,7 @@
     ├── InvalidSignedTime         a signed time answer was refused
     ├── InvalidState              persisted local state (e.g. the trusted clock) could not be read
     ├── InvalidFrame              a cloud↔car channel frame was refused (keycore.channel)
+    ├── InvalidCommand            a signed remote command was refused (keycore.command)
     └── IssueError                an issuer was asked to sign something the policy forbids
 
 Callers show users the opaque ``str(error)``; audit logs and metrics record ``error.reason``.

@@ -51,9 +51,10 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from keycore.overload import DEADLINE_HEADER, Deadline
 from keyserver.config import Config
+from keyserver.errors import KeyserverError
 from keyserver.http import ApiError, Handler, error_response
+from resilience.overload import DEADLINE_HEADER, Deadline
 
 #: The deadline of the request being served; None outside a request and on an open WebSocket.
 current_deadline: ContextVar[Deadline | None] = ContextVar("current_deadline", default=None)
@@ -102,7 +103,7 @@ ROUTES: dict[tuple[str, str], Criticality] = {
 }
 
 
-class UnclassifiedRoute(ValueError):
+class UnclassifiedRoute(KeyserverError, ValueError):
     """The app serves a route that has no criticality: a start-up error, by design."""
 
 

@@ -1,20 +1,41 @@
 """Errors raised by the keyserver.
 
-KeyserverError              base
+KeyserverError              base; the message is one line meant for an operator
 ├── KeyRingError            the on-disk issuer key ring is missing, unreadable or inconsistent
+├── ConfigError             a configuration value or file is refused (keyserver.config)
 ├── StoreError              the state store
 │   ├── Conflict            a write that lost to another (a taken email, VIN, idempotency key)
 │   └── StoreUnavailable    the backend failed (``may_have_succeeded`` for a write)
-└── Refused                 the domain declines a request: ``code`` (stable), ``message`` (people)
-    ├── DeviceHasKey        the device holds a live key on the vehicle already
-    ├── TooSoon             the device's keys were withdrawn this second (``retry_after``)
-    ├── TooManyHolders      the vehicle's holder bound (its revocation list's bound) is reached
-    ├── InvitationNotFound  unknown, used or expired, or its inviter no longer owns the car
-    ├── OwnInvitation       an invitation is for another account
-    └── SinceAhead          a revocation delta asked after a sequence the vehicle has not reached
+│       └── CircuitOpen     the store's breaker refused the call: nothing was sent
+│                           (keyserver.store.guarded)
+├── Refused                 the domain declines a request: ``code`` (stable), ``message`` (people)
+│   ├── DeviceHasKey        the device holds a live key on the vehicle already
+│   ├── TooSoon             the device's keys were withdrawn this second (``retry_after``)
+│   ├── TooManyHolders      the vehicle's holder bound (its revocation list's bound) is reached
+│   ├── InvitationNotFound  unknown, used or expired, or its inviter no longer owns the car
+│   ├── OwnInvitation       an invitation is for another account
+│   └── SinceAhead          a revocation delta asked after a sequence the vehicle has not reached
+├── ApiError                a refusal with an HTTP status and a code, raised by handlers and
+│                           answered as JSON by the error middleware (keyserver.http)
+├── WeakPassword            a password too short or too long; also a ValueError
+│                           (keyserver.passwords)
+├── NotYet                  a journaled operation that cannot be applied yet: the replay stops at
+│                           it and tries again later (keyserver.journal)
+├── ConnectionLost          the hub bridge heard nothing from Redis for too long
+│                           (keyserver.hub_bridge)
+├── NotSent                 a Redis failure before any command reached the server; also a redis
+│                           ConnectionError (keyserver.store.redis_client)
+├── NotReplicated           too few replicas confirmed a write in time; also a RedisError
+│                           (keyserver.store.redis_client)
+├── UnclassifiedRoute       a served route without a criticality, found at start-up; also a
+│                           ValueError (keyserver.admission)
+└── UndeclaredRateLimit     a served route without a rate limit, found at start-up; also a
+                            ValueError (keyserver.ratelimit)
 
-Services (keyserver.issuance, revoking, acceptance, outage, replay) raise these, never an HTTP
-error; ``keyserver.http`` maps each ``Refused`` to its HTTP answer, in one table.
+Services (keyserver.issuance, acceptance, outage, replay) raise ``Refused``, never an HTTP error;
+``keyserver.http`` maps each to its HTTP answer, in one table. Redis, aiohttp and SQLite errors
+are mapped to these in the adapter that meets them; only ``ApiError`` (and the error middleware's
+500 for a bug) reaches a client.
 """
 
 from __future__ import annotations

@@ -26,6 +26,7 @@ from keyserver import degraded
 from keyserver.errors import (
     DeviceHasKey,
     InvitationNotFound,
+    KeyserverError,
     OwnInvitation,
     Refused,
     SinceAhead,
@@ -43,7 +44,7 @@ log = logging.getLogger("keyserver.http")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-class ApiError(Exception):
+class ApiError(KeyserverError):
     """A refusal with an HTTP status and a machine-readable code; the message is for people."""
 
     def __init__(

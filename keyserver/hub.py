@@ -19,7 +19,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Protocol
 
-from keycore.waiting import PredicateWaiters
+from resilience.waiting import PredicateWaiters
 
 
 class CarConnection(Protocol):

@@ -45,15 +45,15 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from keycore.token import check_vin
-from keycore.waiting import PredicateWaiters
 from keyserver.clock import Clock, process_clock
-from keyserver.errors import StoreUnavailable
+from keyserver.errors import KeyserverError, StoreUnavailable
 from keyserver.hub import ChannelHub
 from keyserver.hub_presence import CarPresence, PresencePolicy
 from keyserver.models import CommandStatus
 from keyserver.observability import Metrics
 from keyserver.store import Store
 from keyserver.store.guarded import GuardedStore
+from resilience.waiting import PredicateWaiters
 
 log = logging.getLogger("keyserver.hub_bridge")
 REVOKED, COMMAND = "revoked", "command"
@@ -341,7 +341,7 @@ class HubBridge:
         self._waiters.notify()
 
 
-class ConnectionLost(Exception):
+class ConnectionLost(KeyserverError):
     """The subscriber heard nothing from Redis for too long."""
 
 

@@ -20,8 +20,8 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
-from keycore.waiting import PredicateWaiters
 from keyserver.errors import StoreUnavailable
+from resilience.waiting import PredicateWaiters
 
 log = logging.getLogger("keyserver.hub_presence")
 

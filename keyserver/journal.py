@@ -48,6 +48,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from keyserver.errors import KeyserverError
 from runtime.sqlite import open_durable
 
 SCHEMA = """
@@ -71,7 +72,7 @@ CREATE TABLE IF NOT EXISTS issued_lists (
 PENDING, DONE, REFUSED = "pending", "done", "refused"
 
 
-class NotYet(Exception):
+class NotYet(KeyserverError):
     """An operation that cannot be applied yet: the replay stops at it and tries again later."""
 
 

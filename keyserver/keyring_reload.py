@@ -20,10 +20,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from keycore import ROLE_MAX_LIFETIME, IssuerKeyRing, KeyStatus, TrustStore
-from keycore.waiting import PredicateWaiters
 from keyserver.config import Config
 from keyserver.errors import KeyRingError
 from keyserver.keyring import RING_FILE, ROOT_PUBLIC_FILE, TRUST_FILE, KeyRingState, KeyRingStore
+from resilience.waiting import PredicateWaiters
 
 log = logging.getLogger("keyserver.keyring")
 

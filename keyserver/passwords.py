@@ -11,6 +11,7 @@ import hmac
 import os
 
 from keycore.encoding import b64url_decode, b64url_encode
+from keyserver.errors import KeyserverError
 
 LOG2_N, R, P = 14, 8, 1
 SALT_BYTES, HASH_BYTES = 16, 32
@@ -23,7 +24,7 @@ MIN_PASSWORD_CHARS = 10
 DECOY_HASH = "$".join(["scrypt", str(LOG2_N), str(R), str(P), "A" * 22, "A" * 43])
 
 
-class WeakPassword(ValueError):
+class WeakPassword(KeyserverError, ValueError):
     pass
 
 

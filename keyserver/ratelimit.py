@@ -32,7 +32,7 @@ from prometheus_client import CollectorRegistry, Counter
 from keyserver.client_address import client_address, trusted_networks
 from keyserver.clock import request_now
 from keyserver.config import Config
-from keyserver.errors import StoreUnavailable
+from keyserver.errors import KeyserverError, StoreUnavailable
 from keyserver.http import ApiError, Handler
 
 WINDOWS = {"_per_minute": 60, "_per_hour": 3600}
@@ -230,7 +230,7 @@ def _route(request: web.Request) -> str:
     return resource.canonical if resource is not None else "unmatched"
 
 
-class UndeclaredRateLimit(ValueError):
+class UndeclaredRateLimit(KeyserverError, ValueError):
     """A state-changing route declares neither a limit nor why it has none: a start-up error."""
 
 

@@ -25,7 +25,6 @@ from typing import Any, cast
 
 from aiohttp import web
 
-from keycore.breaker_metrics import BreakerCollector
 from keyserver import admission
 from keyserver.acceptance import Acceptor
 from keyserver.auth import DeviceKeys
@@ -43,6 +42,7 @@ from keyserver.outage import OutageJournal
 from keyserver.replay import Replayer, announce
 from keyserver.store import Store
 from keyserver.store.guarded import GuardedStore, store_breaker
+from resilience.breaker_metrics import BreakerCollector
 
 CONFIG = web.AppKey("config", Config)
 METRICS = web.AppKey("metrics", Metrics)

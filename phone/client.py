@@ -35,7 +35,7 @@ The cloud path, by what the cloud came to:
 Against overload (G6): every request carries its deadline (``PK-Deadline-Ms``); an adaptive
 throttle (SRE, K = 2) refuses cloud requests locally while the cloud answers 429/503 — a local
 refusal is a "refused before acting", like a 429; one request per 5 s always goes out, so a
-phone that asks rarely is never locked out once the cloud is back (keycore.overload, issue 14)
+phone that asks rarely is never locked out once the cloud is back (resilience.overload, issue 14)
 — and after a Retry-After the cloud is not asked
 again until it has passed. Re-reading a command after a failed read spends from a retry budget.
 A 429 ``deadline_exceeded`` to a write means the cloud may have acted.
@@ -56,12 +56,11 @@ from typing import Any
 import aiohttp
 
 from keycore import cose
-from keycore.breaker import CallNotPermitted, CircuitBreaker
 from keycore.encoding import b64url_decode, b64url_encode
-from keycore.overload import DEADLINE_HEADER, AdaptiveThrottle, RetryBudget
 from keycore.request_proof import HEADER, sign_request
 from keycore.roles import Action
 from keycore.token import check_vin
+from phone.errors import PhoneError
 from phone.outcomes import (
     DEGRADED_HEADER,
     DONE,
@@ -78,6 +77,8 @@ from phone.outcomes import (
 )
 from phone.proximity import AtCar, BleTries, ReachCar, command_at_car
 from phone.wallet import KeyWallet, WalletCorrupt, WalletEntry, read_token
+from resilience.breaker import CallNotPermitted, CircuitBreaker
+from resilience.overload import DEADLINE_HEADER, AdaptiveThrottle, RetryBudget
 
 __all__ = [
     "DEGRADED_HEADER", "ClientPolicy", "CommandOutcome", "PhoneClient", "ReachCar",
@@ -108,7 +109,7 @@ class RefreshOutcome:
     expires: int  # of the token the wallet holds now
 
 
-class _CloudFailure(Exception):
+class _CloudFailure(PhoneError):
     """The cloud did not do the request. ``in_doubt``: it may have acted all the same."""
 
     def __init__(self, why: str, *, in_doubt: bool, code: str | None = None) -> None:

@@ -22,6 +22,7 @@ from keycore import cose
 from keycore.errors import InvalidToken
 from keycore.roles import Role
 from keycore.token import MAX_TIME, MAX_TOKEN_BYTES, TYP_KEY_TOKEN, KeyToken, decode_claims
+from phone.errors import PhoneError
 from runtime.sqlite import open_durable
 
 SCHEMA_VERSION = 1
@@ -45,7 +46,7 @@ _KEY_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _ROLES = {role.name.lower(): role for role in Role}
 
 
-class WalletCorrupt(Exception):
+class WalletCorrupt(PhoneError):
     """A stored row, or the wallet file itself, cannot be read; nothing was changed."""
 
 

@@ -1,9 +1,10 @@
 """Each part installs what it runs: the extras in pyproject.toml against what each part must not
 carry, the Makefile's install against all of them, and the console scripts' one-line answer
-when an extra is missing (keycore/extras.py). tests/test_lean_installs.py installs them for real."""
+when an extra is missing (runtime/extras.py). tests/test_lean_installs.py installs them for real."""
 
 from __future__ import annotations
 
+import ast
 import re
 import sys
 import tomllib
@@ -13,8 +14,9 @@ from types import ModuleType
 
 import pytest
 
-from keycore import extras
-from keycore.extras import AGENT, KEYSERVER, LAB, Part
+import resilience
+from runtime import extras
+from runtime.extras import AGENT, KEYSERVER, LAB, Part
 
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
@@ -91,9 +93,9 @@ def test_make_installs_every_extra() -> None:
 
 def test_the_console_scripts_enter_through_the_extras_check() -> None:
     assert PROJECT["scripts"] == {
-        "keyserver": "keycore.extras:keyserver",
-        "vehicle-agent": "keycore.extras:vehicle_agent",
-        "phonekey": "keycore.extras:phonekey",
+        "keyserver": "runtime.extras:keyserver",
+        "vehicle-agent": "runtime.extras:vehicle_agent",
+        "phonekey": "runtime.extras:phonekey",
     }
 
 
@@ -162,3 +164,26 @@ def test_a_missing_project_module_is_a_bug_not_an_extra(monkeypatch: pytest.Monk
 
 def test_with_its_extra_the_script_runs_the_part(monkeypatch: pytest.MonkeyPatch) -> None:
     assert extras.run(_fake_cli(monkeypatch, None)) == 7
+
+
+def third_party_imports(module: Path) -> set[str]:
+    """The top-level modules ``module`` imports (anywhere in it) that are neither the standard
+    library's nor the project's own."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(module.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.partition(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.partition(".")[0])
+    return names - sys.stdlib_module_names - extras.OWN_PACKAGES
+
+
+def test_resilience_needs_prometheus_only_for_the_breaker_metrics() -> None:
+    """The phone shares the breaker and the throttle on a set without prometheus-client; the
+    breaker's collector is for the keyserver and the car, whose extras carry it."""
+    package = Path(resilience.__file__).parent
+    needs = {m.stem: third_party_imports(m) for m in package.glob("*.py")}
+    assert needs.pop("breaker_metrics") == {"prometheus_client"}
+    assert {name: found for name, found in needs.items() if found} == {}
+    assert "prometheus-client" in declared("keyserver") & declared("agent")
+    assert "prometheus-client" not in declared("phone") | declared("base")

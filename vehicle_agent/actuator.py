@@ -10,11 +10,12 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from keycore import Action
+from vehicle_agent.errors import AgentError
 
 ACTUATED = frozenset({Action.UNLOCK, Action.LOCK, Action.START, Action.TRUNK, Action.CLIMATE})
 
 
-class ActuatorError(Exception):
+class ActuatorError(AgentError):
     """The car refused or failed to move; ``may_have_moved`` tells whether it is unknown."""
 
     def __init__(self, message: str, *, may_have_moved: bool) -> None:

@@ -14,7 +14,7 @@ further apart each time. The sleep is injected, so tests never wait.
 ``ConnectThrottle`` is the SRE book's adaptive client throttling on connects: while the keyserver
 refuses upgrades for overload (429, 503), the car refuses a growing share of its own attempts
 locally, before they cost the server anything — never all of them: one attempt in every probe
-interval reaches the server (keycore.overload explains why a car needs that).
+interval reaches the server (resilience.overload explains why a car needs that).
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 from tenacity.wait import wait_base, wait_random_exponential
 
-from keycore.breaker import BreakerConfig
-from keycore.overload import AdaptiveThrottle
+from resilience.breaker import BreakerConfig
+from resilience.overload import AdaptiveThrottle
 from vehicle_agent.errors import LinkError, LinkPaced
 
 CLOUD_LINK_BREAKER = BreakerConfig(

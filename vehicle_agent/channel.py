@@ -13,7 +13,7 @@ are marked sent on acknowledgement. A kill -9 at any point loses no outcome and 
 movement.
 
 Reconnection follows ``vehicle_agent.backoff``: tenacity full-jitter backoff, bounded, honouring
-Retry-After; a timeout on each attempt; and a cloud-link circuit breaker (keycore.breaker) that
+Retry-After; a timeout on each attempt; and a cloud-link circuit breaker (resilience.breaker) that
 stops opening sockets to a cloud that keeps failing, probing it once per wait. A paced refusal
 (429 ``reconnect_paced``, docs/protocol.md §17.2) is a slot, not a failure: the car comes back
 at it, and neither the breaker nor the throttle counts it. No 429 counts against the breaker: it
@@ -38,7 +38,6 @@ from typing import Any
 import aiohttp
 
 from keycore import InvalidRevocationList, InvalidSignedTime, InvalidTrustUpdate, Reason
-from keycore.breaker import CircuitBreaker
 from keycore.channel import (
     CLOSE_INTERNAL,
     CLOSE_POLICY,
@@ -72,7 +71,8 @@ from keycore.channel import (
 from keycore.command import InvalidCommand, read_command
 from keycore.errors import InvalidFrame
 from keycore.request_proof import HEADER, sign_request
-from keycore.waiting import PredicateWaiters
+from resilience.breaker import CircuitBreaker
+from resilience.waiting import PredicateWaiters
 from vehicle_agent.actuator import ActuatorError
 from vehicle_agent.backoff import ConnectThrottle, ReconnectPolicy, connect_retrying
 from vehicle_agent.errors import LinkError, LinkPaced

@@ -22,7 +22,7 @@ from prometheus_client.registry import Collector
 
 from ble_fallback.bless_link import BlessPeripheral
 from keycore import UnlockDecision
-from keycore.breaker_metrics import BreakerCollector
+from resilience.breaker_metrics import BreakerCollector
 from vehicle_agent.actuator import Actuator, SimulatedActuator
 from vehicle_agent.ble import VehicleBleEndpoint, start_peripheral
 from vehicle_agent.channel import CloudLink, LinkState

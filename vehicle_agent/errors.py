@@ -1,9 +1,13 @@
 """Errors raised by the vehicle agent.
 
-AgentError           base; the message is one line for an operator
-├── StateError       the durable state cannot be opened or read (damaged, newer, missing)
-└── LinkError        the cloud channel could not be opened (a retry with backoff may work)
-    └── LinkPaced    the keyserver gave the car a slot to reconnect at (429 reconnect_paced)
+AgentError               base; the message is one line for an operator
+├── StateError           the durable state cannot be opened or read (damaged, newer, missing)
+├── ConfigError          a configuration value or file is refused (vehicle_agent.config)
+├── ProvisioningError    provisioning with the keyserver failed (vehicle_agent.provision)
+├── ActuatorError        the car refused or failed to move; ``may_have_moved`` says whether that
+│                        is unknown (vehicle_agent.actuator)
+└── LinkError            the cloud channel could not be opened (a retry with backoff may work)
+    └── LinkPaced        the keyserver gave the car a slot to reconnect at (429 reconnect_paced)
 """
 
 from __future__ import annotations

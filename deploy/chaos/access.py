@@ -10,6 +10,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from deploy.errors import LabError
 from deploy.events import EventLog, read_events
 from deploy.stack_spec import StackState
 
@@ -18,7 +19,7 @@ STOP_TIMEOUT_S = 90.0  # /stop waits for in-flight commands to be final before i
 MAX_ANSWER_BYTES = 4 << 20
 
 
-class ChaosError(RuntimeError):
+class ChaosError(LabError, RuntimeError):
     """An action or probe could not do its work; the message is one line for a person."""
 
 

@@ -31,9 +31,9 @@ from tenacity import (
 )
 from tenacity.stop import stop_base
 
-from keycore.breaker import BreakerConfig, CallNotPermitted, CircuitBreaker, StateTransition
-from keycore.overload import Deadline, RetryBudget
 from keyserver.errors import StoreUnavailable
+from resilience.breaker import BreakerConfig, CallNotPermitted, CircuitBreaker, StateTransition
+from resilience.overload import Deadline, RetryBudget
 
 log = logging.getLogger(__name__)
 

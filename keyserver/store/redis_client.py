@@ -25,6 +25,8 @@ from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError, RedisError
 
+from keyserver.errors import KeyserverError
+
 # An idle pooled connection is PINGed before use, so a dead one fails before a command is sent.
 HEALTH_CHECK_INTERVAL = 30
 
@@ -33,11 +35,11 @@ HEALTH_CHECK_INTERVAL = 30
 _writing: contextvars.ContextVar[bool] = contextvars.ContextVar("redis_writing", default=False)
 
 
-class NotSent(ConnectionError):
+class NotSent(KeyserverError, ConnectionError):
     """A failure before any command of the call reached the server's socket."""
 
 
-class NotReplicated(RedisError):
+class NotReplicated(KeyserverError, RedisError):
     """The primary applied a write but too few replicas confirmed it in time."""
 
 

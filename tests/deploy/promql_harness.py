@@ -12,9 +12,9 @@ from types import SimpleNamespace
 from prometheus_client import CollectorRegistry
 from prometheus_client.registry import Collector
 
-from keycore.breaker_metrics import BreakerCollector
 from keyserver.app import METRICS, create_app
 from keyserver.config import Config
+from resilience.breaker_metrics import BreakerCollector
 from vehicle_agent.channel import LinkState
 from vehicle_agent.daemon import metrics_registry
 

@@ -31,9 +31,9 @@ from deploy.world_control import create_control_app
 from deploy.world_ledger import MAY_HAVE_QUEUED, command_status
 from deploy.world_pace import Pace, Rates, work
 from deploy.world_phones import lock_from_afar
-from keycore.breaker import BreakerConfig
 from keyserver.keyring import KeyRingStore
 from phone.client import CommandOutcome
+from resilience.breaker import BreakerConfig
 from vehicle_agent.backoff import ReconnectPolicy
 
 GUARD_S = 30  # not a timing assertion: how long a broken test may hang on one wait

@@ -15,13 +15,13 @@ from aiohttp import WSMsgType, web
 from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry
 
-from keycore.overload import DEADLINE_HEADER
-from keycore.waiting import PredicateWaiters
 from keyserver import admission
 from keyserver.admission import Criticality, UnclassifiedRoute, current_deadline
 from keyserver.app import create_app
 from keyserver.config import ConfigError, build
 from keyserver.http import error_middleware
+from resilience.overload import DEADLINE_HEADER
+from resilience.waiting import PredicateWaiters
 
 Client = TestClient[web.Request, web.Application]
 HANG_GUARD_S = 10  # a bound on waiting for the gate, never a timing assertion

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from keycore.breaker import BreakerConfig, BreakerState, CircuitBreaker
-from keycore.overload import Deadline, RetryBudget
 from keyserver.errors import Conflict, StoreUnavailable
 from keyserver.store.guarded import CircuitOpen, GuardedStore, GuardPolicy, is_outage
+from resilience.breaker import BreakerConfig, BreakerState, CircuitBreaker
+from resilience.overload import Deadline, RetryBudget
 
 NOT_SENT = StoreUnavailable("not sent", may_have_succeeded=False)
 MAYBE_APPLIED = StoreUnavailable("sent, no answer", may_have_succeeded=True)

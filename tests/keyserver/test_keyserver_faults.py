@@ -25,11 +25,11 @@ import pytest
 from deploy.faultproxy import FaultProxy
 from deploy.processes import LOOPBACK, RedisServer
 from deploy.redis_ha import SentinelGroup, start_sentinel_group
-from keycore.breaker import BreakerState
 from keyserver.app import STORE_GUARD, create_app
 from keyserver.config import build
 from keyserver.models import KeyStatus
 from keyserver.store.redis import RedisStore
+from resilience.breaker import BreakerState
 from tests.keyserver.cut_connections import finalize_cut_connections
 from tests.keyserver.keys_harness import REVOKE, TOKEN, VIN, Api, Clock, Person
 from tests.keyserver.test_redis_faults import HUNG_CALL_S, Transitions

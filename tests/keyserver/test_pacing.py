@@ -22,8 +22,8 @@ from keyserver.app import METRICS, create_app
 from keyserver.config import ConfigError, build
 from keyserver.models import Vehicle as VehicleRecord
 from keyserver.pacing import PACING, Paced, ReconnectPacer
-from tests.keycore.test_breaker import FakeClock
 from tests.keyserver.keys_harness import Api, Clock
+from tests.resilience.test_breaker import FakeClock
 
 # ---------------------------------------------------------------------------------------------
 # the pacer, on a fake clock

@@ -24,11 +24,11 @@ import pytest
 from deploy.faultproxy import FaultProxy
 from deploy.processes import LOOPBACK, RedisServer
 from deploy.redis_ha import SentinelGroup, start_sentinel_group
-from keycore.breaker import BreakerState, StateTransition
 from keyserver.errors import StoreUnavailable
 from keyserver.models import Session
 from keyserver.store.guarded import GuardedStore, store_breaker
 from keyserver.store.redis import RedisStore
+from resilience.breaker import BreakerState, StateTransition
 from tests.keyserver.cut_connections import finalize_cut_connections
 
 NOW = 1_800_000_000

@@ -19,11 +19,11 @@ import ble_fallback.phone
 from ble_fallback.link import LinkConditions
 from ble_fallback.phone import CarConnection
 from keycore import Action, SoftwareSigner, TrustStore, prove
-from keycore.breaker import BreakerConfig, BreakerState, CircuitBreaker
 from keyserver.app import create_app
 from keyserver.config import build
 from phone.client import DEGRADED_HEADER, ClientPolicy, CommandOutcome, PhoneClient
 from phone.wallet import KeyWallet
+from resilience.breaker import BreakerConfig, BreakerState, CircuitBreaker
 from tests.keyserver.keys_harness import DAY, SUSPEND, VIN, Api, Clock, Person, token_bytes
 from tests.phone.client_harness import (
     BleCar,

@@ -15,9 +15,9 @@ from aiohttp import web
 
 from ble_fallback.link import Link
 from keycore import Action, SoftwareSigner
-from keycore.overload import DEADLINE_HEADER, AdaptiveThrottle, RetryBudget
 from phone.client import ClientPolicy, PhoneClient
 from phone.wallet import KeyWallet
+from resilience.overload import DEADLINE_HEADER, AdaptiveThrottle, RetryBudget
 from tests.keyserver.keys_harness import VIN
 from tests.phone.client_harness import queued_view
 

@@ -13,11 +13,11 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from keycore import SoftwareSigner
-from keycore.breaker import BreakerState, CircuitBreaker
 from keycore.channel import RECONNECT_PACED, REFUSAL_HEADER
-from keycore.overload import AdaptiveThrottle
-from tests.keycore.test_breaker import FakeClock
+from resilience.breaker import BreakerState, CircuitBreaker
+from resilience.overload import AdaptiveThrottle
 from tests.keyserver.keys_harness import VIN, Api
+from tests.resilience.test_breaker import FakeClock
 from tests.vehicle_agent.channel_harness import HANG_GUARD_S, provision
 from vehicle_agent import channel as channel_module
 from vehicle_agent.actuator import SimulatedActuator

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from keycore.overload import AdaptiveThrottle
+from resilience.overload import AdaptiveThrottle
 from vehicle_agent.backoff import ConnectThrottle
 from vehicle_agent.errors import LinkError
 

@@ -7,8 +7,14 @@ from typing import Any
 
 import pytest
 
-from keycore.overload import MAX_DEADLINE_MS, AdaptiveThrottle, Deadline, RetryBudget, SlidingCounts
-from tests.keycore.test_breaker import FakeClock, FakeRng
+from resilience.overload import (
+    MAX_DEADLINE_MS,
+    AdaptiveThrottle,
+    Deadline,
+    RetryBudget,
+    SlidingCounts,
+)
+from tests.resilience.test_breaker import FakeClock, FakeRng
 
 # ---------------------------------------------------------------------------------------------
 # Sliding counts

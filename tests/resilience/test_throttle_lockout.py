@@ -9,8 +9,8 @@ import random
 
 import pytest
 
-from keycore.overload import AdaptiveThrottle
-from tests.keycore.test_breaker import FakeClock
+from resilience.overload import AdaptiveThrottle
+from tests.resilience.test_breaker import FakeClock
 
 THROUGH_WITHIN_S = 30.0  # issue 14: after the backend recovers, the client is through within this
 HORIZON_S = 3_600.0  # a simulation stops here (fake time): a bound on the loop, not a figure

@@ -9,7 +9,7 @@ from collections.abc import Iterable, Iterator
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from keycore.breaker import BreakerState, CircuitBreaker
+from resilience.breaker import BreakerState, CircuitBreaker
 
 _PREFIX = "resilience4j_circuitbreaker_"
 

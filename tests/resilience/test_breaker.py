@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from keycore.breaker import (
+from resilience.breaker import (
     BreakerConfig,
     BreakerState,
     CallNotPermitted,
@@ -21,7 +21,7 @@ from keycore.breaker import (
     StateTransition,
     WindowType,
 )
-from keycore.waiting import PredicateWaiters
+from resilience.waiting import PredicateWaiters
 
 CLOSED, OPEN, HALF_OPEN = BreakerState.CLOSED, BreakerState.OPEN, BreakerState.HALF_OPEN
 FORCED_OPEN, DISABLED = BreakerState.FORCED_OPEN, BreakerState.DISABLED

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from keycore.breaker import BreakerConfig, BreakerState, CircuitBreaker
-from keycore.breaker_metrics import BreakerCollector
-from tests.keycore.test_breaker import SLOW, FakeClock, FakeRng, Ignored, Rig, rig
+from resilience.breaker import BreakerConfig, BreakerState, CircuitBreaker
+from resilience.breaker_metrics import BreakerCollector
+from tests.resilience.test_breaker import SLOW, FakeClock, FakeRng, Ignored, Rig, rig
 
 P = "resilience4j_circuitbreaker_"
 

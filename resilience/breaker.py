@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from enum import Enum, StrEnum
 from typing import TypeVar
 
-from keycore.overload import SlidingCounts
+from resilience.errors import ResilienceError
+from resilience.overload import SlidingCounts
 
 T = TypeVar("T")
 
@@ -105,7 +106,7 @@ class BreakerMetrics:
     slow_call_rate: float
 
 
-class CallNotPermitted(Exception):
+class CallNotPermitted(ResilienceError):
     def __init__(self, name: str, retry_after_s: float) -> None:
         super().__init__(f"circuit breaker {name!r} does not permit calls")
         self.name = name

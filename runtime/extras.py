@@ -3,8 +3,9 @@
 Each part installs what it runs (``pip install 'phonekey[keyserver]'``, ``[agent]``, ``[phone]``,
 ``[lab]``; the plain install is keycore's set only), yet every install carries every package. So
 ``phonekey`` on a car's computer, or ``keyserver`` after a plain ``pip install .``, would die on
-an import traceback. The scripts enter here instead: this module lives in keycore because keycore
-is the one package every install can import, and it imports no part until the part is asked for.
+an import traceback. The scripts enter here instead: this module lives in runtime because runtime
+is standard library only, so every install can import it (keycore, which does no I/O, cannot hold a
+program's entry), and it imports no part until the part is asked for.
 """
 
 from __future__ import annotations
@@ -17,7 +18,16 @@ from dataclasses import dataclass
 EXIT_MISSING_EXTRA = 2  # argparse's code for a command that cannot run as asked
 # ModuleNotFoundError for one of these is a bug or a broken install, not a missing extra.
 OWN_PACKAGES = frozenset(
-    {"keycore", "runtime", "keyserver", "vehicle_agent", "ble_fallback", "phone", "deploy"}
+    {
+        "keycore",
+        "resilience",
+        "runtime",
+        "keyserver",
+        "vehicle_agent",
+        "ble_fallback",
+        "phone",
+        "deploy",
+    }
 )
 # Modules that come with an extra other than the script's own (the radios are optional
 # everywhere; ble_fallback.gatt already answers for them where a link is made).
