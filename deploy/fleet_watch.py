@@ -25,9 +25,14 @@ REFUSAL_HEADER = "PK-Refusal"  # the keyserver names a paced refusal here as wel
 
 @dataclass(frozen=True)
 class Answer:
-    at: float  # monotonic seconds
+    at: float  # monotonic seconds, when the answer was seen
     outcome: str  # "101", "429 reconnect_paced", "503 overloaded", "error ClientConnectorError"
     retry_after_s: float = 0.0
+    started: float | None = None  # when the request was sent (None: not traced)
+
+    @property
+    def sent_at(self) -> float:
+        return self.at if self.started is None else self.started
 
     @property
     def failed(self) -> bool:
@@ -45,6 +50,7 @@ class UpgradeWatch:
 
     def trace_config(self) -> aiohttp.TraceConfig:
         trace = aiohttp.TraceConfig()
+        trace.on_request_start.append(self._started)
         trace.on_request_end.append(self._ended)
         trace.on_request_exception.append(self._failed)
         return trace
@@ -62,6 +68,12 @@ class UpgradeWatch:
             del kept[: MAX_ANSWERS_PER_CAR // 2]  # keep the recent half
         kept.append(answer)
 
+    async def _started(
+        self, session: aiohttp.ClientSession, context: SimpleNamespace,
+        params: aiohttp.TraceRequestStartParams,
+    ) -> None:  # fmt: skip
+        context.started = time.monotonic()  # one context per request, shared by its callbacks
+
     async def _ended(
         self, session: aiohttp.ClientSession, context: SimpleNamespace,
         params: aiohttp.TraceRequestEndParams,
@@ -76,7 +88,8 @@ class UpgradeWatch:
                 retry_after = float(raw) if raw else 0.0
             code = response.headers.get(REFUSAL_HEADER, "") or await _error_code(response)
             outcome += f" {code[:64]}"
-        self._record(params.url, Answer(at, outcome.strip(), retry_after))
+        started = getattr(context, "started", None)
+        self._record(params.url, Answer(at, outcome.strip(), retry_after, started))
 
     async def _failed(
         self, session: aiohttp.ClientSession, context: SimpleNamespace,
@@ -89,7 +102,8 @@ class UpgradeWatch:
         cause = getattr(error, "os_error", None)  # a connector error: which errno
         if isinstance(cause, OSError) and cause.errno is not None:
             name += f" {errno.errorcode.get(cause.errno, cause.errno)}"
-        self._record(params.url, Answer(time.monotonic(), f"error {name}"))
+        started = getattr(context, "started", None)
+        self._record(params.url, Answer(time.monotonic(), f"error {name}", 0.0, started))
 
 
 async def _error_code(response: aiohttp.ClientResponse) -> str:

@@ -230,7 +230,9 @@ class Worker:
             answers: dict[str, int] = {}
             errors = down = 0
             for answer in seen:
-                if answer.at < listen_at:
+                # a connection refused by the old server, seen late by a busy worker, is not an
+                # error of the new one: a failure counts by when its request was sent
+                if answer.at < listen_at or (answer.is_error and answer.sent_at < listen_at):
                     down += answer.failed
                     continue
                 answers[answer.outcome] = answers.get(answer.outcome, 0) + 1

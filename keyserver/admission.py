@@ -51,13 +51,16 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from keycore.channel import RECONNECT_PACED, REFUSAL_HEADER
 from keyserver.config import Config
 from keyserver.errors import KeyserverError
 from keyserver.http import ApiError, Handler, error_response
+from keyserver.pacing import PACING, Decision
 from resilience.overload import DEADLINE_HEADER, Deadline
 
 #: The deadline of the request being served; None outside a request and on an open WebSocket.
 current_deadline: ContextVar[Deadline | None] = ContextVar("current_deadline", default=None)
+CHANNEL_PATH = "/v1/vehicles/{vin}/channel"  # over its limit, paced rather than "overloaded"
 RETRY_AFTER_SPREAD_S = 3  # Retry-After is 1…this, at random, so refused clients come back apart
 SAFE_METHODS = frozenset({"GET", "HEAD"})
 
@@ -99,7 +102,7 @@ ROUTES: dict[tuple[str, str], Criticality] = {
     ("POST", "/v1/vehicles/{vin}/commands"): _C,
     ("GET", "/v1/commands/{command_id}"): _C,
     ("GET", "/v1/vehicles/{vin}/audit"): _S,
-    ("GET", "/v1/vehicles/{vin}/channel"): _P,
+    ("GET", CHANNEL_PATH): _P,
 }
 
 
@@ -214,6 +217,15 @@ class AdmissionControl:
         except ValueError as error:
             raise ApiError(400, "invalid_deadline", str(error)) from None
 
+    def pace(self, criticality: Criticality, decision: Decision) -> web.Response:
+        """A channel upgrade over the limit: ``reconnect_paced`` with its place on the pacer's
+        overflow tail, which the car honours as a slot (keyserver.pacing)."""
+        self.metrics.refused.labels(criticality.name.lower(), RECONNECT_PACED).inc()
+        wait = str(decision.retry_after_s or 1)
+        headers = {"Retry-After": wait, REFUSAL_HEADER: RECONNECT_PACED}
+        message = "reconnects are paced: come back after Retry-After seconds"
+        return error_response(429, RECONNECT_PACED, message, headers)
+
     def refuse(self, criticality: Criticality, reason: str, message: str) -> web.Response:
         self.metrics.refused.labels(criticality.name.lower(), reason).inc()
         return error_response(429, reason, message, {"Retry-After": self.retry_after()})
@@ -225,6 +237,9 @@ class AdmissionControl:
         if deadline.expired():
             return self.refuse(criticality, "deadline_exceeded", "the request's deadline passed")
         if self.in_flight >= self.limits[criticality]:
+            pacing = request.app.get(PACING)
+            if pacing is not None and _is_channel(request):  # a reconnect storm: spread it
+                return self.pace(criticality, pacing.overflow())
             return self.refuse(criticality, "overloaded", "the server is overloaded; retry later")
         self.in_flight += 1
         self.metrics.in_flight.inc()
@@ -246,6 +261,15 @@ class AdmissionControl:
             ticket.release()
             current_deadline.reset(deadline_token)
             _ticket.reset(ticket_token)
+
+
+def _is_channel(request: web.Request) -> bool:
+    route = request.match_info.route
+    return (
+        request.method == "GET"
+        and route.resource is not None
+        and route.resource.canonical == CHANNEL_PATH
+    )
 
 
 async def _on_response_prepare(request: web.Request, response: web.StreamResponse) -> None:

@@ -94,6 +94,9 @@ _HTTP_CODES = {
 }
 
 
+CLIENT_GONE = 499  # never seen by a client: for the log and the metrics
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     rid = request.headers.get(REQUEST_ID_HEADER, "")
@@ -131,6 +134,12 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
                 raise
             code = _HTTP_CODES.get(exc.status, "http_error")
             response = error_response(exc.status, code, exc.reason)
+        except ConnectionResetError:
+            # the client went away mid-request (a car that gave up on its upgrade): nothing can
+            # reach it and nothing failed here — counted as 499 (nginx's "client closed
+            # request"), not as a 500 of ours
+            log.info("client gone", extra={"fields": {"path": request.path}})
+            response = error_response(CLIENT_GONE, "client_gone", "the client closed the request")
         except Exception:  # the one place a bug becomes a 500, logged with its request id
             log.exception("unhandled error", extra={"fields": {"path": request.path}})
             response = error_response(500, "internal", "internal error")

@@ -16,6 +16,12 @@ each reservation. A car that finds the schedule full (all HORIZON_S of it) is to
 its end without a slot. Only a car that proved it is that car (the channel's vehicle proof) is
 paced, so nobody can fill the schedule with other cars' VINs.
 
+Before the proof, a storm meets admission control: when upgrades in flight pass their limit,
+admission asks ``overflow()`` instead of answering "overloaded". The cars refused there have not
+proved anything, so none gets a slot of its own; they are spread along a second tail that moves
+one interval per refusal (one float, nothing per car, at most ``HORIZON_S`` ahead) and told
+``reconnect_paced`` too — a car honours it as a slot rather than escalating its own backoff.
+
 Time is injected; no I/O.
 """
 
@@ -41,6 +47,7 @@ class Paced(StrEnum):
     SLOT = "slot"  # given the next free slot
     EARLY = "early"  # asked again before its slot: the same slot
     FULL = "full"  # the whole horizon is booked: come back at its end, no slot
+    OVERFLOW = "overflow"  # refused before its proof by admission's in-flight limit: no slot
 
 
 @dataclass(frozen=True)
@@ -82,6 +89,7 @@ class ReconnectPacer:
         self._tat = -math.inf  # the theoretical arrival time of the next request at the rate
         # VIN -> its slot, in the order given, which is also the order of the slots
         self._slots: dict[str, float] = {}
+        self._overflow_tat = -math.inf  # the tail along which unproven overflow is spread
 
     def __len__(self) -> int:
         return len(self._slots)
@@ -107,6 +115,14 @@ class ReconnectPacer:
         self._tat = start + self.interval
         self._slots[vin] = slot
         return Decision(_seconds(slot - now), Paced.SLOT)
+
+    def overflow(self) -> Decision:
+        """An upgrade refused before its proof (admission's limit): the next place on the
+        overflow tail, one interval after the last, at most ``horizon_s`` ahead; no slot kept."""
+        now = self._clock()
+        start = min(max(self._overflow_tat, now) + self.interval, now + self.horizon_s)
+        self._overflow_tat = start
+        return Decision(_seconds(start - now), Paced.OVERFLOW)
 
     def _forget(self, now: float) -> None:
         """Drop slots past their grace: the oldest first, as they are ordered."""
@@ -138,7 +154,7 @@ class PacingMetrics:
             ),
             paced=Counter(
                 "keyserver_channel_upgrades_paced",
-                "Channel upgrades refused 429 reconnect_paced, by why: slot, early, full",
+                "Channel upgrades refused 429 reconnect_paced, by why: slot, early, full, overflow",
                 ["reason"],
                 registry=registry,
             ),
@@ -158,7 +174,12 @@ class PacedChannel:
         self.metrics = PacingMetrics.create(registry)
 
     def ask(self, vin: str) -> Decision:
-        decision = self.pacer.ask(vin)
+        return self._count(self.pacer.ask(vin))
+
+    def overflow(self) -> Decision:
+        return self._count(self.pacer.overflow())
+
+    def _count(self, decision: Decision) -> Decision:
         if decision.reason is None:
             self.metrics.admitted.inc()
         else:

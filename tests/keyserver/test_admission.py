@@ -15,11 +15,13 @@ from aiohttp import WSMsgType, web
 from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry
 
+from keycore.channel import RECONNECT_PACED, REFUSAL_HEADER
 from keyserver import admission
 from keyserver.admission import Criticality, UnclassifiedRoute, current_deadline
 from keyserver.app import create_app
 from keyserver.config import ConfigError, build
 from keyserver.http import error_middleware
+from keyserver.pacing import PACING, PacedChannel
 from resilience.overload import DEADLINE_HEADER
 from resilience.waiting import PredicateWaiters
 
@@ -229,6 +231,37 @@ async def test_work_that_outlives_its_deadline_is_cancelled_and_answered_429(
     assert control.metrics.refused.labels("critical", "deadline_exceeded")._value.get() == 1
 
 
+async def test_a_channel_upgrade_over_the_limit_is_paced_not_overloaded(
+    aiohttp_client: Any, gate: Gate, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reconnect storm meets the in-flight limit before any car has proved itself: the
+    channel's refusals are spread by the pacer's overflow tail and say reconnect_paced, which a
+    car honours as a slot; every other route still hears "overloaded"."""
+    monkeypatch.setitem(admission.ROUTES, ("POST", "/crit/slow"), Criticality.CRITICAL_PLUS)
+    app = web.Application(middlewares=[error_middleware])
+    app.router.add_post("/crit/slow", gated(gate))
+    app.router.add_get(admission.CHANNEL_PATH, ok)
+    app[PACING] = PacedChannel(2, CollectorRegistry())  # two a second
+    config = build({"max_in_flight": 1, "shed_sheddable_at": 1})
+    control = admission.setup(app, config, CollectorRegistry())
+    client = await aiohttp_client(app)
+    held = [asyncio.create_task(client.post("/crit/slow")) for _ in range(2)]
+    await gate.until_inside(2)  # the critical-plus limit: 1 + max(1, 1 // 8)
+    answers = [await client.get("/v1/vehicles/VIN0/channel") for _ in range(4)]
+    assert {a.status for a in answers} == {429}
+    assert {a.headers[REFUSAL_HEADER] for a in answers} == {RECONNECT_PACED}
+    assert [(await a.json())["error"]["code"] for a in answers] == [RECONNECT_PACED] * 4
+    assert [a.headers["Retry-After"] for a in answers] == ["1", "1", "2", "2"]  # spread
+    other = await client.post("/crit/slow")
+    assert (other.status, (await other.json())["error"]["code"]) == (429, "overloaded")
+    gate.opened.set()
+    assert [r.status for r in await asyncio.gather(*held)] == [200, 200]
+    assert (await client.get("/v1/vehicles/VIN0/channel")).status == 200
+    refused = control.metrics.refused.labels("critical_plus", RECONNECT_PACED)
+    assert refused._value.get() == 4
+    assert app[PACING].metrics.paced.labels("overflow")._value.get() == 4
+
+
 async def test_an_open_websocket_holds_no_slot_and_no_deadline(
     served: tuple[Client, admission.AdmissionControl], gate: Gate
 ) -> None:
@@ -262,3 +295,23 @@ async def test_the_real_app_documents_and_answers_refusals(
     refused = await client.get("/healthz", headers={DEADLINE_HEADER: "x"})
     assert refused.status == 400
     assert "X-Request-Id" in refused.headers  # answered inside the error middleware
+
+
+async def test_a_client_gone_mid_request_is_not_a_server_error(
+    aiohttp_client: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A car that gave up on its upgrade resets the connection under the handler: that is logged
+    as "client gone" and counted 499, never as an unhandled error answered 500."""
+
+    async def reset(request: web.Request) -> web.Response:
+        raise ConnectionResetError("Cannot write to closing transport")
+
+    app = web.Application(middlewares=[error_middleware])
+    app.router.add_get("/gone", reset)
+    client = await aiohttp_client(app)
+    with caplog.at_level("INFO", logger="keyserver.http"):
+        answer = await client.get("/gone")
+    assert answer.status == 499
+    assert (await answer.json())["error"]["code"] == "client_gone"
+    assert "client gone" in caplog.messages
+    assert "unhandled error" not in caplog.messages

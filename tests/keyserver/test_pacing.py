@@ -93,6 +93,18 @@ def test_a_slot_nobody_comes_to_is_forgotten_after_its_grace() -> None:
     assert len(paced) == 0
 
 
+def test_overflow_before_the_proof_is_spread_at_the_rate_within_the_horizon() -> None:
+    paced, clock = pacer(10, horizon_s=5)
+    told = [paced.overflow() for _ in range(80)]
+    assert {d.reason for d in told} == {Paced.OVERFLOW}
+    # one interval apart, rounded up to whole seconds: ten told each second, not all the same
+    assert Counter(d.retry_after_s for d in told[:50]) == {1: 10, 2: 10, 3: 10, 4: 10, 5: 10}
+    assert {d.retry_after_s for d in told[50:]} == {5}  # capped at the horizon
+    assert len(paced) == 0  # nothing kept per car: the tail is one number
+    clock.advance(60)  # the tail does not outlive the wait it gave
+    assert paced.overflow().retry_after_s == 1
+
+
 def test_the_pacer_refuses_settings_that_make_no_schedule() -> None:
     for bad in ({"rate_per_s": 0}, {"rate_per_s": 10, "horizon_s": 0}):
         with pytest.raises(ValueError, match="positive"):
