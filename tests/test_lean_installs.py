@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from runtime.extras import OWN_PACKAGES
 from tests.test_extras import DENIED, ROOT, name_of
 
 pytestmark = pytest.mark.slow
@@ -26,18 +27,7 @@ NOT_ON_THE_CAR = ("numpy", "matplotlib", "chaoslib", "redis")
 NO_LAB = ("numpy", "matplotlib", "chaoslib", "PIL")
 # The wheel is built from what the image copies (deploy/Dockerfile), not from the work tree,
 # so no build/ or egg-info lands in the checkout.
-SOURCES = (
-    "pyproject.toml",
-    "README.md",
-    "keycore",
-    "resilience",
-    "runtime",
-    "keyserver",
-    "vehicle_agent",
-    "ble_fallback",
-    "phone",
-    "deploy",
-)
+SOURCES = ("pyproject.toml", "README.md", *sorted(OWN_PACKAGES))
 
 
 @pytest.fixture(scope="module")
