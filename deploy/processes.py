@@ -211,9 +211,21 @@ class AppServer:
             if process.poll() is None:
                 process.kill()
             process.wait()
-            self.log_path.write_bytes(seen + process.stdout.read())
+            output = seen + process.stdout.read()
+            self.log_path.write_bytes(output)
             process.stdout.close()
-            raise ProcessError(f"{self.name} did not become ready (its output: {self.log_path})")
+            # the last line says why, in the message itself: the log may live in a temporary
+            # folder its caller removes (a benchmark's) before anyone reads it
+            why = last_line(output)
+            said = (
+                f'; it said: "{why}"'
+                if why
+                else (f"; it exited {process.returncode}" if process.returncode else "")
+            )
+            raise ProcessError(
+                f"{self.name} did not become ready within {timeout:g} s{said}"
+                f" (its output: {self.log_path})"
+            )
         announced = APP_READY.search(seen)
         assert announced is not None
         self.port = int(announced.group(1))
@@ -271,6 +283,14 @@ def _wait_for_line(
                 return seen, False
             seen += chunk
     return seen, True
+
+
+def last_line(output: bytes, limit: int = 200) -> str:
+    """The last non-blank line of a process's output, printable and at most ``limit`` chars."""
+    lines = [line.strip() for line in output.decode("utf-8", "replace").splitlines()]
+    last = next((line for line in reversed(lines) if line), "")
+    text = "".join(c if c.isprintable() else "?" for c in last)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _drain_to_file(stream: IO[bytes], path: Path, already: bytes) -> threading.Thread:

@@ -14,7 +14,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from deploy.processes import LOOPBACK, AppServer, ProcessError, RedisServer
+from deploy.processes import LOOPBACK, AppServer, ProcessError, RedisServer, last_line
 
 
 def client(server: RedisServer) -> aioredis.Redis:
@@ -99,6 +99,15 @@ def test_an_app_that_cannot_start_is_reported_with_its_output(tmp_path: Path) ->
     server = AppServer(
         [sys.executable, "-m", "keyserver.cli", "serve"], workdir=tmp_path, env=env, name="ks"
     )
-    with pytest.raises(ProcessError, match="ks did not become ready"):
+    with pytest.raises(ProcessError, match="ks did not become ready") as refused:
         server.start()
     assert "setting 'port'" in server.log_path.read_text()
+    # why, in the message itself: the log may be gone by the time someone reads it
+    assert "setting 'port'" in str(refused.value)
+
+
+def test_the_last_line_is_printable_and_bounded() -> None:
+    assert last_line(b"one\ntwo\n\n  \n") == "two"
+    assert last_line(b"") == ""
+    assert last_line(b"bell\x07\xff") == "bell?\ufffd"  # a control character, a bad byte
+    assert last_line(b"x" * 500) == "x" * 199 + "…"
