@@ -51,11 +51,11 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from keycore.channel import RECONNECT_PACED, REFUSAL_HEADER
+from keycore.channel import RECONNECT_PACED
 from keyserver.config import Config
 from keyserver.errors import KeyserverError
 from keyserver.http import ApiError, Handler, error_response
-from keyserver.pacing import PACING, Decision
+from keyserver.pacing import PACED_MESSAGE, PACING, Decision, paced_headers
 from resilience.overload import DEADLINE_HEADER, Deadline
 
 #: The deadline of the request being served; None outside a request and on an open WebSocket.
@@ -221,10 +221,8 @@ class AdmissionControl:
         """A channel upgrade over the limit: ``reconnect_paced`` with its place on the pacer's
         overflow tail, which the car honours as a slot (keyserver.pacing)."""
         self.metrics.refused.labels(criticality.name.lower(), RECONNECT_PACED).inc()
-        wait = str(decision.retry_after_s or 1)
-        headers = {"Retry-After": wait, REFUSAL_HEADER: RECONNECT_PACED}
-        message = "reconnects are paced: come back after Retry-After seconds"
-        return error_response(429, RECONNECT_PACED, message, headers)
+        headers = paced_headers(decision.retry_after_s or 1)
+        return error_response(429, RECONNECT_PACED, PACED_MESSAGE, headers)
 
     def refuse(self, criticality: Criticality, reason: str, message: str) -> web.Response:
         self.metrics.refused.labels(criticality.name.lower(), reason).inc()

@@ -36,6 +36,8 @@ from enum import StrEnum
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from keycore.channel import RECONNECT_PACED, REFUSAL_HEADER
+
 HORIZON_S = 120.0  # no slot is given further ahead than this
 GRACE_S = 10.0  # a slot is kept this long after its time for a car that is late to it
 EPSILON_S = 1e-6  # slots are sums of 1/rate: float error must not move one into the next second
@@ -189,3 +191,10 @@ class PacedChannel:
 
 
 PACING = web.AppKey("reconnect_pacing", PacedChannel)
+PACED_MESSAGE = "reconnects are paced: come back after Retry-After seconds, at your slot"
+
+
+def paced_headers(retry_after_s: int) -> dict[str, str]:
+    """The headers of a 429 ``reconnect_paced``: the wait, and the code where a WebSocket client
+    reads it (it does not read a refused upgrade's body)."""
+    return {"Retry-After": str(retry_after_s), REFUSAL_HEADER: RECONNECT_PACED}

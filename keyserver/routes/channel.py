@@ -61,7 +61,7 @@ from keyserver.clock import CLOCK
 from keyserver.errors import SinceAhead, StoreUnavailable
 from keyserver.http import ApiError
 from keyserver.models import CommandRecord, CommandStatus
-from keyserver.pacing import PACING, PacedChannel
+from keyserver.pacing import PACED_MESSAGE, PACING, PacedChannel, paced_headers
 from keyserver.resources import CONFIG, HUB, KEYRING, METRICS, SERVICES, STORE
 from keyserver.routes.commands import entitles
 
@@ -110,10 +110,8 @@ async def channel(request: web.Request) -> web.StreamResponse:
     paced = app[PACING].ask(vin)
     if paced.retry_after_s is not None:
         raise ApiError(
-            429, RECONNECT_PACED,
-            "reconnects are paced: come back after Retry-After seconds, at your slot",
-            headers={"Retry-After": str(paced.retry_after_s), REFUSAL_HEADER: RECONNECT_PACED},
-        )  # fmt: skip
+            429, RECONNECT_PACED, PACED_MESSAGE, headers=paced_headers(paced.retry_after_s)
+        )
     await ws.prepare(request)
     await CarSession(app, vin, ws).run()
     return ws
