@@ -19,7 +19,7 @@ from keyserver.app import SERVICES, STORE
 from keyserver.errors import StoreUnavailable
 from keyserver.issuance import LEDGER_GRACE_S, MAX_TOKEN_LIFETIME, Withdrawn
 from keyserver.models import KeyRecord, KeyStatus, Session
-from keyserver.store import sqlite as sqlite_store
+from keyserver.store.sqlite import ledger as sqlite_ledger
 from tests.keyserver.keys_harness import (
     DAY,
     REVOCATIONS,
@@ -100,7 +100,7 @@ async def test_a_failure_inside_the_withdrawal_leaves_nothing_half_done(
         raise sqlite3.OperationalError("disk I/O error")
 
     with monkeypatch.context() as patch:
-        patch.setattr(sqlite_store, "_merge_entries", crash)
+        patch.setattr(sqlite_ledger, "merge_entries", crash)
         with pytest.raises(StoreUnavailable):
             await revoke(api, [record])
     # rolled back as one: the key is still active, so a retry does the whole withdrawal

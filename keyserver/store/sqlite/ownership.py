@@ -1,6 +1,6 @@
-"""The SQLite store's ownership history (table ``vehicle_owners`` in keyserver.store.sqlite_schema):
-the owner's compare-and-set and the tenures it closes and opens, in one transaction of
-``SQLiteStore._run`` on its worker thread. The rules are the Store contract's (``set_owner``)."""
+"""The SQLite store's ownership history (table ``vehicle_owners`` in its schema): the owner's
+compare-and-set and the tenures it closes and opens, in one transaction on the store's worker
+thread (keyserver.store.sqlite.transactions). The rules are the Store contract's (``set_owner``)."""
 
 from __future__ import annotations
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 from typing import Final
 
 SCHEMA_VERSION: Final = 3
-# 2: remote commands and audit events (sqlite_channel)
+# 2: remote commands and audit events (channel.py)
 # 3: one ledger entry per (vehicle, kind, subject), older duplicates dropped (the newest holds
-#    the latest cutoff); the vehicles' holder claims; the ownership history (sqlite_ownership)
+#    the latest cutoff); the vehicles' holder claims; the ownership history (ownership.py)
 # Expired rows deleted per table per sweep: catching up after a long pause costs many small
 # sweeps, never one long stall of the only worker thread.
 SWEEP_BATCH: Final = 256
@@ -71,7 +71,7 @@ SCHEMA: Final = (
     ON revocations (vin, kind, subject)""",
     """CREATE TABLE IF NOT EXISTS vehicle_holders (vin TEXT NOT NULL, holder BLOB NOT NULL,
     expires_at INTEGER NOT NULL, PRIMARY KEY (vin, holder)) STRICT""",
-    # the ownership history (sqlite_ownership); a vehicle owned before it has no rows
+    # the ownership history (ownership.py); a vehicle owned before it has no rows
     """CREATE TABLE IF NOT EXISTS vehicle_owners (vin TEXT NOT NULL, owner_id TEXT NOT NULL,
     since INTEGER NOT NULL, until INTEGER) STRICT""",
     "CREATE INDEX IF NOT EXISTS vehicle_owners_of_vehicle ON vehicle_owners (vin, since)",

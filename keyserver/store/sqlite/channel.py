@@ -1,6 +1,6 @@
 """The SQLite store's transactions for the cloud↔car channel: remote commands and the audit
-events cars upload (tables in keyserver.store.sqlite_schema). Each function runs inside one
-transaction of ``SQLiteStore._run``, on its worker thread."""
+events cars upload (tables in its schema). Each function runs inside one transaction on the
+store's worker thread (keyserver.store.sqlite.transactions)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from keyserver.models import (
     CommandRecord,
     CommandStatus,
 )
-from keyserver.store.sqlite_schema import SWEEP_BATCH
+from keyserver.store.sqlite.schema import SWEEP_BATCH
 
 _SELECT: Final = (
     "SELECT command_id, vin, account_id, idempotency_key, action, issued_at, expires_at, status, "
