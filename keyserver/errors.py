@@ -24,9 +24,9 @@ KeyserverError              base; the message is one line meant for an operator
 ├── ConnectionLost          the hub bridge heard nothing from Redis for too long
 │                           (keyserver.hub_bridge)
 ├── NotSent                 a Redis failure before any command reached the server; also a redis
-│                           ConnectionError (keyserver.store.redis_client)
+│                           ConnectionError (keyserver.store.redis.client)
 ├── NotReplicated           too few replicas confirmed a write in time; also a RedisError
-│                           (keyserver.store.redis_client)
+│                           (keyserver.store.redis.client)
 ├── UnclassifiedRoute       a served route without a criticality, found at start-up; also a
 │                           ValueError (keyserver.admission)
 └── UndeclaredRateLimit     a served route without a rate limit, found at start-up; also a

@@ -52,7 +52,7 @@ from keyserver.hub_presence import CarPresence, PresencePolicy
 from keyserver.models import CommandStatus
 from keyserver.observability import Metrics
 from keyserver.store import Store
-from keyserver.store.guarded import GuardedStore
+from keyserver.store.guarded import GuardedHub
 from resilience.waiting import PredicateWaiters
 
 log = logging.getLogger("keyserver.hub_bridge")
@@ -355,19 +355,20 @@ HUB_PRESENCE_POLICY = web.AppKey("hub_presence_policy", PresencePolicy)
 async def running_bridge(
     hub: ChannelHub,
     store: Store,
-    guard: GuardedStore,
+    guarded: GuardedHub,
     metrics: Metrics,
     *,
     policy: BridgePolicy | None = None,
     presence_policy: PresencePolicy | None = None,
 ) -> AsyncIterator[HubBridge]:
-    """The bridge and its tasks, for the hub of a process on the Redis store (``guard``)."""
+    """The bridge and its tasks, for the hub of a process on the Redis store (``guarded``: its
+    hub operations behind the store's breaker and retries)."""
     instance = secrets.token_hex(8)
     presence = CarPresence(  # every store call here is behind the store's breaker and retries
         instance,
-        mark_online=guard.mark_cars_online,
-        mark_offline=guard.mark_car_offline,
-        lookup=guard.car_instance,
+        mark_online=guarded.mark_cars_online,
+        mark_offline=guarded.mark_car_offline,
+        lookup=guarded.car_instance,
         local=hub.vins,
         policy=presence_policy,
     )
@@ -375,9 +376,9 @@ async def running_bridge(
         hub,
         store,
         metrics,
-        channel=guard.hub_channel,
-        publish=guard.publish,
-        pubsub=guard.pubsub,
+        channel=guarded.channel,
+        publish=guarded.publish,
+        pubsub=guarded.pubsub,
         policy=policy,
         presence=presence,
         instance=instance,

@@ -2,7 +2,7 @@
 says "the car is unreachable" only when no instance holds its channel (keyserver.routes.commands).
 
 Each instance keeps ``P car:{vin}`` = its id for the cars connected to it
-(keyserver.store.redis_hub), written soon after a car connects, refreshed for every car connected
+(keyserver.store.redis.hub), written soon after a car connects, refreshed for every car connected
 here each ``interval_s`` with a lifetime of ``ttl_s`` (so an instance that dies leaves nothing
 behind for longer), and deleted when the car goes — only if it still names this instance: a car
 that moved to another instance keeps that one's entry. Writes happen in one background task, never

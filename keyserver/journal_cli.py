@@ -119,4 +119,4 @@ async def _announce(store: object, vins: set[str]) -> None:
     from keyserver.store.redis import RedisStore
 
     if vins and isinstance(store, RedisStore):
-        await announce(vins, channel=store.hub_channel, publish=store.publish)
+        await announce(vins, channel=store.hub.channel, publish=store.hub.publish)

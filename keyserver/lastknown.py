@@ -36,12 +36,14 @@ from keyserver.models import (
     KeyRecord,
     KeyStatus,
     KeyWithdrawal,
+    NonceClaim,
     RefreshContext,
     RevocationEntry,
     Session,
     Vehicle,
 )
 from keyserver.store import Store
+from keyserver.store.forwarding import ForwardingStore
 
 T = TypeVar("T")
 MAX_LOCAL_NONCES = 100_000
@@ -101,8 +103,10 @@ class LocalNonces:
         return True
 
 
-class LastKnownStore:
-    """The app's store, with reads answered from ``LastKnown`` while it is down (module doc)."""
+class LastKnownStore(ForwardingStore):
+    """The app's store, with reads answered from ``LastKnown`` while it is down (module doc).
+    The operations written here are the ones it caches, evicts or answers itself; every other
+    one is ``ForwardingStore``'s, straight through."""
 
     def __init__(
         self,
@@ -112,13 +116,10 @@ class LastKnownStore:
         *,
         clock: Clock = process_clock,
     ) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self.cache = cache
         self.nonces = nonces or LocalNonces()
         self.clock = clock  # when a value was read: its age while the store is down
-
-    def __getattr__(self, name: str) -> Any:  # every other operation goes straight through
-        return getattr(self._inner, name)
 
     async def _read(self, key: Hashable, call: Callable[[], Awaitable[T]]) -> T:
         try:
@@ -196,7 +197,7 @@ class LastKnownStore:
 
     async def refresh_context(
         self, token_hash: bytes, *, device_id: str | None, key_id: str | None, now: int,
-        claim: Any = None,
+        claim: NonceClaim | None = None,
     ) -> RefreshContext:  # fmt: skip
         context = await self._inner.refresh_context(
             token_hash, device_id=device_id, key_id=key_id, now=now, claim=claim

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import inspect
 import logging
 import sys
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import Any, ParamSpec, TextIO, TypeVar
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
@@ -17,6 +17,11 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from keyserver.degraded import DEGRADED_HEADER
 from keyserver.errors import StoreUnavailable
 from keyserver.http import Handler, JsonLogFormatter
+from keyserver.store import Store
+from keyserver.store.forwarding import ForwardingStore
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -226,32 +231,35 @@ class BatchingStreamHandler(logging.StreamHandler[TextIO]):
             self.flush()
 
 
-class MeasuredStore:
-    """Wraps a Store: the latency of every operation and each failure go to the metrics.
+class MeasuredStore(ForwardingStore):
+    """Wraps a Store: the latency of every operation and each failure go to the metrics, by
+    operation (``close`` goes straight through).
 
     ``Conflict`` is an answer, not a failure; only ``StoreUnavailable`` counts as an error.
     """
 
-    def __init__(self, inner: object, metrics: Metrics) -> None:
-        self._inner = inner
+    def __init__(self, inner: Store, metrics: Metrics) -> None:
+        super().__init__(inner)
         self._metrics = metrics
+        # each operation's two series: looking them up again costs more than counting
+        self._series: dict[str, tuple[Any, Any]] = {}
 
-    def __getattr__(self, name: str) -> Any:
-        attribute = getattr(self._inner, name)
-        if not inspect.iscoroutinefunction(attribute):
-            return attribute
-        seconds = self._metrics.store_seconds.labels(name)
-        errors = self._metrics.store_errors.labels(name)
-
-        async def measured(*args: Any, **kwargs: Any) -> Any:
-            started = time.perf_counter()
-            try:
-                return await attribute(*args, **kwargs)
-            except StoreUnavailable:
-                errors.inc()
-                raise
-            finally:
-                seconds.observe(time.perf_counter() - started)
-
-        self.__dict__[name] = measured  # found directly from now on, without __getattr__
-        return measured
+    async def _through(
+        self, operation: str, call: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        series = self._series.get(operation)
+        if series is None:
+            metrics = self._metrics
+            series = self._series[operation] = (
+                metrics.store_seconds.labels(operation),
+                metrics.store_errors.labels(operation),
+            )
+        seconds, errors = series
+        started = time.perf_counter()
+        try:
+            return await call(*args, **kwargs)
+        except StoreUnavailable:
+            errors.inc()
+            raise
+        finally:
+            seconds.observe(time.perf_counter() - started)

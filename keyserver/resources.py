@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 from aiohttp import web
 
@@ -41,7 +41,7 @@ from keyserver.observability import MeasuredStore, Metrics
 from keyserver.outage import OutageJournal
 from keyserver.replay import Replayer, announce
 from keyserver.store import Store
-from keyserver.store.guarded import GuardedStore, store_breaker
+from keyserver.store.guarded import GuardedHub, GuardedStore, store_breaker
 from resilience.breaker_metrics import BreakerCollector
 
 CONFIG = web.AppKey("config", Config)
@@ -83,38 +83,38 @@ SERVICES = web.AppKey("services", Services)
 
 @dataclass(frozen=True)
 class AssembledStore:
-    """The store as the app uses it, and the two wrappers other parts hold on to."""
+    """The store as the app uses it, and the wrappers other parts hold on to."""
 
     store: Store  # the outermost wrapper: what every service receives
-    guard: GuardedStore | None  # the breaker and retry layer (Redis only): the bridge uses it
+    guard: GuardedStore | None  # the breaker and retry layer (Redis only)
+    hub: GuardedHub | None  # the hub's Redis operations behind the same guard: the bridge's
     last_known: LastKnownStore  # the degraded refresh and the outage journal read its cache
 
 
 def assemble_store(
     backend: Store, config: Config, metrics: Metrics, clock: Clock
 ) -> AssembledStore:
-    """Wrap ``backend`` for the app, innermost first; each wrapper forwards what it does not
-    handle to the one inside it.
+    """Wrap ``backend`` for the app, innermost first; each wrapper is a ``ForwardingStore``
+    (keyserver.store.forwarding) that hands every operation to the one inside it.
 
     1. the guard (Redis only): its circuit breaker and the one retry layer; SQLite is local and
-       stays as it is (keyserver.store.guarded says why);
+       stays as it is (keyserver.store.guarded says why); the hub's operations get the same guard;
     2. the metrics, outside the guard, so they see every call as the app does, retries included;
     3. last known data, outermost, so it sees what the breaker and the retries finally made of a
        call and answers reads from its cache while the store is down (keyserver.lastknown).
     """
     from keyserver.store.redis import RedisStore
 
-    store: Store = backend
-    guard = None
+    guard = hub = None
     if isinstance(backend, RedisStore):
         name = "redis-primary" if config.redis_sentinels else "redis"
         guard = GuardedStore(backend, store_breaker(name), deadline=admission.current_deadline.get)
+        hub = GuardedHub(backend.hub, guard)
         metrics.registry.register(BreakerCollector([guard.breaker]))
-        store = cast(Store, guard)
-    store = cast(Store, MeasuredStore(store, metrics))
+    measured = MeasuredStore(guard or backend, metrics)
     cache = LastKnown(capacity=config.last_known_entries, max_age_s=config.last_known_max_age_s)
-    last_known = LastKnownStore(store, cache, clock=clock)
-    return AssembledStore(cast(Store, last_known), guard, last_known)
+    last_known = LastKnownStore(measured, cache, clock=clock)
+    return AssembledStore(last_known, guard, hub, last_known)
 
 
 async def open_store(config: Config) -> Store:
@@ -188,14 +188,14 @@ async def resources_context(app: web.Application) -> AsyncIterator[None]:
         replayer.start()
         # Runs once in-flight requests are done (a write journaled in the shutdown grace is
         # drained too) and after the hub bridge has closed, hence the announcement by hand.
-        stack.push_async_callback(_drain, replayer, assembled.guard, config.journal_drain_s)
+        stack.push_async_callback(_drain, replayer, assembled.hub, config.journal_drain_s)
 
-        if assembled.guard is not None:  # the hub across instances (Redis only)
+        if assembled.hub is not None:  # the hub across instances (Redis only)
             app[HUB_BRIDGE] = await stack.enter_async_context(
                 running_bridge(
                     hub,
                     store,
-                    assembled.guard,
+                    assembled.hub,
                     metrics,
                     policy=app.get(HUB_POLICY),
                     presence_policy=app.get(HUB_PRESENCE_POLICY),
@@ -204,14 +204,12 @@ async def resources_context(app: web.Application) -> AsyncIterator[None]:
         yield
 
 
-async def _drain(replayer: Replayer, guard: GuardedStore | None, deadline_s: float) -> None:
+async def _drain(replayer: Replayer, hub: GuardedHub | None, deadline_s: float) -> None:
     await replayer.drain(deadline_s=deadline_s)
-    if guard is not None and replayer.unannounced:
+    if hub is not None and replayer.unannounced:
         with contextlib.suppress(StoreUnavailable, TimeoutError):
             async with asyncio.timeout(ANNOUNCE_DEADLINE_S):
-                await announce(
-                    replayer.unannounced, channel=guard.hub_channel, publish=guard.publish
-                )
+                await announce(replayer.unannounced, channel=hub.channel, publish=hub.publish)
 
 
 async def _cancelled(task: asyncio.Task[None]) -> None:

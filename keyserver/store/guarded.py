@@ -7,6 +7,10 @@ deadline (or ``call_timeout_s`` without one); retried — only here, with tenaci
 jitter, when time is left, the per-process retry budget allows, and the attempt certainly did
 not apply a write. Every failure is a ``StoreUnavailable``; ``Conflict`` is an answer, not one.
 
+``GuardedStore`` does this for every ``Store`` operation (a ``ForwardingStore``: each operation
+is written out and checked by mypy against the protocol), ``GuardedHub`` for the hub's operations
+on Redis (keyserver.store.redis.hub), under the same breaker, budget and policy.
+
 Redis gets a breaker and retries; the embedded SQLite store gets neither: it is a local file
 behind one worker thread, so there is no remote to stop hammering and no partition to wait out,
 and a timed-out SQLite call still runs to its end in its thread (a retry would queue behind it).
@@ -15,13 +19,13 @@ and a timed-out SQLite call still runs to its end in its thread (a retry would q
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
+from redis.asyncio.client import PubSub
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -32,10 +36,15 @@ from tenacity import (
 from tenacity.stop import stop_base
 
 from keyserver.errors import StoreUnavailable
+from keyserver.store.base import Store
+from keyserver.store.forwarding import ForwardingStore
+from keyserver.store.redis.hub import RedisHub
 from resilience.breaker import BreakerConfig, CallNotPermitted, CircuitBreaker, StateTransition
 from resilience.overload import Deadline, RetryBudget
 
 log = logging.getLogger(__name__)
+P = ParamSpec("P")
+T = TypeVar("T")
 
 # Operations that never change state: a failed one is always safe to try again. Any other
 # operation is a write (refresh_context only when it claims a nonce).
@@ -59,7 +68,6 @@ READS = frozenset(
         "publish",  # a hub notice: receivers deliver the same notice twice harmlessly
     }
 )
-UNGUARDED = frozenset({"close"})
 
 
 class CircuitOpen(StoreUnavailable):
@@ -128,16 +136,17 @@ class _Stop(stop_base):
         return not guarded.budget.try_spend()
 
 
-class GuardedStore:
-    """Wraps a Store by attribute, as ``MeasuredStore`` does; ``breaker`` and ``budget`` are this
-    dependency's, one per process (exposed for metrics and tests).
+class GuardedStore(ForwardingStore):
+    """Every operation of ``inner`` guarded (module doc); ``close`` goes straight through.
+    ``breaker`` and ``budget`` are this dependency's, one per process (exposed for metrics and
+    tests).
 
     ``deadline`` returns the current request's deadline (the admission layer's contextvar).
     """
 
     def __init__(
         self,
-        inner: object,
+        inner: Store,
         breaker: CircuitBreaker,
         *,
         budget: RetryBudget | None = None,
@@ -146,7 +155,7 @@ class GuardedStore:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self.breaker = breaker
         self.budget = budget if budget is not None else RetryBudget(0.1, clock=clock)
         self.policy = policy or GuardPolicy()
@@ -155,19 +164,14 @@ class GuardedStore:
         self._sleep = sleep
         breaker.add_listener(_log_transition)
 
-    def __getattr__(self, name: str) -> Any:
-        attribute = getattr(self._inner, name)
-        if name in UNGUARDED or not inspect.iscoroutinefunction(attribute):
-            return attribute
-
-        async def guarded(*args: Any, **kwargs: Any) -> Any:
-            writes = name not in READS and (
-                name != "refresh_context" or kwargs.get("claim") is not None
-            )
-            return await self._call(name, attribute, args, kwargs, writes=writes)
-
-        self.__dict__[name] = guarded  # found directly from now on, without __getattr__
-        return guarded
+    async def _through(
+        self, operation: str, call: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        writes = operation not in READS and (
+            operation != "refresh_context" or kwargs.get("claim") is not None
+        )
+        result: T = await self._call(operation, call, args, kwargs, writes=writes)
+        return result
 
     def _call_deadline(self) -> Deadline:
         own = Deadline(self.clock() + self.policy.call_timeout_s)
@@ -225,6 +229,37 @@ class GuardedStore:
             raise StoreUnavailable(
                 f"{self.breaker.name} {name} timed out{outcome}", may_have_succeeded=writes
             ) from exc
+
+
+class GuardedHub:
+    """The hub's operations on Redis (``RedisHub``) behind ``guard``'s breaker, budget and
+    policy: a failing Redis costs the hub bridge what it costs the routes, no more."""
+
+    def __init__(self, inner: RedisHub, guard: GuardedStore) -> None:
+        self._inner = inner
+        self._guard = guard
+
+    @property
+    def channel(self) -> str:
+        return self._inner.channel
+
+    def pubsub(self) -> PubSub:
+        """A subscriber (not guarded: the bridge watches its connection itself)."""
+        return self._inner.pubsub()
+
+    async def publish(self, channel: str, message: bytes) -> int:
+        return await self._guard._through("publish", self._inner.publish, channel, message)
+
+    async def mark_cars_online(self, vins: Iterable[str], instance: str, *, ttl_s: int) -> None:
+        await self._guard._through(
+            "mark_cars_online", self._inner.mark_cars_online, vins, instance, ttl_s=ttl_s
+        )
+
+    async def mark_car_offline(self, vin: str, instance: str) -> None:
+        await self._guard._through("mark_car_offline", self._inner.mark_car_offline, vin, instance)
+
+    async def car_instance(self, vin: str) -> str | None:
+        return await self._guard._through("car_instance", self._inner.car_instance, vin)
 
 
 def _log_transition(event: StateTransition) -> None:

@@ -77,7 +77,7 @@ def present(value: str | None) -> str:
 
 def revocation_entry(member: bytes) -> RevocationEntry:
     """An entry of the ledger's log: ``sequence:kind:before:until:subject`` (keyserver.store
-    .redis_lua says why text), the subject's raw bytes last."""
+    .redis.lua says why text), the subject's raw bytes last."""
     sequence, kind, before, until, subject = member.split(b":", 4)
     return RevocationEntry(
         RevocationKind(kind.decode()), subject, int(before), int(until), int(sequence)

@@ -1,63 +1,30 @@
 """The Redis store: the production adapter, each operation one transaction or one Lua script.
 
-Key layout, all under the store's prefix ``P``::
-
-    P account:{id}      hash    Account            P email:{email}     string  account id
-    P session:{hex}     hash    Session (expires)  P device:{id}       hash    Device
-    P devices:{acc}     zset    device ids by created_at
-    P vehicle:{vin}     hash    Vehicle            P pairing:{vin}     hash    Pairing (expires)
-    P owners:{vin}      list    ownership history, "since:until:owner_id" (until empty while open)
-    P key:{id}          hash    KeyRecord          P keys:{vin}        zset    key ids by created_at
-    P invitation:{id}   hash    Invitation (expires)
-    P nonce:{scope}:{hex}       string  the nonce's expires_at (expires)
-    P hit:{key}:{window start}  string  attempts in that window (expires)
-    P revseq:{vin}      string  last sequence number; never deleted, so it never goes back
-    P revlog:{vin}      zset    "{sequence}:" + CBOR entry, scored by sequence
-    P revuntil:{vin}    zset    sequence numbers scored by the entry's ``until``
-    P command:{id}      hash    CommandRecord (expires COMMAND_RETENTION_S after the command)
-    P cmdkey:{account}:{idempotency key}  string  command id (expires with the command)
-    P commands:{vin}    zset    command ids by expires_at
-    P audit:{vin}       hash    seq -> audit event (expires AUDIT_RETENTION_S after the last batch)
-    P car:{vin}         string  the instance the car is connected to (expires; redis_hub)
-    P hub               pub/sub channel of the hub's notices between instances (redis_hub)
-
-Records are hashes with one field per dataclass field (absent when None), so Lua can compare and
-set a single field. Expiry only collects garbage: validity is always decided by comparing with
-the caller's ``now``, and expiry is set so that clock skew cannot remove a record early.
-
-The scripts are in ``keyserver.store.redis_lua``. The hot path, ``refresh_context`` (token
-refresh), is one script for the session, device, key and nonce, and concurrent calls of it share
-round trips (``keyserver.store.shared_trips``): redis-py's own cost per command outweighs it.
+The hot path, ``refresh_context`` (token refresh), is one script for the session, device, key and
+nonce, and concurrent calls of it share round trips (``shared_trips``): redis-py's own cost per
+command outweighs it. The revocation ledger's operations are ``RedisLedger``'s (``ledger``), the
+channel's commands and audit events ``RedisChannelRecords``'s (``channel``), the hub's notices and
+car presence ``RedisHub``'s (``hub``); ``RedisStore`` holds them, on its one client.
 
 No hidden retries: one attempt per call, short socket and connect timeouts. Failures become
 ``StoreUnavailable``; ``may_have_succeeded`` is False unless a write reached the socket. Retries,
 time limits and the circuit breaker are ``keyserver.store.guarded``'s business. The client (one
-server, or the master behind Sentinel; optional ``WAIT`` for replicas) is in ``redis_client``.
+server, or the master behind Sentinel; optional ``WAIT`` for replicas) is in ``client``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import Self, TypeVar
 
 from redis.asyncio import Redis
 from redis.asyncio.sentinel import Sentinel
-from redis.exceptions import (
-    BusyLoadingError,
-    DataError,
-    ExecAbortError,
-    OutOfMemoryError,
-    ReadOnlyError,
-    RedisError,
-)
-from redis.typing import EncodableT
+from redis.exceptions import RedisError
 
 from keycore.channel import AuditEvent
-from keyserver.errors import Conflict, StoreUnavailable
+from keyserver.errors import Conflict
 from keyserver.models import (
     AUDIT_RETENTION_S,
-    COMMAND_RETENTION_S,
     Account,
     CommandRecord,
     CommandStatus,
@@ -72,75 +39,43 @@ from keyserver.models import (
     PairingResult,
     RefreshContext,
     RevocationEntry,
-    RevocationKind,
     Session,
     Tenure,
     Vehicle,
 )
-from keyserver.store import redis_lua as lua
-from keyserver.store.redis_client import NotSent, direct_client, sentinel_client, writing
-from keyserver.store.redis_hub import RedisHub
-from keyserver.store.redis_records import (
-    fields_of as _fields,
-)
-from keyserver.store.redis_records import (
-    flat as _flat,
-)
-from keyserver.store.redis_records import (
-    from_values as _from_values,
-)
-from keyserver.store.redis_records import (
-    present as _present,
-)
-from keyserver.store.redis_records import (
-    record as _record,
-)
-from keyserver.store.redis_records import (
-    revocation_entry as _entry,
-)
-from keyserver.store.redis_records import (
-    text as _text,
-)
-from keyserver.store.shared_trips import SharedTrips
+from keyserver.store.redis import lua
+from keyserver.store.redis.channel import RedisChannelRecords
+from keyserver.store.redis.client import direct_client, sentinel_client
+from keyserver.store.redis.hub import RedisHub
+from keyserver.store.redis.keyspace import EXPIRY_SLACK, Keyspace
+from keyserver.store.redis.keyspace import failures as _failures
+from keyserver.store.redis.keyspace import unavailable as _unavailable
+from keyserver.store.redis.ledger import RedisLedger
+from keyserver.store.redis.records import fields_of as _fields
+from keyserver.store.redis.records import flat as _flat
+from keyserver.store.redis.records import from_values as _from_values
+from keyserver.store.redis.records import present as _present
+from keyserver.store.redis.records import record as _record
+from keyserver.store.redis.records import text as _text
+from keyserver.store.redis.shared_trips import SharedTrips
 
-# Seconds a record outlives its expiry, and its least lifetime on Redis's clock: garbage
-# collection must never run ahead of a caller whose clock is behind Redis's.
-EXPIRY_SLACK = 60
+__all__ = ["EXPIRY_SLACK", "RedisStore"]
 
 _Record = TypeVar("_Record")
 
 
-# the server refused the whole command: nothing was applied
-_REFUSED = (NotSent, BusyLoadingError, ReadOnlyError, OutOfMemoryError, ExecAbortError, DataError)
-
-
-@contextmanager
-def _failures(operation: str, *, write: bool) -> Iterator[None]:
-    try:
-        if write:
-            with writing():  # the pool WAITs for replicas when the store asks for it
-                yield
-        else:
-            yield
-    except (RedisError, OSError) as exc:
-        raise _unavailable(operation, exc, write=write) from exc
-
-
-def _unavailable(operation: str, exc: BaseException, *, write: bool) -> StoreUnavailable:
-    sent = write and not isinstance(exc, _REFUSED)
-    cause = type(exc.__cause__ if isinstance(exc, NotSent) else exc).__name__
-    outcome = ("; may have been applied" if sent else "; not applied") if write else ""
-    return StoreUnavailable(f"redis {operation} failed ({cause}){outcome}", may_have_succeeded=sent)
-
-
-class RedisStore(RedisHub):
-    """The keyserver's state in Redis; one client and one connection pool per instance. The
-    channel hub's notices and car presence are ``RedisHub``'s (keyserver.store.redis_hub)."""
+class RedisStore:
+    """The keyserver's state in Redis; one client and one connection pool per instance, shared
+    by the parts it holds: ``ledger``, ``channel`` and ``hub`` (module doc)."""
 
     def __init__(self, client: Redis, prefix: str, *, sentinel: Sentinel | None = None) -> None:
         self._client = client
         self._sentinel = sentinel
         self._prefix = prefix
+        self._key = Keyspace(prefix)
+        self.ledger = RedisLedger(client, self._key)
+        self.channel = RedisChannelRecords(client, self._key)
+        self.hub = RedisHub(client, prefix)
         self._create_account = client.register_script(lua.CREATE_ACCOUNT)
         self._insert = client.register_script(lua.INSERT)
         self._compare_and_set = client.register_script(lua.COMPARE_AND_SET)
@@ -150,14 +85,6 @@ class RedisStore(RedisHub):
         self._refresh_contexts = SharedTrips(
             client, lua.REFRESH_CONTEXTS, keys=lua.REFRESH_KEYS, args=lua.REFRESH_ARGS
         )
-        self._withdraw_keys = client.register_script(lua.WITHDRAW_KEYS)
-        self._append_revocations = client.register_script(lua.APPEND_REVOCATIONS)
-        self._renumber_revocations = client.register_script(lua.RENUMBER_REVOCATIONS)
-        self._add_key = client.register_script(lua.ADD_KEY)
-        self._prune_revocations = client.register_script(lua.PRUNE_REVOCATIONS)
-        self._put_command = client.register_script(lua.PUT_COMMAND)
-        self._set_command_status = client.register_script(lua.SET_COMMAND_STATUS)
-        self._add_audit_batch = client.register_script(lua.ADD_AUDIT_BATCH)
 
     @classmethod
     async def connect(
@@ -174,7 +101,7 @@ class RedisStore(RedisHub):
         """A store for ``url``; connections open on first use, so Redis may be down now.
 
         With ``wait_replicas`` a write is acknowledged once that many replicas have it
-        (``keyserver.store.redis_client`` says why and what it costs).
+        (``keyserver.store.redis.client`` says why and what it costs).
         """
         client = direct_client(
             url,
@@ -220,9 +147,6 @@ class RedisStore(RedisHub):
         finally:
             if self._sentinel is not None:
                 await self._sentinel.aclose()
-
-    def _key(self, kind: str, *parts: str | int) -> str:
-        return ":".join((f"{self._prefix}{kind}", *map(str, parts)))
 
     async def _hash(self, cls: type[_Record], key: str, operation: str) -> _Record | None:
         with _failures(operation, write=False):
@@ -438,10 +362,7 @@ class RedisStore(RedisHub):
         taken = _record(Invitation, raw)
         return taken if taken is not None and now < taken.expires_at else None
 
-    # revocation ledger
-
-    def _ledger(self, vin: str) -> list[str]:
-        return [self._key(kind, vin) for kind in ("revseq", "revlog", "revuntil", "revsubj")]
+    # revocation ledger: RedisLedger's
 
     async def withdraw_keys(
         self,
@@ -453,90 +374,36 @@ class RedisStore(RedisHub):
         before: int,
         until: int,
     ) -> tuple[int, list[str]]:
-        records = list(keys)
-        allowed = [_present(s) for s in expected]
-        args: list[str | bytes | int] = [
-            _present(status), before, until, RevocationKind.HOLDER.value, vin, len(allowed),
-            *allowed, int(status is KeyStatus.REVOKED),
-        ]  # fmt: skip
-        keys_ = [*self._ledger(vin), self._key("holders", vin)]
-        for k in records:
-            args += [k.key_id, b"" if k.holder is None else k.holder]
-            keys_ += [self._key("key", k.key_id), self._key("livekey", vin, k.device_id)]
-        with _failures("withdraw_keys", write=True):
-            sequence, changed = await self._withdraw_keys(keys_, args)
-        return int(sequence), [records[int(i) - 1].key_id for i in changed]
+        return await self.ledger.withdraw_keys(
+            vin, keys, status, expected=expected, before=before, until=until
+        )
 
     async def append_revocations(self, vin: str, entries: Sequence[RevocationEntry]) -> int:
-        if not entries:
-            with _failures("append_revocations", write=False):
-                return int(await self._client.get(self._ledger(vin)[0]) or 0)
-        args: list[bytes | str | int] = []
-        for e in entries:
-            args += [e.kind.value, e.subject, e.before, e.until]
-        with _failures("append_revocations", write=True):
-            return int(await self._append_revocations(self._ledger(vin), args))
+        return await self.ledger.append_revocations(vin, entries)
 
     async def renumber_revocations(self, vin: str, *, since: int, above: int) -> int:
-        with _failures("renumber_revocations", write=True):
-            return int(await self._renumber_revocations(self._ledger(vin), [since, above]))
+        return await self.ledger.renumber_revocations(vin, since=since, above=above)
 
     async def revocations(self, vin: str, *, since: int = 0) -> tuple[int, list[RevocationEntry]]:
-        sequence, log = self._ledger(vin)[:2]
-        pipe = self._client.pipeline(transaction=True)
-        pipe.get(sequence)
-        pipe.zrangebyscore(log, f"({since}", "+inf")
-        with _failures("revocations", write=False):
-            last, members = await pipe.execute()
-        return int(last or 0), [_entry(member) for member in members]
+        return await self.ledger.revocations(vin, since=since)
 
     async def prune_revocations(self, vin: str, *, before: int) -> int:
-        with _failures("prune_revocations", write=True):
-            return int(await self._prune_revocations(self._ledger(vin)[1:], [before]))
+        return await self.ledger.prune_revocations(vin, before=before)
 
     async def add_key(
         self, key: KeyRecord, *, holder: bytes, counted_until: int, limit: int, now: int
     ) -> KeyAdded:
-        keys = [
-            *self._ledger(key.vin),
-            self._key("holders", key.vin),
-            self._key("livekey", key.vin, key.device_id),
-            self._key("key", key.key_id),
-            self._key("keys", key.vin),
-        ]
-        args: list[EncodableT] = [
-            holder, counted_until, limit, now, RevocationKind.HOLDER.value, key.key_id,
-            key.created_at,
-        ]  # fmt: skip
-        for name, value in _fields(key).items():
-            args += [name, value]
-        with _failures("add_key", write=True):
-            return KeyAdded(_text(await self._add_key(keys, args)))
+        return await self.ledger.add_key(
+            key, holder=holder, counted_until=counted_until, limit=limit, now=now
+        )
 
-    # remote commands and audit events
+    # remote commands and audit events: RedisChannelRecords'
 
     async def put_command(self, command: CommandRecord) -> tuple[CommandRecord, bool]:
-        keys = [
-            self._key("command", command.command_id),
-            self._key("cmdkey", command.account_id, command.idempotency_key),
-            self._key("commands", command.vin),
-        ]
-        expire_at = command.expires_at + COMMAND_RETENTION_S + EXPIRY_SLACK
-        prune_below = command.issued_at - COMMAND_RETENTION_S
-        args = [command.command_id, expire_at, command.expires_at, prune_below, *_flat(command)]
-        with _failures("put_command", write=True):
-            stored = await self._put_command(keys, args)
-        if stored is None:
-            raise Conflict(f"command {command.command_id} already exists")
-        if _text(stored) == command.command_id:
-            return command, True
-        existing = await self.command(_text(stored))
-        if existing is None:  # it expired a moment ago, with its idempotency key
-            raise StoreUnavailable("redis put_command: raced an expiry", may_have_succeeded=False)
-        return existing, False
+        return await self.channel.put_command(command)
 
     async def command(self, command_id: str) -> CommandRecord | None:
-        return await self._hash(CommandRecord, self._key("command", command_id), "command")
+        return await self.channel.command(command_id)
 
     async def set_command_status(
         self,
@@ -548,36 +415,17 @@ class RedisStore(RedisHub):
         detail: str,
         now: int,
     ) -> bool:
-        args = [vin, status.value, detail, now, *(CommandStatus(s).value for s in expected)]
-        with _failures("set_command_status", write=True):
-            changed = await self._set_command_status([self._key("command", command_id)], args)
-        return bool(changed)
+        return await self.channel.set_command_status(
+            command_id, status, vin=vin, expected=expected, detail=detail, now=now
+        )
 
     async def pending_commands(self, vin: str, *, now: int) -> list[CommandRecord]:
-        with _failures("pending_commands", write=False):
-            ids = await self._client.zrangebyscore(self._key("commands", vin), f"({now}", "+inf")
-            pipe = self._client.pipeline(transaction=False)
-            for command_id in ids:
-                pipe.hgetall(self._key("command", _text(command_id)))
-            raws = await pipe.execute() if ids else []
-        pending = (CommandStatus.QUEUED, CommandStatus.DELIVERED)
-        found = [c for c in (_record(CommandRecord, raw) for raw in raws) if c is not None]
-        return sorted(
-            (c for c in found if c.vin == vin and c.status in pending and c.expires_at > now),
-            key=lambda c: (c.issued_at, c.command_id),
-        )
+        return await self.channel.pending_commands(vin, now=now)
 
     async def add_audit_batch(
         self, vin: str, batch_id: str, events: Sequence[AuditEvent], *, now: int
     ) -> int:
-        args: list[str | int] = [AUDIT_RETENTION_S + EXPIRY_SLACK]
-        for event in events:
-            args += [event.seq, event.event]
-        with _failures("add_audit_batch", write=True):
-            return int(await self._add_audit_batch([self._key("audit", vin)], args))
+        return await self.channel.add_audit_batch(vin, batch_id, events, now=now)
 
     async def audit_events(self, vin: str) -> list[AuditEvent]:
-        with _failures("audit_events", write=False):
-            raw = await self._client.hgetall(self._key("audit", vin))
-        events = [AuditEvent(int(seq), _text(event)) for seq, event in raw.items()]
-        return sorted(events, key=lambda e: e.seq)
+        return await self.channel.audit_events(vin)

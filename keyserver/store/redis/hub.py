@@ -4,8 +4,8 @@ expiring unless refreshed). Neither is state the routes decide on: a lost notice
 presence costs a car a delay or a phone a wrong hint, never a key or a command.
 
 Every operation here may be repeated with the same effect, so a failure is a
-``StoreUnavailable`` that may be retried (``may_have_succeeded`` False). A mixin of
-``keyserver.store.redis.RedisStore``, which owns the client.
+``StoreUnavailable`` that may be retried (``may_have_succeeded`` False). ``RedisStore.hub``, on
+the store's client; the app reaches it through the store's guard (``GuardedHub``).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
 from keyserver.errors import StoreUnavailable
-from keyserver.store.redis_records import text
+from keyserver.store.redis.records import text
 
 # KEYS: the car's presence key; ARGV: the instance id. Deletes only the instance's own entry.
 CLEAR_PRESENCE = """
@@ -40,11 +40,15 @@ def _failures(operation: str) -> Iterator[None]:
 
 
 class RedisHub:
-    _client: Redis
-    _prefix: str
+    """The hub's notices and the cars' presence, under the store's key prefix."""
+
+    def __init__(self, client: Redis, prefix: str) -> None:
+        self._client = client
+        self._prefix = prefix
 
     @property
-    def hub_channel(self) -> str:
+    def channel(self) -> str:
+        """The pub/sub channel of the hub's notices."""
         return f"{self._prefix}hub"
 
     def pubsub(self) -> PubSub:

@@ -100,7 +100,8 @@ def _lua_index(cls: Any, name: str) -> int:
     return 1 + [field.name for field in dataclasses.fields(cls)].index(name)
 
 
-# Any number of refresh contexts, one after the other (see keyserver.store.shared_trips), each with
+# Any number of refresh contexts, one after the other (see keyserver.store.redis.shared_trips),
+# each with
 # KEYS: session, device, key, nonce
 # ARGV: "now flags expires_at ttl" (flags: d to read the device, k the key, c to claim the nonce;
 #       expires_at and ttl empty unless c), the public key the proof was checked with (or empty)
