@@ -5,12 +5,11 @@ applies what the keyserver pushes, through ``Vehicle``: revocation deltas, trust
 time for the car's own nonces, and remote commands. Frames are keycore.channel's
 (docs/protocol.md §17).
 
-A remote command runs at most once: it is verified (signature, VIN, expiry by trusted time), its
-id is recorded durably (``AgentState.begin_command``) BEFORE the actuator moves, and an id ever
-seen is never run again. Outcomes are durable too and are reported until the keyserver
-acknowledges them, after a reconnect or a restart if need be; audit events go up in batches and
-are marked sent on acknowledgement. A kill -9 at any point loses no outcome and repeats no
-movement.
+A remote command runs at most once (vehicle_agent.remote_commands: verified, its id recorded
+durably BEFORE the actuator moves, an id ever seen never run again). Outcomes are durable too and
+are reported until the keyserver acknowledges them, after a reconnect or a restart if need be;
+audit events go up in batches and are marked sent on acknowledgement. A kill -9 at any point
+loses no outcome and repeats no movement.
 
 Reconnection follows ``vehicle_agent.backoff``: tenacity full-jitter backoff, bounded, honouring
 Retry-After; a timeout on each attempt; and a cloud-link circuit breaker (resilience.breaker) that
@@ -31,8 +30,6 @@ import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any
 
 import aiohttp
@@ -43,9 +40,7 @@ from keycore.channel import (
     CLOSE_POLICY,
     CLOSE_UNSUPPORTED,
     MAX_AUDIT_EVENTS,
-    MAX_DETAIL_CHARS,
     MAX_EVENT_CHARS,
-    MAX_RESULTS,
     MAX_SERVER_FRAME_BYTES,
     RECONNECT_PACED,
     REFUSAL_HEADER,
@@ -54,7 +49,6 @@ from keycore.channel import (
     AuditAck,
     AuditEvent,
     CommandPush,
-    CommandResult,
     Hello,
     Received,
     Results,
@@ -68,48 +62,19 @@ from keycore.channel import (
     decode_from_server,
     encode,
 )
-from keycore.command import InvalidCommand, read_command
 from keycore.errors import InvalidFrame
 from keycore.request_proof import HEADER, sign_request
 from resilience.breaker import CircuitBreaker
 from resilience.waiting import PredicateWaiters
-from vehicle_agent.actuator import ActuatorError
 from vehicle_agent.backoff import ConnectThrottle, ReconnectPolicy, connect_retrying
 from vehicle_agent.errors import LinkError, LinkPaced
+from vehicle_agent.link_stats import LinkState, LinkStats
+from vehicle_agent.remote_commands import SUPERSEDED, RemoteCommands
 from vehicle_agent.vehicle import Vehicle
 
+__all__ = ["SUPERSEDED", "CloudLink", "LinkState", "LinkStats"]
+
 log = logging.getLogger("vehicle_agent.channel")
-#: a remote command issued before the car's last in-person (BLE) action is refused with this
-SUPERSEDED = "superseded: a phone acted on the car in person after this command was sent"
-
-
-class LinkState(StrEnum):
-    OFFLINE = "offline"
-    CONNECTING = "connecting"
-    ONLINE = "online"
-
-
-@dataclass
-class LinkStats:
-    """What the link has done, for metrics and tests."""
-
-    state: LinkState = LinkState.OFFLINE
-    attempts: int = 0
-    connects: int = 0
-    disconnects: int = 0
-    last_error: str = ""  # the last failure (a paced refusal is not one: see ``paced``)
-    paced: int = 0  # upgrades refused 429 reconnect_paced: each a slot the car came back at
-    close_codes: list[int | None] = field(default_factory=list)
-    revocations_applied: int = 0
-    commands_executed: int = 0
-    commands_refused: int = 0
-    commands_replayed: int = 0
-    # monotonic time the car last had a live channel (or was started): the sync lag's origin
-    offline_since: float = field(default_factory=time.monotonic)
-
-    def sync_lag(self, mono: float) -> float:
-        """Seconds the car may have missed pushes for: 0 while online, else since it went off."""
-        return 0.0 if self.state is LinkState.ONLINE else max(0.0, mono - self.offline_since)
 
 
 class CloudLink:
@@ -139,9 +104,7 @@ class CloudLink:
         self._offset = 0.0  # server time − wall clock, learnt from Hello: for proof timestamps
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._commands: asyncio.Queue[CommandPush] = asyncio.Queue()
-        self._executing: str | None = None
-        # results kept in memory only: refusals (the command expires anyway) and repeats
-        self._volatile: dict[str, CommandResult] = {}
+        self.remote_commands = RemoteCommands(vehicle, self.stats)
         self._results_batch: tuple[str, list[str], list[str]] | None = None
         self._audit_batch: tuple[str, int] | None = None
         self._flush = asyncio.Event()
@@ -360,9 +323,7 @@ class CloudLink:
             case ResultsAck():
                 batch = self._results_batch
                 if batch is not None and batch[0] == frame.batch_id:
-                    vehicle.state.mark_reported(batch[1])
-                    for command_id in batch[2]:
-                        self._volatile.pop(command_id, None)
+                    self.remote_commands.acknowledged(batch[1], batch[2])
                     self._results_batch = None
                     await self._report_results()
             case AuditAck():
@@ -380,102 +341,27 @@ class CloudLink:
         if ws is not None and not ws.closed:
             await ws.send_bytes(encode(frame))
 
-    # remote commands, at most once
+    # remote commands, at most once (vehicle_agent.remote_commands)
 
     async def _execute_commands(self) -> None:
         """One command at a time, in the order received; lives across reconnections."""
         while True:
             frame = await self._commands.get()
             try:
-                await self._execute(frame)
+                await self.remote_commands.run(frame)
             except Exception:  # the state stays as it was left: never run, or reported later
                 log.exception("command failed", extra={"fields": {"command": frame.command_id}})
-            finally:
-                self._executing = None
             self._notify()
             with contextlib.suppress(ConnectionError, RuntimeError):
                 await self._report_results()
                 await self._upload_audit()
-
-    async def _execute(self, frame: CommandPush) -> None:
-        vehicle, state = self.vehicle, self.vehicle.state
-        now = vehicle.now()
-        try:
-            if vehicle.clock.reset:  # expiry cannot be judged on a lower bound of the time
-                raise InvalidCommand(Reason.UNTRUSTED_TIME)
-            command = read_command(frame.document, vin=vehicle.vin, now=now, trust=vehicle.trust)
-        except InvalidCommand as error:
-            reason = error.reason.value
-            if not self._repeat_outcome(frame.command_id):
-                status = "expired" if error.reason is Reason.EXPIRED else "failed"
-                self._volatile[frame.command_id] = CommandResult(frame.command_id, status, reason)
-            self.stats.commands_refused += 1
-            self._audit_command(frame.command_id, "refused", reason)
-            return
-        action = command.action.name.lower()
-        # the user acted in person after it was sent, differently: it must not run now. The same
-        # action (a cloud unlock racing another phone's Bluetooth unlock) leaves the car as the
-        # user wants it, so it runs; times compare to the millisecond.
-        if (
-            command.issued <= state.local_action_at()
-            and state.local_action() != action
-            and not self._repeat_outcome(command.command_id)
-        ):
-            self._volatile[command.command_id] = CommandResult(
-                command.command_id, "failed", SUPERSEDED
-            )
-            self.stats.commands_refused += 1
-            self._audit_command(command.command_id, "refused", SUPERSEDED)
-            return
-        if not state.begin_command(command.command_id, action, at=now):
-            self.stats.commands_replayed += 1
-            self._repeat_outcome(command.command_id)
-            self._audit_command(command.command_id, "refused", Reason.REPLAYED.value)
-            return
-        self._executing = command.command_id
-        try:
-            await vehicle.actuator.perform(command.action)
-            status, detail = "executed", ""
-        except ActuatorError as error:
-            moved = "may have moved: " if error.may_have_moved else ""
-            status, detail = "failed", f"{moved}{error}"[:MAX_DETAIL_CHARS]
-        state.finish_command(command.command_id, status, detail, at=vehicle.now())
-        if status == "executed":
-            self.stats.commands_executed += 1
-        self._audit_command(command.command_id, status, action)
-
-    def _repeat_outcome(self, command_id: str) -> bool:
-        """Report again the outcome of a command seen before (the keyserver sent it again, so it
-        may have lost the result); False if the car has never seen it."""
-        record = self.vehicle.state.command(command_id)
-        if record is None:
-            return False
-        if record.command_id != self._executing:
-            status, detail = record.status, record.detail
-            if status == "executing":  # left so by a crash: it may have moved, never run again
-                status, detail = "failed", "interrupted"
-            self._volatile[command_id] = CommandResult(command_id, status, detail)
-        return True
-
-    def _audit_command(self, command_id: str, outcome: str, detail: str) -> None:
-        self.vehicle.state.add_audit(
-            {"kind": "command", "path": "cloud", "command_id": command_id, "outcome": outcome,
-             "detail": detail, "at": round(self.vehicle.now(), 3)}
-        )  # fmt: skip
 
     # reporting: one batch of each kind in flight, the next one on its acknowledgement
 
     async def _report_results(self) -> None:
         if self._ws is None or self._results_batch is not None:
             return
-        durable = [
-            CommandResult(r.command_id, r.status, r.detail[:MAX_DETAIL_CHARS])
-            for r in self.vehicle.state.unreported_commands()
-            if r.command_id != self._executing  # not "interrupted": it is running right now
-        ][:MAX_RESULTS]
-        known = {r.command_id for r in durable}
-        refusals = [r for r in self._volatile.values() if r.command_id not in known]
-        refusals = refusals[: MAX_RESULTS - len(durable)]
+        durable, refusals = self.remote_commands.unreported()
         if not durable and not refusals:
             return
         batch_id = secrets.token_urlsafe(8)
