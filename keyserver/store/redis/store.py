@@ -66,7 +66,7 @@ _Record = TypeVar("_Record")
 
 class RedisStore:
     """The keyserver's state in Redis; one client and one connection pool per instance, shared
-    by the parts it holds: ``ledger``, ``channel`` and ``hub`` (module doc)."""
+    by the parts it holds: ``ledger``, ``channel_records`` and ``hub`` (module doc)."""
 
     def __init__(self, client: Redis, prefix: str, *, sentinel: Sentinel | None = None) -> None:
         self._client = client
@@ -74,7 +74,7 @@ class RedisStore:
         self._prefix = prefix
         self._key = Keyspace(prefix)
         self.ledger = RedisLedger(client, self._key)
-        self.channel = RedisChannelRecords(client, self._key)
+        self.channel_records = RedisChannelRecords(client, self._key)
         self.hub = RedisHub(client, prefix)
         self._create_account = client.register_script(lua.CREATE_ACCOUNT)
         self._insert = client.register_script(lua.INSERT)
@@ -400,10 +400,10 @@ class RedisStore:
     # remote commands and audit events: RedisChannelRecords'
 
     async def put_command(self, command: CommandRecord) -> tuple[CommandRecord, bool]:
-        return await self.channel.put_command(command)
+        return await self.channel_records.put_command(command)
 
     async def command(self, command_id: str) -> CommandRecord | None:
-        return await self.channel.command(command_id)
+        return await self.channel_records.command(command_id)
 
     async def set_command_status(
         self,
@@ -415,17 +415,17 @@ class RedisStore:
         detail: str,
         now: int,
     ) -> bool:
-        return await self.channel.set_command_status(
+        return await self.channel_records.set_command_status(
             command_id, status, vin=vin, expected=expected, detail=detail, now=now
         )
 
     async def pending_commands(self, vin: str, *, now: int) -> list[CommandRecord]:
-        return await self.channel.pending_commands(vin, now=now)
+        return await self.channel_records.pending_commands(vin, now=now)
 
     async def add_audit_batch(
         self, vin: str, batch_id: str, events: Sequence[AuditEvent], *, now: int
     ) -> int:
-        return await self.channel.add_audit_batch(vin, batch_id, events, now=now)
+        return await self.channel_records.add_audit_batch(vin, batch_id, events, now=now)
 
     async def audit_events(self, vin: str) -> list[AuditEvent]:
-        return await self.channel.audit_events(vin)
+        return await self.channel_records.audit_events(vin)
