@@ -69,7 +69,7 @@ class Body(BaseModel):
             raise refusal(cls, error.errors(include_url=False, include_input=False)) from None
 
 
-class Empty(Body):
+class EmptyRequest(Body):
     """A body that may be absent, and if present is ``{}``."""
 
     model_config = ConfigDict(json_schema_extra={"maxProperties": 0})

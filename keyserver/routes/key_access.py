@@ -31,7 +31,7 @@ from typing import TypeVar
 from aiohttp import web
 
 from keyserver import auth, fields
-from keyserver.bodies import Body, Empty
+from keyserver.bodies import Body, EmptyRequest
 from keyserver.errors import StoreUnavailable
 from keyserver.grants import key_view
 from keyserver.http import ApiError, read_body
@@ -46,11 +46,11 @@ B = TypeVar("B", bound=Body)
 
 async def signed(request: web.Request, model: type[B]) -> tuple[auth.Caller, B, Device]:
     """Session, then the body (read once, bounded), then the device proof over those bytes, then
-    the body as ``model`` (``Empty``: the body may be absent)."""
+    the body as ``model`` (``EmptyRequest``: the body may be absent)."""
     services = request.app[SERVICES]
     config, store = services.config, services.store
     caller = await auth.require_session(request, store)
-    takes_body = model is not Empty
+    takes_body = model is not EmptyRequest
     raw = b""
     if takes_body or request.body_exists:
         raw = await read_body(request, config.max_body_bytes)

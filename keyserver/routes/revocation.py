@@ -12,7 +12,7 @@ from pydantic import ConfigDict, Field, WithJsonSchema, field_validator, model_v
 
 from keyserver import openapi, ratelimit
 from keyserver.admission import Criticality
-from keyserver.bodies import ID_PATTERN, Body, Empty, Id, refuse
+from keyserver.bodies import ID_PATTERN, Body, EmptyRequest, Id, refuse
 from keyserver.clock import request_now
 from keyserver.degraded import Behaviour
 from keyserver.errors import StoreUnavailable
@@ -80,7 +80,7 @@ class HolderRevocationRequest(Body):
 
 async def suspend(request: web.Request) -> web.Response:
     """The owner suspends a key (a lost phone): its tokens die on cars that get the list."""
-    caller, _, _ = await signed(request, Empty)
+    caller, _, _ = await signed(request, EmptyRequest)
     await ratelimit.check(request, account=caller.account_id)
     key = await key_for(request, caller, holder_may=False)
     if key.status is KeyStatus.REVOKED:
@@ -102,7 +102,7 @@ async def resume(request: web.Request) -> web.Response:
     """The owner makes a suspended key active again; tokens signed from now on work."""
     services = request.app[SERVICES]
     store = services.store
-    caller, _, _ = await signed(request, Empty)
+    caller, _, _ = await signed(request, EmptyRequest)
     await ratelimit.check(request, account=caller.account_id)
     key = await key_for(request, caller, holder_may=False)
     if key.status is KeyStatus.REVOKED:
@@ -122,7 +122,7 @@ async def resume(request: web.Request) -> web.Response:
 
 async def revoke(request: web.Request) -> web.Response:
     """Revoke a key for good: the owner any key, a holder its own."""
-    caller, _, _ = await signed(request, Empty)
+    caller, _, _ = await signed(request, EmptyRequest)
     await ratelimit.check(request, account=caller.account_id)
     key = await key_for(request, caller, holder_may=True)
     if key.status is KeyStatus.REVOKED:  # a repeat changes nothing, not even the journal
@@ -183,7 +183,7 @@ ROUTES = (
         "POST", "/v1/keys/{key_id}/suspend", suspend, "suspendKey", _TAG,
         "The owner suspends a key (lost phone): its current tokens die on cars",
         criticality=_P, degraded=Behaviour.JOURNALED, rate_limit=ratelimit.WITHDRAWALS,
-        body=Empty, body_required=False, security=SIGNED, parameters=KEY_PARAM,
+        body=EmptyRequest, body_required=False, security=SIGNED, parameters=KEY_PARAM,
         responses=key_change_responses(
             {
                 "403": openapi.error("not_owner, unknown_device"),
@@ -196,7 +196,7 @@ ROUTES = (
         "The owner resumes a suspended key; tokens signed from now on work",
         criticality=Criticality.CRITICAL,  # a key handed back now
         degraded=Behaviour.TRY_LATER, rate_limit=ratelimit.WRITES,
-        body=Empty, body_required=False, security=SIGNED, parameters=KEY_PARAM,
+        body=EmptyRequest, body_required=False, security=SIGNED, parameters=KEY_PARAM,
         responses=key_change_responses(
             {
                 "403": openapi.error("not_owner, unknown_device"),
@@ -208,7 +208,7 @@ ROUTES = (
         "POST", "/v1/keys/{key_id}/revoke", revoke, "revokeKey", _TAG,
         "Revoke a key for good: the owner any key, a holder its own",
         criticality=_P, degraded=Behaviour.JOURNALED, rate_limit=ratelimit.WITHDRAWALS,
-        body=Empty, body_required=False, security=SIGNED, parameters=KEY_PARAM,
+        body=EmptyRequest, body_required=False, security=SIGNED, parameters=KEY_PARAM,
         responses=key_change_responses({"403": openapi.error("not_owner, unknown_device")}),
     ),
     Route(
