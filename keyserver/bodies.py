@@ -101,7 +101,7 @@ def invalid(name: str, expected: str) -> ApiError:
 def refuse(code: str, message: str) -> PydanticCustomError:
     """An error a validator raises to answer with ``code`` (one of ``OWN_CODES``)."""
     assert code in OWN_CODES, code
-    return PydanticCustomError(code, message.replace("{", "(").replace("}", ")"))
+    return PydanticCustomError(code, message)  # no context: the message is not formatted
 
 
 # fields several bodies share

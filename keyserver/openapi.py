@@ -186,7 +186,6 @@ def _operation(route: Route, schemas: dict[str, Any]) -> dict[str, Any]:
             "content": {"application/json": {"schema": {"$ref": f"{_REFS}{name}"}}},
         }
     operation["responses"] = copy.deepcopy({k: dict(v) for k, v in route.responses.items()})
-    operation.update(copy.deepcopy(dict(route.extra)))
     return operation
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -22,6 +22,7 @@ from aiohttp import web
 from keyserver.admission import Criticality
 from keyserver.bodies import Body
 from keyserver.degraded import Behaviour
+from keyserver.errors import KeyserverError
 from keyserver.http import Handler
 from keyserver.ratelimit import WRITE_METHODS, RateLimit
 
@@ -30,7 +31,7 @@ _OPERATION_ID = re.compile(r"[a-z][A-Za-z0-9]{1,63}")  # camelCase
 Security = Sequence[Mapping[str, Sequence[str]]]
 
 
-class RouteDeclarationError(ValueError):
+class RouteDeclarationError(KeyserverError, ValueError):
     """A route table that cannot be served as declared: found at import or start-up."""
 
 
@@ -59,7 +60,6 @@ class Route:
     security: Security = ()
     parameters: Sequence[Mapping[str, Any]] = ()
     description: str | None = None
-    extra: Mapping[str, Any] = field(default_factory=dict)  # further OpenAPI operation fields
 
     def __post_init__(self) -> None:
         where = f"{self.method} {self.path}"
