@@ -1,26 +1,17 @@
 """Admission control (Google SRE "Handling Overload"): each route's criticality, the request's
 deadline, and load shedding by the number of requests in flight — sheddable work goes first.
 
-Criticality of every route (``ROUTES``; HEAD follows GET; a route missing here stops start-up):
+Each route declares its criticality (``keyserver.routing.Route.criticality``; HEAD follows GET);
+``setup`` gets them from the route tables, and a served route without one stops start-up:
 
-    CRITICAL_PLUS  never let anything else crowd these out
-                   GET  /healthz, /readyz             a refused probe pulls the instance and moves
-                                                      its load onto the others
-                   GET  /v1/vehicles/{vin}/channel    the car's channel: revocations and commands
-                   POST /v1/keys/{key_id}/revoke      revocation (G4)
-                   POST /v1/keys/{key_id}/suspend     a suspension is a revocation
-                   POST /v1/vehicles/{vin}/revocations  "everything issued to holder X before T"
-    CRITICAL       a person or a car is waiting on it to get in
-                   POST /v1/keys/{key_id}/token       token refresh (G1's offline days)
-                   POST /v1/vehicles/{vin}/commands   remote unlock/lock …
-                   GET  /v1/commands/{command_id}     the phone following its command to the end
-                   GET  /v1/vehicles/{vin}/revocations, /v1/trust-update   what phones carry to cars
-                   POST /v1/sessions                  no session, no refresh
-                   POST /v1/keys/{key_id}/resume, /v1/vehicles/{vin}/keys,
-                        /v1/invitations/{id}/accept   a key handed over now
-                   POST /v1/vehicles/{vin}/pairing-code, /v1/vehicles/{vin}/owner,
-                        /v1/vehicles/{vin}/transfer   someone at the car; rare, so cheap to keep
-                   GET  /metrics                      we need to see an overload to handle it
+    CRITICAL_PLUS  never let anything else crowd these out: the probes (a refused probe pulls
+                   the instance and moves its load onto the others), the car's channel
+                   (revocations and commands), and every revocation or suspension (G4)
+    CRITICAL       a person or a car is waiting on it to get in: token refresh (G1's offline
+                   days), remote commands and following them, what phones carry to cars
+                   (revocation lists, the trust update), logging in, keys handed over now,
+                   someone at the car pairing or transferring it; and /metrics (we need to see
+                   an overload to handle it)
     SHEDDABLE      can wait a few seconds: everything else — listings (keys, devices), account
                    and vehicle views, registration, enrolment, invitations, logout, provisioning,
                    the OpenAPI document; and requests that match no route (404/405)
@@ -42,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 from enum import IntEnum
@@ -71,67 +62,35 @@ class Criticality(IntEnum):
     CRITICAL_PLUS = 2
 
 
-_S, _C, _P = Criticality.SHEDDABLE, Criticality.CRITICAL, Criticality.CRITICAL_PLUS
-ROUTES: dict[tuple[str, str], Criticality] = {
-    ("GET", "/healthz"): _P,
-    ("GET", "/readyz"): _P,
-    ("GET", "/metrics"): _C,
-    ("GET", "/openapi.json"): _S,
-    ("GET", "/v1/trust-update"): _C,
-    ("POST", "/v1/accounts"): _S,
-    ("GET", "/v1/accounts/me"): _S,
-    ("POST", "/v1/sessions"): _C,
-    ("DELETE", "/v1/sessions/current"): _S,
-    ("POST", "/v1/devices"): _S,
-    ("GET", "/v1/devices"): _S,
-    ("POST", "/v1/vehicles"): _S,
-    ("GET", "/v1/vehicles/{vin}"): _S,
-    ("POST", "/v1/vehicles/{vin}/pairing-code"): _C,
-    ("POST", "/v1/vehicles/{vin}/owner"): _C,
-    ("POST", "/v1/vehicles/{vin}/transfer"): _C,
-    ("POST", "/v1/keys/{key_id}/token"): _C,
-    ("POST", "/v1/vehicles/{vin}/keys"): _C,
-    ("GET", "/v1/vehicles/{vin}/keys"): _S,
-    ("POST", "/v1/vehicles/{vin}/invitations"): _S,
-    ("POST", "/v1/invitations/{invitation_id}/accept"): _C,
-    ("POST", "/v1/keys/{key_id}/suspend"): _P,
-    ("POST", "/v1/keys/{key_id}/resume"): _C,
-    ("POST", "/v1/keys/{key_id}/revoke"): _P,
-    ("POST", "/v1/vehicles/{vin}/revocations"): _P,
-    ("GET", "/v1/vehicles/{vin}/revocations"): _C,
-    ("POST", "/v1/vehicles/{vin}/commands"): _C,
-    ("GET", "/v1/commands/{command_id}"): _C,
-    ("GET", "/v1/vehicles/{vin}/audit"): _S,
-    ("GET", CHANNEL_PATH): _P,
-}
+Criticalities = Mapping[tuple[str, str], Criticality]  # (method, path template) -> criticality
 
 
 class UnclassifiedRoute(KeyserverError, ValueError):
     """The app serves a route that has no criticality: a start-up error, by design."""
 
 
-def criticality_of(method: str, route: str) -> Criticality | None:
-    return ROUTES.get(("GET" if method == "HEAD" else method, route))
+def criticality_of(table: Criticalities, method: str, route: str) -> Criticality | None:
+    return table.get(("GET" if method == "HEAD" else method, route))
 
 
-def check_routes(routes: Iterable[web.AbstractRoute]) -> None:
-    """Raise UnclassifiedRoute naming every served route that ``ROUTES`` does not list."""
+def check_routes(routes: Iterable[web.AbstractRoute], table: Criticalities) -> None:
+    """Raise UnclassifiedRoute naming every served route that ``table`` does not list."""
     missing = sorted(
         f"{route.method} {route.resource.canonical}"
         for route in routes
         if route.resource is not None
-        and criticality_of(route.method, route.resource.canonical) is None
+        and criticality_of(table, route.method, route.resource.canonical) is None
     )
     if missing:
         raise UnclassifiedRoute(f"routes without a criticality: {', '.join(missing)}")
 
 
-def classify(request: web.Request) -> Criticality:
+def classify(request: web.Request, table: Criticalities) -> Criticality:
     resource = request.match_info.route.resource
     if resource is None:  # 404/405: cheap, but nobody waits for them
         return Criticality.SHEDDABLE
     # a route added after start-up (tests do) is treated as the least critical
-    return criticality_of(request.method, resource.canonical) or Criticality.SHEDDABLE
+    return criticality_of(table, request.method, resource.canonical) or Criticality.SHEDDABLE
 
 
 @dataclass(frozen=True)
@@ -189,9 +148,11 @@ class AdmissionControl:
         self,
         config: Config,
         metrics: AdmissionMetrics,
+        criticalities: Criticalities,
         *,
         rng: Callable[[], float] = random.random,
     ) -> None:
+        self.criticalities = criticalities
         self.limits = {
             Criticality.SHEDDABLE: config.shed_sheddable_at,
             Criticality.CRITICAL: config.max_in_flight,
@@ -230,7 +191,7 @@ class AdmissionControl:
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        criticality = classify(request)
+        criticality = classify(request, self.criticalities)
         deadline = self.deadline(request)  # a bad header is a 400 before anything else
         if deadline.expired():
             return self.refuse(criticality, "deadline_exceeded", "the request's deadline passed")
@@ -285,23 +246,19 @@ async def _on_response_prepare(request: web.Request, response: web.StreamRespons
 
 
 def setup(
-    app: web.Application,
-    config: Config,
-    registry: CollectorRegistry,
-    openapi: dict[str, Any] | None = None,
+    app: web.Application, config: Config, registry: CollectorRegistry, criticalities: Criticalities
 ) -> AdmissionControl:
-    """Check that every route has a criticality, then admit through a middleware placed inside
-    those already listed (so the error middleware wraps it). Documents 429 on every operation."""
-    check_routes(app.router.routes())
-    control = AdmissionControl(config, AdmissionMetrics.create(registry))
+    """Check that every served route has a criticality, then admit through a middleware placed
+    inside those already listed (so the error middleware wraps it)."""
+    check_routes(app.router.routes(), criticalities)
+    control = AdmissionControl(config, AdmissionMetrics.create(registry), criticalities)
     app.middlewares.append(control.middleware)
     app.on_response_prepare.append(_on_response_prepare)
-    if openapi is not None:
-        _document(openapi)
     return control
 
 
-def _document(doc: dict[str, Any]) -> None:
+def document(doc: dict[str, Any]) -> None:
+    """Every operation may be refused 429 (overloaded, deadline) and 400 (a bad deadline)."""
     refusal = {
         "description": "overloaded, or the request's deadline (PK-Deadline-Ms) passed",
         "headers": {"Retry-After": {"schema": {"type": "string"}}},

@@ -1,7 +1,9 @@
 """The keyserver's aiohttp application: ``create_app(config)`` and its routes.
 
 Resources and services are built in one place, ``keyserver.resources`` (one ``cleanup_ctx``);
-handlers read them from ``request.app[SERVICES]``. The zero-configuration default is one node on
+handlers read them from ``request.app[SERVICES]``. The routes are the route modules' tables,
+``ROUTES`` below in serving order (keyserver.routing): the router, admission control, the rate
+limits and the OpenAPI document are made from them. The zero-configuration default is one node on
 the embedded SQLite store with a key ring created on first start; a configured ``key_dir`` must
 hold one (``keyserver keys``), and a rotation published there is served without a restart
 (``keyserver.keyring_reload``).
@@ -10,19 +12,15 @@ hold one (``keyserver keys``), and a rotation published there is served without 
 from __future__ import annotations
 
 from importlib.metadata import version
-from typing import Any
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from keycore.channel import CLOSE_GOING_AWAY
-from keyserver import admission, openapi, ratelimit
+from keyserver import admission, openapi, ratelimit, routing
 from keyserver.auth import DeviceKeys
 from keyserver.clock import CLOCK, Clock, process_clock
 from keyserver.config import Config
-from keyserver.degraded import STORE_UNAVAILABLE, degraded_json
-from keyserver.errors import StoreUnavailable
-from keyserver.http import CBOR, ApiError, error_middleware
+from keyserver.http import error_middleware
 from keyserver.hub import ChannelHub
 from keyserver.observability import Metrics
 from keyserver.resources import (
@@ -42,8 +40,42 @@ from keyserver.resources import (
     open_store,
     resources_context,
 )
-from keyserver.routes import audit, channel, commands, identity, keys, vehicles
+from keyserver.routes import (
+    audit,
+    channel,
+    commands,
+    identity,
+    keys,
+    revocation,
+    service,
+    sharing,
+    vehicles,
+)
 from keyserver.store import Store
+
+#: Every route, in serving order; the refresh first among the keys: the busiest route.
+ROUTES: tuple[routing.Route, ...] = routing.checked(
+    (
+        *service.ROUTES,
+        *identity.ROUTES,
+        *vehicles.ROUTES,
+        *keys.ROUTES,
+        *sharing.ROUTES,
+        *revocation.ROUTES,
+        *commands.ROUTES,
+        *channel.ROUTES,
+        *audit.ROUTES,
+    )
+)
+#: The response bodies' component schemas, by route module.
+SCHEMAS = (
+    service.SCHEMAS,
+    identity.SCHEMAS,
+    vehicles.SCHEMAS,
+    keys.SCHEMAS,
+    commands.SCHEMAS,
+    audit.SCHEMAS,
+)
 
 __all__ = [  # the resources' keys, for tests and tools that look inside a running app
     "CONFIG",
@@ -55,6 +87,7 @@ __all__ = [  # the resources' keys, for tests and tools that look inside a runni
     "METRICS",
     "OPENAPI",
     "REPLAYER",
+    "ROUTES",
     "SERVICES",
     "STORE",
     "STORE_GUARD",
@@ -81,9 +114,13 @@ def create_app(
         app[INJECTED_STORE] = store
     app.cleanup_ctx.append(resources_context)
     app.on_shutdown.append(_close_channels)
-    setup_routes(app)
-    ratelimit.setup(app, config, metrics.registry, app[OPENAPI], store=lambda: app[STORE])
-    admission.setup(app, config, metrics.registry, app[OPENAPI])  # innermost: inside the errors
+    channel.setup(app)
+    routing.add_routes(app, ROUTES)
+    app[OPENAPI] = openapi.document(ROUTES, SCHEMAS, version=version("phonekey"), config=config)
+    limits = routing.rate_limits(ROUTES)
+    ratelimit.setup(app, config, metrics.registry, limits, store=lambda: app[STORE])
+    # innermost: inside the errors
+    admission.setup(app, config, metrics.registry, routing.criticalities(ROUTES))
     return app
 
 
@@ -91,148 +128,3 @@ async def _close_channels(app: web.Application) -> None:
     """Cars are told the server is going away (1001), so they reconnect elsewhere with jitter;
     otherwise their open connections would hold the shutdown for its whole grace period."""
     await app[HUB].close_all(CLOSE_GOING_AWAY, b"server shutting down")
-
-
-def setup_routes(app: web.Application) -> None:
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics_endpoint)
-    app.router.add_get("/openapi.json", openapi_endpoint)
-    app.router.add_get("/v1/trust-update", trust_update)
-    identity.setup(app)
-    vehicles.setup(app)
-    keys.setup(app)
-    commands.setup(app)
-    channel.setup(app)
-    audit.setup(app)
-    app[OPENAPI] = openapi.document(
-        [
-            PATHS,
-            identity.PATHS,
-            vehicles.PATHS,
-            keys.PATHS,
-            commands.PATHS,
-            channel.PATHS,
-            audit.PATHS,
-        ],
-        [
-            SCHEMAS,
-            identity.SCHEMAS,
-            vehicles.SCHEMAS,
-            keys.SCHEMAS,
-            commands.SCHEMAS,
-            audit.SCHEMAS,
-        ],
-        version=version("phonekey"),
-    )
-
-
-async def openapi_endpoint(request: web.Request) -> web.Response:
-    return web.json_response(request.app[OPENAPI])
-
-
-async def healthz(request: web.Request) -> web.Response:
-    """Liveness: the process answers. Dependencies are /readyz's business."""
-    return web.json_response({"status": "ok"})
-
-
-async def readyz(request: web.Request) -> web.Response:
-    """Readiness: 200 whenever this instance can answer, with the store's state in the body.
-
-    With the store down an instance still gives useful, degraded answers (G2); a shared store's
-    outage must not take every instance out of rotation at once and turn those answers into
-    the load balancer's 503s. The store's health is for metrics and alerts (breaker state).
-    """
-    try:
-        await request.app[STORE].ping()
-    except StoreUnavailable:
-        return degraded_json(
-            {"status": "ready", "store": "unavailable"},
-            reason=STORE_UNAVAILABLE,
-            detail="the state store is unavailable: answers are degraded",
-        )
-    return web.json_response({"status": "ready", "store": "ok"})
-
-
-async def metrics_endpoint(request: web.Request) -> web.Response:
-    body = generate_latest(request.app[METRICS].registry)
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-
-async def trust_update(request: web.Request) -> web.Response:
-    """The latest root-signed trust-store update (CBOR, COSE_Sign1): cars and phones apply it."""
-    ring = request.app[KEYRING]
-    if not ring.trust_update:
-        raise ApiError(404, "not_found", "no trust-store update yet")
-    return web.Response(
-        body=ring.trust_update,
-        content_type=CBOR,
-        headers={"PK-Trust-Sequence": str(ring.trust_sequence)},
-    )
-
-
-SCHEMAS: dict[str, Any] = {
-    "Health": {
-        "type": "object",
-        "required": ["status"],
-        "properties": {"status": {"const": "ok"}},
-    },
-    "Readiness": {
-        "type": "object",
-        "required": ["status", "store"],
-        "properties": {
-            "status": {"enum": ["ready"]},
-            "store": {"enum": ["ok", "unavailable"]},
-        },
-    },
-}
-
-PATHS: dict[str, Any] = {
-    "/healthz": {
-        "get": {
-            "summary": "Liveness",
-            "responses": {"200": openapi.json_response("alive", "Health")},
-        }
-    },
-    "/readyz": {
-        "get": {
-            "summary": "Readiness: 200 while the instance answers; says if the store is down",
-            "responses": {"200": openapi.json_response("ready (maybe degraded)", "Readiness")},
-        }
-    },
-    "/metrics": {
-        "get": {
-            "summary": "Prometheus metrics",
-            "responses": {
-                "200": {
-                    "description": "text exposition format",
-                    "content": {"text/plain": {"schema": {"type": "string"}}},
-                }
-            },
-        }
-    },
-    "/openapi.json": {
-        "get": {
-            "summary": "This document",
-            "responses": {
-                "200": {
-                    "description": "OpenAPI 3.1",
-                    "content": {"application/json": {"schema": {"type": "object"}}},
-                }
-            },
-        }
-    },
-    "/v1/trust-update": {
-        "get": {
-            "summary": "The latest root-signed trust-store update (docs/protocol.md §11)",
-            "responses": {
-                "200": {
-                    "description": "the update; its sequence in PK-Trust-Sequence",
-                    "headers": {"PK-Trust-Sequence": {"schema": {"type": "string"}}},
-                    "content": {CBOR: {"schema": {"type": "string", "format": "binary"}}},
-                },
-                "404": openapi.error("no update yet"),
-            },
-        }
-    },
-}

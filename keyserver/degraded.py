@@ -1,13 +1,14 @@
-"""Degraded answers (G2, "never 503"): the marker every degraded answer carries, and the table that
-declares how each route behaves when the state store is down.
+"""Degraded answers (G2, "never 503"): the marker every degraded answer carries, and the behaviours
+a route declares for when the state store is down (``Behaviour``).
 
 A degraded answer has the header ``PK-Degraded: <reason>`` and, when its body is JSON, a field
 ``"degraded": {"reason", "stale_age_s", "detail"}``. Reasons: ``store_unavailable`` (the state
 store failed; the answer is last known data, a token signed from the key ring, or a write accepted
 into the local journal) and ``car_unreachable`` (the car cannot be reached from the cloud).
 
-``ROUTES`` is the contract, one line per served route; the test suite enumerates the router and
-fails for a route that is missing here, and checks each declared behaviour with the store down.
+Each route's behaviour is part of its declaration (``keyserver.routing.Route.degraded``): it is
+required, so no route lacks one; the OpenAPI document describes each route's degraded answers from
+it, and the test suite checks each declared behaviour with the store down.
 ``try_later`` is the last resort (429 ``temporarily_unavailable`` + Retry-After): for writes that
 need the store to be decided at all (registering, logging in, enrolling, pairing, ...) and for a
 caller this process does not know from before the outage (fail closed: never someone else's data).
@@ -41,41 +42,6 @@ class Behaviour(StrEnum):
     NOT_SENT = "not_sent"  # command: 202 not_sent (or maybe_queued) + Bluetooth hint + marker
     CHANNEL = "channel"  # car channel: opens for a known car, else closes "try later"
     TRY_LATER = "try_later"  # 429 temporarily_unavailable + Retry-After + marker
-
-
-_B = Behaviour
-ROUTES: dict[tuple[str, str], Behaviour] = {
-    ("get", "/healthz"): _B.NO_STORE,
-    ("get", "/readyz"): _B.READINESS,
-    ("get", "/metrics"): _B.NO_STORE,
-    ("get", "/openapi.json"): _B.NO_STORE,
-    ("get", "/v1/trust-update"): _B.NO_STORE,
-    ("post", "/v1/accounts"): _B.TRY_LATER,
-    ("get", "/v1/accounts/me"): _B.STALE,
-    ("post", "/v1/sessions"): _B.TRY_LATER,
-    ("delete", "/v1/sessions/current"): _B.TRY_LATER,
-    ("post", "/v1/devices"): _B.TRY_LATER,
-    ("get", "/v1/devices"): _B.STALE,
-    ("post", "/v1/vehicles"): _B.TRY_LATER,
-    ("get", "/v1/vehicles/{vin}"): _B.STALE,
-    ("post", "/v1/vehicles/{vin}/pairing-code"): _B.TRY_LATER,
-    ("post", "/v1/vehicles/{vin}/owner"): _B.TRY_LATER,
-    ("post", "/v1/vehicles/{vin}/transfer"): _B.TRY_LATER,
-    ("post", "/v1/keys/{key_id}/token"): _B.TOKEN_FROM_RING,
-    ("post", "/v1/vehicles/{vin}/keys"): _B.TRY_LATER,
-    ("get", "/v1/vehicles/{vin}/keys"): _B.STALE,
-    ("post", "/v1/vehicles/{vin}/invitations"): _B.TRY_LATER,
-    ("post", "/v1/invitations/{invitation_id}/accept"): _B.JOURNALED,
-    ("post", "/v1/keys/{key_id}/suspend"): _B.JOURNALED,
-    ("post", "/v1/keys/{key_id}/resume"): _B.TRY_LATER,
-    ("post", "/v1/keys/{key_id}/revoke"): _B.JOURNALED,
-    ("post", "/v1/vehicles/{vin}/revocations"): _B.JOURNALED,
-    ("get", "/v1/vehicles/{vin}/revocations"): _B.STALE,
-    ("post", "/v1/vehicles/{vin}/commands"): _B.NOT_SENT,
-    ("get", "/v1/commands/{command_id}"): _B.STALE,
-    ("get", "/v1/vehicles/{vin}/channel"): _B.CHANNEL,
-    ("get", "/v1/vehicles/{vin}/audit"): _B.TRY_LATER,
-}
 
 
 @dataclass

@@ -29,8 +29,11 @@ KeyserverError              base; the message is one line meant for an operator
 │                           (keyserver.store.redis.client)
 ├── UnclassifiedRoute       a served route without a criticality, found at start-up; also a
 │                           ValueError (keyserver.admission)
-└── UndeclaredRateLimit     a served route without a rate limit, found at start-up; also a
-                            ValueError (keyserver.ratelimit)
+├── UndeclaredRateLimit     a served route without a rate limit, found at start-up; also a
+│                           ValueError (keyserver.ratelimit)
+└── RouteDeclarationError   a route table that cannot be served as declared (no criticality, a
+                            write without a rate limit, a route or operationId twice); also a
+                            ValueError (keyserver.routing)
 
 Services (keyserver.issuance, acceptance, outage, replay) raise ``Refused``, never an HTTP error;
 ``keyserver.http`` maps each to its HTTP answer, in one table. Redis, aiohttp and SQLite errors

@@ -1,24 +1,25 @@
 """What a shared key grants, between JSON and the store: role, actions, window, weekly schedule.
 
-A share request (``parse_grant``) is checked against keycore's role policy before anything is
-stored: entitlements within the role (so never ``manage_keys``), a non-empty window that ends in
-the future, and a guest grant that ends at most 30 days after it starts. ``key_view`` is the one
-JSON shape of a key record.
+A share request's fields arrive parsed (their shapes: ``KeySchedule`` here, the rest in
+keyserver.routes.sharing); ``grant_of`` checks them against keycore's role policy before
+anything is stored: entitlements within the role (so never ``manage_keys``), a non-empty window
+that ends in the future, and a guest grant that ends at most 30 days after it starts.
+``key_view`` is the one JSON shape of a key record.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, Self
+
+from pydantic import AfterValidator, Field, WithJsonSchema, model_validator
 
 from keycore import ROLE_ENTITLEMENTS, Action, InvalidToken, Role, WeeklySchedule, Window
 from keycore.encoding import dumps, loads_strict
 from keycore.roles import from_mask, to_mask
-from keycore.schedule import MAX_WINDOWS, MINUTES_PER_DAY
+from keycore.schedule import MAX_WINDOWS
 from keycore.token import MAX_TIME
-from keyserver.fields import invalid
+from keyserver.bodies import Body, invalid
 from keyserver.http import ApiError
 from keyserver.models import KeyRecord
 
@@ -28,7 +29,7 @@ MAX_GUEST_WINDOW_S = 30 * DAY
 SHARED_ROLES = (Role.DRIVER, Role.GUEST, Role.VALET, Role.SERVICE)  # owners come from pairing
 DAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")  # bit 0 … bit 6, as keycore
 ACTION_NAMES = tuple(a.name.lower() for a in Action)
-_CLOCK = re.compile(r"([01][0-9]|2[0-3]):([0-5][0-9])|24:00")
+_CLOCK = "^(([01][0-9]|2[0-3]):[0-5][0-9]|24:00)$"
 MAX_SCHEDULE_BYTES = 512
 
 
@@ -43,97 +44,92 @@ class Grant:
     schedule: bytes | None  # CBOR of WeeklySchedule.encode()
 
 
-def parse_grant(body: Mapping[str, Any], *, now: int) -> Grant:
-    """The grant in a share request (fields already limited to the known ones); 400 otherwise."""
-    if "role" not in body:
-        raise ApiError(400, "missing_field", "field 'role' is required")
-    name = body["role"]
-    if not isinstance(name, str) or name not in {r.name.lower() for r in SHARED_ROLES}:
-        raise invalid("role", "one of " + ", ".join(r.name.lower() for r in SHARED_ROLES))
-    role = Role.parse(name)
-    entitlements = _entitlements(body.get("entitlements"), role)
-    not_before = _time(body, "not_before", default=now)
-    if role is Role.GUEST and body.get("not_after") is None:
-        raise invalid("not_after", "set for a guest: guest keys are always time-limited")
-    not_after = _time(body, "not_after", default=OPEN_END)
-    if not not_before < not_after:
-        raise invalid("not_after", "later than not_before")
-    if not_after <= now:
-        raise invalid("not_after", "in the future")
-    if role is Role.GUEST and not_after - not_before > MAX_GUEST_WINDOW_S:
-        raise invalid("not_after", f"at most {MAX_GUEST_WINDOW_S} s after not_before for a guest")
-    raw_schedule = body.get("schedule")
-    schedule = None if raw_schedule is None else dumps(parse_schedule(raw_schedule).encode())
-    return Grant(role, to_mask(entitlements), not_before, not_after, schedule)
+def _day(name: str) -> str:
+    if name not in DAY_NAMES:
+        raise ValueError("not a day")
+    return name
 
 
-def _entitlements(value: object, role: Role) -> frozenset[Action]:
+def _no_repeats(values: list[str]) -> list[str]:
+    if len(set(values)) != len(values):
+        raise ValueError("repeated")
+    return values
+
+
+def _minute(clock: str) -> int:
+    hours, minutes = clock.split(":")
+    return int(hours) * 60 + int(minutes)
+
+
+Clock = Annotated[str, Field(pattern=_CLOCK, description='"HH:MM", up to "24:00"')]
+
+
+class KeyScheduleWindow(Body):
+    days: Annotated[
+        list[Annotated[str, AfterValidator(_day), WithJsonSchema({"enum": list(DAY_NAMES)})]],
+        Field(min_length=1, max_length=len(DAY_NAMES), json_schema_extra={"uniqueItems": True}),
+        AfterValidator(_no_repeats),
+    ]
+    start: Clock
+    end: Annotated[Clock, Field(description="later than start")]
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Self:
+        if not _minute(self.start) < _minute(self.end):  # so a window never starts at 24:00
+            raise ValueError("a window ends after it starts")
+        return self
+
+    def window(self) -> Window:
+        mask = sum(1 << DAY_NAMES.index(d) for d in self.days)
+        return Window(mask, _minute(self.start), _minute(self.end))
+
+
+class KeySchedule(Body):
+    """When a key works: windows of the week, in the car's local time (minutes east of UTC)."""
+
+    utc_offset: Annotated[int, Field(ge=-840, le=840)]
+    windows: Annotated[list[KeyScheduleWindow], Field(min_length=1, max_length=MAX_WINDOWS)]
+
+    def weekly(self) -> WeeklySchedule:
+        return WeeklySchedule(self.utc_offset, tuple(w.window() for w in self.windows))
+
+
+SCHEDULE_EXPECTED = (
+    "an object {utc_offset: minutes -840…840, windows: 1…16 of "
+    '{days: ["mon"…"sun"], start: "HH:MM", end: "HH:MM" later than start, up to "24:00"}}'
+)
+
+
+def grant_of(
+    role: Role,
+    entitlements: frozenset[Action] | None,
+    not_before: int | None,
+    not_after: int | None,
+    schedule: WeeklySchedule | None,
+    *,
+    now: int,
+) -> Grant:
+    """The grant a share request asks for, checked against the role's policy; 400 otherwise.
+    ``None``: the default (all the role's actions, from now, until revoked, at any time)."""
     allowed = ROLE_ENTITLEMENTS[role]
-    if value is None:
-        return allowed
-    names = ", ".join(a.name.lower() for a in sorted(allowed))
-    expected = f"a non-empty list without repeats of: {names}"
-    if not isinstance(value, list) or not value or len(value) > len(Action):
-        raise invalid("entitlements", expected)
-    if not all(isinstance(v, str) and v in ACTION_NAMES for v in value):
-        raise invalid("entitlements", expected)
-    actions = frozenset(Action.parse(v) for v in value)
-    if len(actions) != len(value):
-        raise invalid("entitlements", expected)
+    actions = allowed if entitlements is None else entitlements
     if not actions <= allowed:
         extra = ", ".join(sorted(a.name.lower() for a in actions - allowed))
         raise ApiError(
             400, "entitlement_not_allowed", f"a {role.name.lower()} cannot be granted {extra}"
         )
-    return actions
-
-
-def _time(body: Mapping[str, Any], name: str, *, default: int) -> int:
-    value = body.get(name)
-    if value is None:
-        return default
-    if type(value) is not int or not 0 <= value <= MAX_TIME:
-        raise invalid(name, f"a Unix time in seconds, 0…{MAX_TIME}")
-    return value
-
-
-def parse_schedule(value: object) -> WeeklySchedule:
-    """``{utc_offset, windows: [{days, start, end}]}`` (minutes east of UTC, "HH:MM")."""
-    expected = (
-        "an object {utc_offset: minutes -840…840, windows: 1…16 of "
-        '{days: ["mon"…"sun"], start: "HH:MM", end: "HH:MM" later than start, up to "24:00"}}'
-    )
-    if not isinstance(value, dict) or set(value) != {"utc_offset", "windows"}:
-        raise invalid("schedule", expected)
-    offset, windows = value["utc_offset"], value["windows"]
-    if type(offset) is not int or not -840 <= offset <= 840:
-        raise invalid("schedule", expected)
-    if not isinstance(windows, list) or not 1 <= len(windows) <= MAX_WINDOWS:
-        raise invalid("schedule", expected)
-    parsed = []
-    for window in windows:
-        if not isinstance(window, dict) or set(window) != {"days", "start", "end"}:
-            raise invalid("schedule", expected)
-        days = window["days"]
-        if not isinstance(days, list) or not days or len(days) > len(DAY_NAMES):
-            raise invalid("schedule", expected)
-        if not all(isinstance(d, str) and d in DAY_NAMES for d in days) or len(set(days)) != len(
-            days
-        ):
-            raise invalid("schedule", expected)
-        start, end = _minute(window["start"]), _minute(window["end"])
-        if start is None or end is None or not start < end or start == MINUTES_PER_DAY:
-            raise invalid("schedule", expected)
-        mask = sum(1 << DAY_NAMES.index(d) for d in days)
-        parsed.append(Window(mask, start, end))
-    return WeeklySchedule(offset, tuple(parsed))
-
-
-def _minute(value: object) -> int | None:
-    if not isinstance(value, str) or not _CLOCK.fullmatch(value):
-        return None
-    hours, minutes = value.split(":")
-    return int(hours) * 60 + int(minutes)
+    start = now if not_before is None else not_before
+    if role is Role.GUEST and not_after is None:
+        raise invalid("not_after", "set for a guest: guest keys are always time-limited")
+    end = OPEN_END if not_after is None else not_after
+    if not start < end:
+        raise invalid("not_after", "later than not_before")
+    if end <= now:
+        raise invalid("not_after", "in the future")
+    if role is Role.GUEST and end - start > MAX_GUEST_WINDOW_S:
+        raise invalid("not_after", f"at most {MAX_GUEST_WINDOW_S} s after not_before for a guest")
+    encoded = None if schedule is None else dumps(schedule.encode())
+    return Grant(role, to_mask(actions), start, end, encoded)
 
 
 def load_schedule(data: bytes | None) -> WeeklySchedule | None:

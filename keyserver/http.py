@@ -115,7 +115,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             response = error_response(answer.status, answer.code, answer.message, answer.headers)
         except StoreUnavailable as error:
             # Never a 503 (G2): a route with a degraded path has answered already; reaching here
-            # means it has none for this request (keyserver.degraded.ROUTES says which).
+            # means it has none for this request (each route declares its own: Route.degraded).
             log.warning(
                 "store unavailable",
                 extra={
@@ -161,11 +161,6 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return response
     finally:
         request_id_var.reset(token)
-
-
-async def read_json(request: web.Request, max_bytes: int) -> dict[str, Any]:
-    """The request body as a JSON object, size-checked before reading; ApiError otherwise."""
-    return parse_json_object(await read_body(request, max_bytes))
 
 
 _BODY = web.RequestKey("phonekey_body", bytes)  # the body as read: a second reader gets it too

@@ -1,8 +1,12 @@
-"""The OpenAPI 3.1 document, assembled from the fragments each route module declares.
+"""The OpenAPI 3.1 document, derived from the route tables (keyserver.routing).
 
-A route module exposes ``PATHS`` (OpenAPI path items keyed by path) and ``SCHEMAS`` (component
-schemas); ``document()`` merges them with the shared pieces below. A test checks that every route
-the app serves is documented and that schemathesis finds no 5xx and no schema violation.
+Each operation comes from its route's declaration: summary, operationId, tag, security,
+parameters and responses as declared; the request body's schema generated from its model
+(pydantic, ``$defs`` moved into the components); and what the declaration implies — the
+degraded answers of its ``Behaviour``, its rate limit, admission control's refusals. Response
+bodies are component schemas each route module declares (``SCHEMAS``), referenced by name. Tests
+check that every served route is documented, with a unique operationId and a tag, and that
+schemathesis finds no 5xx and no schema violation.
 """
 
 from __future__ import annotations
@@ -12,8 +16,11 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from aiohttp import web
+from pydantic import BaseModel
 
-from keyserver import degraded
+from keyserver import admission, degraded, ratelimit
+from keyserver.config import Config
+from keyserver.routing import Route
 
 DEGRADED_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -109,29 +116,39 @@ def json_response(description: str, schema_ref: str) -> dict[str, Any]:
 
 
 def document(
-    paths: Iterable[Mapping[str, Any]], schemas: Iterable[Mapping[str, Any]], *, version: str
+    routes: Iterable[Route],
+    schemas: Iterable[Mapping[str, Any]],
+    *,
+    version: str,
+    config: Config,
 ) -> dict[str, Any]:
-    merged_paths: dict[str, Any] = {}
-    for fragment in paths:
-        for path, item in fragment.items():
-            # copied: the degraded declarations below must not change the modules' fragments
-            merged_paths.setdefault(path, {}).update(copy.deepcopy(item))
+    """The document of ``routes``; ``schemas``: the response bodies' component schemas."""
     merged_schemas: dict[str, Any] = {
         "Error": ERROR_SCHEMA,
         "Degraded": DEGRADED_SCHEMA,
         "PendingChange": PENDING_SCHEMA,
     }
     for fragment in schemas:
-        merged_schemas.update(copy.deepcopy(fragment))
-    _declare_degraded(merged_paths, merged_schemas)
-    return {
+        _merge(merged_schemas, copy.deepcopy(dict(fragment)))
+    table = tuple(routes)
+    paths: dict[str, Any] = {}
+    for route in table:
+        paths.setdefault(route.path, {})[route.method.lower()] = _operation(route, merged_schemas)
+    behaviours = {(r.method.lower(), r.path): r.degraded for r in table}
+    _declare_degraded(paths, merged_schemas, behaviours)
+    for route in table:
+        if route.rate_limit is not None:
+            operation = paths[route.path][route.method.lower()]
+            ratelimit.document(operation, route.rate_limit, config)
+    doc = {
         "openapi": "3.1.0",
         "info": {
             "title": "phonekey keyserver",
             "version": version,
             "description": "Keys, sessions and revocation for phone-as-key cars.",
         },
-        "paths": merged_paths,
+        "tags": [{"name": name} for name in dict.fromkeys(r.tag for r in table)],
+        "paths": paths,
         "components": {
             "schemas": merged_schemas,
             "securitySchemes": {
@@ -146,15 +163,73 @@ def document(
             },
         },
     }
+    admission.document(doc)
+    return doc
 
 
-def _declare_degraded(paths: dict[str, Any], schemas: dict[str, Any]) -> None:
-    """Each operation's degraded answers, from keyserver.degraded.ROUTES: the marker header on
-    its answers, the optional ``degraded`` field on its JSON bodies, 429 temporarily_unavailable
-    where the store is used, and 202 accepted_pending for journaled writes."""
+def _operation(route: Route, schemas: dict[str, Any]) -> dict[str, Any]:
+    operation: dict[str, Any] = {
+        "operationId": route.operation_id,
+        "tags": [route.tag],
+        "summary": route.summary,
+    }
+    if route.description is not None:
+        operation["description"] = route.description
+    if route.security:
+        operation["security"] = [{k: list(v) for k, v in s.items()} for s in route.security]
+    if route.parameters:
+        operation["parameters"] = copy.deepcopy(list(route.parameters))
+    if route.body is not None:
+        name = model_schema(route.body, schemas)
+        operation["requestBody"] = {
+            "required": route.body_required,
+            "content": {"application/json": {"schema": {"$ref": f"{_REFS}{name}"}}},
+        }
+    operation["responses"] = copy.deepcopy({k: dict(v) for k, v in route.responses.items()})
+    return operation
+
+
+_REFS = "#/components/schemas/"
+
+
+def model_schema(model: type[BaseModel], schemas: dict[str, Any]) -> str:
+    """Add ``model``'s JSON schema (and those it refers to) to the components; its name."""
+    generated = model.model_json_schema(ref_template=_REFS + "{model}", mode="validation")
+    for name, nested in generated.pop("$defs", {}).items():
+        _merge(schemas, {name: _untitled(nested)})
+    _merge(schemas, {model.__name__: _untitled(generated)})
+    return model.__name__
+
+
+def _merge(schemas: dict[str, Any], more: Mapping[str, Any]) -> None:
+    for name, schema in more.items():
+        if schemas.setdefault(name, schema) != schema:
+            raise ValueError(f"two different component schemas are named {name}")
+
+
+def _untitled(schema: Any) -> Any:
+    """The schema without pydantic's generated ``title``s (the names say it already)."""
+    if isinstance(schema, dict):
+        return {
+            k: _untitled(v) for k, v in schema.items() if not (k == "title" and isinstance(v, str))
+        }
+    if isinstance(schema, list):
+        return [_untitled(v) for v in schema]
+    return schema
+
+
+def _declare_degraded(
+    paths: dict[str, Any],
+    schemas: dict[str, Any],
+    behaviours: Mapping[tuple[str, str], degraded.Behaviour],
+) -> None:
+    """Each operation's degraded answers, from its route's declared behaviour: the marker header
+    on its answers, the optional ``degraded`` field on its JSON bodies, 429
+    temporarily_unavailable where the store is used, and 202 accepted_pending for journaled
+    writes."""
     for path, item in paths.items():
         for method, operation in item.items():
-            behaviour = degraded.ROUTES.get((method, path))
+            behaviour = behaviours.get((method, path))
             if behaviour in (None, degraded.Behaviour.NO_STORE, degraded.Behaviour.READINESS):
                 continue
             responses = operation["responses"]

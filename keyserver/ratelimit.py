@@ -1,4 +1,5 @@
-"""Rate limits on state-changing routes: declared once on the handler (``@limited``), counted per
+"""Rate limits on state-changing routes: declared once, in the route's declaration
+(``keyserver.routing.Route.rate_limit``), counted per
 account (or car, or e-mail address tried) and per client address, refused with 429
 ``rate_limited`` + ``Retry-After``, counted in metrics, and written into the OpenAPI document.
 
@@ -8,7 +9,7 @@ is asking (after the session and the device proof: a stolen session alone, or a 
 spend an account's allowance) and before it changes anything; the client address is counted in
 the same call (``keyserver.client_address`` says where it comes from behind a proxy). Each scope
 is a fixed window: ``Retry-After`` is the time left in it. Every route that is not a GET must
-declare a limit or say why it has none (``@exempt``); start-up fails otherwise.
+declare a limit or say why it has none (a string); start-up fails otherwise.
 
 Where the counts live. A shared limit counts in the store, so every instance sees the same count;
 while the store is unavailable it counts in this process instead (``WindowCounts``), so the
@@ -21,7 +22,7 @@ it is there against load — a repeated revocation adds nothing to any ledger (k
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from enum import StrEnum
 from typing import Any
@@ -78,28 +79,6 @@ WRITES = RateLimit(account="account_writes_per_minute", address="address_writes_
 WITHDRAWALS = RateLimit(
     account="account_writes_per_minute", address="address_writes_per_minute", shared=False
 )
-
-_DECLARED: dict[Callable[..., Any], RateLimit | str] = {}
-
-
-def limited(limit: RateLimit) -> Callable[[Handler], Handler]:
-    """Declare the handler's limits; the handler calls ``check`` before it changes anything."""
-
-    def declare(handler: Handler) -> Handler:
-        _DECLARED[handler] = limit
-        return handler
-
-    return declare
-
-
-def exempt(reason: str) -> Callable[[Handler], Handler]:
-    """Declare that a state-changing handler has no rate limit, and why (shown in the docs)."""
-
-    def declare(handler: Handler) -> Handler:
-        _DECLARED[handler] = reason
-        return handler
-
-    return declare
 
 
 class WindowCounts:
@@ -159,8 +138,15 @@ class RateLimitMetrics:
 class RateLimiter:
     """One app's limiter: the settings, this process's counts, the metrics, the app's store."""
 
-    def __init__(self, config: Config, registry: CollectorRegistry, store: Callable[[], Any]):
+    def __init__(
+        self,
+        config: Config,
+        registry: CollectorRegistry,
+        store: Callable[[], Any],
+        limits: Mapping[Handler, RateLimit | str],
+    ) -> None:
         self.config = config
+        self.limits = limits  # each handler's declared limit, or why it has none
         self.trusted = trusted_networks(config.trusted_proxies)
         self.counts = WindowCounts(config.rate_limit_entries)
         self.metrics = RateLimitMetrics.create(registry)
@@ -215,14 +201,15 @@ async def check(
 ) -> None:
     """Count this request against its route's declared limits: the client address, and the
     account, car or e-mail address given (exactly those the declaration names); 429 over one."""
-    limit = _DECLARED.get(request.match_info.handler)
+    limiter = request.app[RATE_LIMITER]
+    limit = limiter.limits.get(request.match_info.handler)
     if not isinstance(limit, RateLimit):
         raise LookupError(f"{_route(request)} declares no rate limit")
     given = {Scope.ACCOUNT: account, Scope.VEHICLE: vehicle, Scope.EMAIL: email}
     subjects = {scope: subject for scope, subject in given.items() if subject is not None}
     if set(subjects) != set(limit.settings()) - {Scope.ADDRESS}:
         raise LookupError(f"{_route(request)}: the subjects given are not those declared")
-    await request.app[RATE_LIMITER].count(request, limit, subjects)
+    await limiter.count(request, limit, subjects)
 
 
 def _route(request: web.Request) -> str:
@@ -238,32 +225,26 @@ def setup(
     app: web.Application,
     config: Config,
     registry: CollectorRegistry,
-    openapi: dict[str, Any],
+    limits: Mapping[Handler, RateLimit | str],
     *,
     store: Callable[[], Any],
 ) -> RateLimiter:
-    """Check every state-changing route's declaration, make the app's limiter and write each
-    route's limits into the OpenAPI document (429 rate_limited, ``x-rate-limit``)."""
-    routes = [r for r in app.router.routes() if r.resource is not None and r.method != "HEAD"]
+    """Check that every state-changing route the router serves declares a limit (or why it
+    has none) and make the app's limiter."""
     missing = sorted(
         f"{r.method} {r.resource.canonical}"
-        for r in routes
-        if r.resource is not None and r.method in WRITE_METHODS and r.handler not in _DECLARED
+        for r in app.router.routes()
+        if r.resource is not None and r.method in WRITE_METHODS and r.handler not in limits
     )
     if missing:
         raise UndeclaredRateLimit(f"routes without a rate limit: {', '.join(missing)}")
-    limiter = RateLimiter(config, registry, store)
+    limiter = RateLimiter(config, registry, store, limits)
     app[RATE_LIMITER] = limiter
-    for route in routes:
-        declared = _DECLARED.get(route.handler)
-        item = openapi.get("paths", {}).get(route.resource.canonical if route.resource else "")
-        operation = None if item is None else item.get(route.method.lower())
-        if declared is not None and operation is not None:
-            _document(operation, declared, config)
     return limiter
 
 
-def _document(operation: dict[str, Any], declared: RateLimit | str, config: Config) -> None:
+def document(operation: dict[str, Any], declared: RateLimit | str, config: Config) -> None:
+    """Write a route's limits into its OpenAPI operation: ``x-rate-limit``, and the 429."""
     if isinstance(declared, str):
         operation["x-rate-limit"] = {"exempt": declared}
         return
@@ -303,12 +284,3 @@ _RETRY_AFTER = {
     "description": "seconds until the next attempt is counted",
     "schema": {"type": "string", "pattern": "^[0-9]+$"},
 }
-
-
-def declared_routes(routes: Iterable[web.AbstractRoute]) -> dict[tuple[str, str], RateLimit | str]:
-    """(method, path) → the declared limit, or the reason for none: for the tests and the docs."""
-    return {
-        (r.method, r.resource.canonical): _DECLARED[r.handler]
-        for r in routes
-        if r.resource is not None and r.handler in _DECLARED
-    }

@@ -45,7 +45,10 @@ class Part:
 
 
 KEYSERVER = Part(
-    "keyserver", "keyserver", "keyserver.cli", ("aiohttp", "redis", "tenacity", "prometheus_client")
+    "keyserver",
+    "keyserver",
+    "keyserver.cli",
+    ("aiohttp", "redis", "tenacity", "prometheus_client", "pydantic"),
 )
 AGENT = Part(
     "vehicle-agent", "agent", "vehicle_agent.cli", ("aiohttp", "tenacity", "prometheus_client")

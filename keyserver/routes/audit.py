@@ -24,19 +24,18 @@ from typing import Any
 from aiohttp import web
 
 from keyserver import auth, fields, openapi
+from keyserver.admission import Criticality
+from keyserver.degraded import Behaviour
 from keyserver.http import ApiError
 from keyserver.models import AUDIT_RETENTION_S
 from keyserver.resources import STORE
+from keyserver.routing import Route
 from keyserver.tenure import CarEvent, tenures_of, within
 
 PATH = "/v1/vehicles/{vin}/audit"
 MAX_PAGE = 500
 MAX_SEQUENCE = 2**63 - 1
 _SINCE = re.compile(r"[0-9]{1,19}")
-
-
-def setup(app: web.Application) -> None:
-    app.router.add_get(PATH, audit)
 
 
 async def audit(request: web.Request) -> web.Response:
@@ -75,7 +74,7 @@ def _parsed(text: str) -> dict[str, Any]:
     return value if isinstance(value, dict) else {"kind": "unreadable"}
 
 
-# OpenAPI fragments
+# response bodies
 
 SCHEMAS: dict[str, Any] = {
     "AuditTrail": openapi.strict_object(
@@ -116,41 +115,40 @@ SCHEMAS: dict[str, Any] = {
     )
 }
 
-PATHS: dict[str, Any] = {
-    PATH: {
-        "get": {
-            "summary": "The car's audit trail as it uploaded it, within the caller's tenure as "
-            "its owner",
-            "description": "The current owner reads the events the car recorded since it became "
-            "the owner (the first owner: from the start). A former owner keeps read access to "
-            "the events of its own tenure, and to nothing after it, for as long as the trail "
-            f"is kept ({AUDIT_RETENTION_S // 86_400} days after upload). Anyone else is told "
-            "the car does not exist.",
-            "security": [{"bearer": []}],
-            "parameters": [
-                {
-                    "name": "vin",
-                    "in": "path",
-                    "required": True,
-                    "schema": {"type": "string", "pattern": "^[A-HJ-NPR-Z0-9]{17}$"},
-                },
-                {
-                    "name": "since",
-                    "in": "query",
-                    "required": False,
-                    "schema": {"type": "string", "pattern": "^[0-9]{1,19}$"},
-                    "description": "only events after this sequence number (default 0: all)",
-                },
-            ],
-            "responses": {
-                "200": openapi.json_response("the events, oldest first", "AuditTrail"),
-                "400": openapi.error("invalid_vin, invalid_since"),
-                "401": openapi.error("unauthorized: no bearer session, or an expired one"),
-                "404": openapi.error(
-                    "unknown_vehicle: the caller never owned the vehicle (or its tenure ended "
-                    "more than the retention ago)"
-                ),
+ROUTES = (
+    Route(
+        "GET", PATH, audit, "getAuditTrail", "audit",
+        "The car's audit trail as it uploaded it, within the caller's tenure as its owner",
+        description="The current owner reads the events the car recorded since it became "
+        "the owner (the first owner: from the start). A former owner keeps read access to "
+        "the events of its own tenure, and to nothing after it, for as long as the trail "
+        f"is kept ({AUDIT_RETENTION_S // 86_400} days after upload). Anyone else is told "
+        "the car does not exist.",
+        criticality=Criticality.SHEDDABLE, degraded=Behaviour.TRY_LATER,
+        security=[{"bearer": []}],
+        parameters=[
+            {
+                "name": "vin",
+                "in": "path",
+                "required": True,
+                "schema": {"type": "string", "pattern": "^[A-HJ-NPR-Z0-9]{17}$"},
             },
-        }
-    }
-}
+            {
+                "name": "since",
+                "in": "query",
+                "required": False,
+                "schema": {"type": "string", "pattern": "^[0-9]{1,19}$"},
+                "description": "only events after this sequence number (default 0: all)",
+            },
+        ],
+        responses={
+            "200": openapi.json_response("the events, oldest first", "AuditTrail"),
+            "400": openapi.error("invalid_vin, invalid_since"),
+            "401": openapi.error("unauthorized: no bearer session, or an expired one"),
+            "404": openapi.error(
+                "unknown_vehicle: the caller never owned the vehicle (or its tenure ended "
+                "more than the retention ago)"
+            ),
+        },
+    ),
+)  # fmt: skip

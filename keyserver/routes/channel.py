@@ -22,7 +22,6 @@ import asyncio
 import contextlib
 import enum
 import logging
-from typing import Any
 
 from aiohttp import WSMsgType, web
 
@@ -57,13 +56,16 @@ from keycore.channel import (
 from keycore.errors import InvalidFrame
 from keycore.trust import MAX_SEQUENCE
 from keyserver import auth, fields, openapi
+from keyserver.admission import Criticality
 from keyserver.clock import CLOCK
+from keyserver.degraded import Behaviour
 from keyserver.errors import SinceAhead, StoreUnavailable
 from keyserver.http import ApiError
 from keyserver.models import CommandRecord, CommandStatus
 from keyserver.pacing import PACED_MESSAGE, PACING, PacedChannel, paced_headers
 from keyserver.resources import CONFIG, HUB, KEYRING, METRICS, SERVICES, STORE
 from keyserver.routes.commands import entitles
+from keyserver.routing import Route
 
 PATH = "/v1/vehicles/{vin}/channel"
 MAX_OUTBOX = 256  # frames waiting for one car; more and the car is disconnected
@@ -87,8 +89,8 @@ class _Lacking(enum.Enum):
 
 
 def setup(app: web.Application) -> None:
+    """The upgrades' pacer (the route itself is in ``ROUTES``)."""
     app[PACING] = PacedChannel(app[CONFIG].channel_upgrades_per_s, app[METRICS].registry)
-    app.router.add_get(PATH, channel)
 
 
 async def channel(request: web.Request) -> web.StreamResponse:
@@ -367,46 +369,47 @@ class CarSession:
         return data
 
 
-# OpenAPI fragment: the upgrade request (the frames are in docs/protocol.md §17)
+# the route: the upgrade request (the frames are in docs/protocol.md §17)
 
 _VIN = {"type": "string", "pattern": "^[A-HJ-NPR-Z0-9]{17}$"}
 _PROOF = "device_proof_required, bad_device_proof, stale_device_proof, replayed_device_proof"
 
-PATHS: dict[str, Any] = {
-    PATH: {
-        "get": {
-            "summary": "The car's channel: a WebSocket the car holds open (docs/protocol.md §17)",
-            "description": "The car signs the upgrade request with its own key (PK-Device-Proof, "
-            "device id = the VIN, empty body). Binary CBOR frames follow: revocations, "
-            "trust updates, signed time and remote commands to the car; command results and "
-            "audit batches from it.",
-            "security": [{"deviceProof": []}],
-            "parameters": [{"name": "vin", "in": "path", "required": True, "schema": _VIN}],
-            "responses": {
-                "101": {"description": "switching to the WebSocket protocol"},
-                "400": openapi.error(
-                    "invalid_vin, bad_device_proof (malformed header), unexpected_body"
+ROUTES = (
+    Route(
+        "GET", PATH, channel, "openChannel", "channel",
+        "The car's channel: a WebSocket the car holds open (docs/protocol.md §17)",
+        description="The car signs the upgrade request with its own key (PK-Device-Proof, "
+        "device id = the VIN, empty body). Binary CBOR frames follow: revocations, "
+        "trust updates, signed time and remote commands to the car; command results and "
+        "audit batches from it.",
+        criticality=Criticality.CRITICAL_PLUS,  # revocations and commands reach cars here
+        degraded=Behaviour.CHANNEL,
+        security=[{"deviceProof": []}],
+        parameters=[{"name": "vin", "in": "path", "required": True, "schema": _VIN}],
+        responses={
+            "101": {"description": "switching to the WebSocket protocol"},
+            "400": openapi.error(
+                "invalid_vin, bad_device_proof (malformed header), unexpected_body"
+            ),
+            "401": openapi.error(f"{_PROOF}: not signed by this vehicle's key, or stale"),
+            "429": {
+                **openapi.error(
+                    "reconnect_paced: upgrades are admitted at channel_upgrades_per_s; come"
+                    " back after Retry-After seconds (this car's slot, docs/protocol.md"
+                    " §17.2). Or overloaded / deadline_exceeded (admission control)"
                 ),
-                "401": openapi.error(f"{_PROOF}: not signed by this vehicle's key, or stale"),
-                "429": {
-                    **openapi.error(
-                        "reconnect_paced: upgrades are admitted at channel_upgrades_per_s; come"
-                        " back after Retry-After seconds (this car's slot, docs/protocol.md"
-                        " §17.2). Or overloaded / deadline_exceeded (admission control)"
-                    ),
-                    "headers": {
-                        "Retry-After": {
-                            "required": True,
-                            "schema": {"type": "string", "pattern": "^[0-9]+$"},
-                        },
-                        REFUSAL_HEADER: {"schema": {"const": RECONNECT_PACED}},
+                "headers": {
+                    "Retry-After": {
+                        "required": True,
+                        "schema": {"type": "string", "pattern": "^[0-9]+$"},
                     },
-                },
-                "426": {
-                    **openapi.error("upgrade_required: not a WebSocket upgrade request"),
-                    "headers": {"Upgrade": {"schema": {"const": "websocket"}}},
+                    REFUSAL_HEADER: {"schema": {"const": RECONNECT_PACED}},
                 },
             },
-        }
-    }
-}
+            "426": {
+                **openapi.error("upgrade_required: not a WebSocket upgrade request"),
+                "headers": {"Upgrade": {"schema": {"const": "websocket"}}},
+            },
+        },
+    ),
+)  # fmt: skip

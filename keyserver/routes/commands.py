@@ -25,48 +25,65 @@ from __future__ import annotations
 import re
 import secrets
 import time
-from collections.abc import Mapping
-from typing import Any
+from typing import Annotated, Any
 
 from aiohttp import web
+from pydantic import BeforeValidator, Field, WithJsonSchema
 
 from keycore import Action
 from keycore.command import RemoteCommand, sign_command
 from keycore.roles import allows, from_mask
 from keyserver import auth, fields, openapi, ratelimit
+from keyserver.admission import Criticality
+from keyserver.bodies import VIN_PATTERN, Body
 from keyserver.clock import request_now
+from keyserver.degraded import Behaviour
 from keyserver.errors import StoreUnavailable
 from keyserver.grants import OPEN_END, load_schedule
-from keyserver.http import ApiError, parse_json_object, read_body
+from keyserver.http import ApiError, read_body
 from keyserver.models import CommandRecord, CommandStatus, KeyRecord, KeyStatus
 from keyserver.resources import CONFIG, HUB, KEYRING, METRICS, STORE
 from keyserver.routes import commands_degraded
+from keyserver.routing import Route
 
 COMMAND_ID_BYTES = 16
 #: What a phone may ask of a car remotely: every actuation (managing keys is not a command).
 ACTIONS = {a.name.lower(): a for a in Action if a is not Action.MANAGE_KEYS}
-_IDEMPOTENCY_KEY = re.compile(r"[A-Za-z0-9_-]{8,64}")
 _COMMAND_ID = re.compile(r"[A-Za-z0-9_-]{8,64}")
 _UNFINISHED = (CommandStatus.QUEUED, CommandStatus.DELIVERED)
 
 
-def setup(app: web.Application) -> None:
-    app.router.add_post("/v1/vehicles/{vin}/commands", create_command)
-    app.router.add_get("/v1/commands/{command_id}", show_command)
+def _action(name: object) -> Action:
+    if not isinstance(name, str) or name not in ACTIONS:
+        raise ValueError("not a remote action")
+    return ACTIONS[name]
 
 
-@ratelimit.limited(ratelimit.WRITES)
+class CommandRequest(Body):
+    action: Annotated[
+        Action,
+        BeforeValidator(_action),
+        WithJsonSchema({"enum": list(ACTIONS)}),
+        Field(description="one of " + ", ".join(ACTIONS)),
+    ]
+    idempotency_key: Annotated[
+        str,
+        Field(
+            pattern="^[A-Za-z0-9_-]{8,64}$",
+            description="8 to 64 characters of [A-Za-z0-9_-]: the same key (per account, for a"
+            " day) never makes a second command",
+        ),
+    ]
+
+
 async def create_command(request: web.Request) -> web.Response:
     app = request.app
     config, store = app[CONFIG], app[STORE]
     caller = await auth.require_session(request, store)
     vin = fields.path_vin(request)
     raw = await read_body(request, config.max_body_bytes)
-    body = fields.exact(parse_json_object(raw), ("action", "idempotency_key"))
-    action = _action(body)
-    idempotency_key = fields.string(body, "idempotency_key")
-    if not _IDEMPOTENCY_KEY.fullmatch(idempotency_key):
-        raise fields.invalid("idempotency_key", "8 to 64 characters of [A-Za-z0-9_-]")
+    body = CommandRequest.parse(raw)
+    action, idempotency_key = body.action, body.idempotency_key
     # the fields are checked before the proof: bad input does not even spend a nonce
     device = await auth.require_device_proof(
         request, store, caller, raw, max_skew=config.proof_max_skew_s
@@ -144,13 +161,6 @@ async def show_command(request: web.Request) -> web.Response:
     return commands_degraded.command_answer(view, status=200)
 
 
-def _action(body: Mapping[str, Any]) -> Action:
-    name = fields.string(body, "action")
-    if name not in ACTIONS:
-        raise fields.invalid("action", "one of " + ", ".join(ACTIONS))
-    return ACTIONS[name]
-
-
 def entitles(key: KeyRecord, action: Action, now: int) -> bool:
     """The key is active now, in its window and schedule, and its role and mask allow ``action``."""
     if key.status is not KeyStatus.ACTIVE or not key.not_before <= now < key.not_after:
@@ -194,25 +204,15 @@ def _view(
     }
 
 
-# OpenAPI fragments
+# response bodies
 
-_VIN = {"type": "string", "pattern": "^[A-HJ-NPR-Z0-9]{17}$"}
+_VIN = {"type": "string", "pattern": VIN_PATTERN}
 _TIME = {"type": "integer", "minimum": 0, "description": "Unix seconds"}
 _PROOF = "device_proof_required, bad_device_proof, stale_device_proof, replayed_device_proof"
 _BAD_BODY = "invalid_json, invalid_body, unknown_field, missing_field, invalid_field"
 
 SCHEMAS: dict[str, Any] = {
     **commands_degraded.SCHEMAS,
-    "CommandRequest": openapi.strict_object(
-        {
-            "action": {"enum": list(ACTIONS)},
-            "idempotency_key": {
-                "type": "string",
-                "pattern": "^[A-Za-z0-9_-]{8,64}$",
-                "description": "the same key (per account, for a day) never makes a second command",
-            },
-        }
-    ),
     "CommandHint": openapi.strict_object(
         {
             "code": {"const": "car_unreachable"},
@@ -242,60 +242,60 @@ SCHEMAS: dict[str, Any] = {
     ),
 }
 
-PATHS: dict[str, Any] = {
-    "/v1/vehicles/{vin}/commands": {
-        "post": {
-            "summary": "Ask the car to unlock, lock, start, open the trunk or run the climate",
-            "description": "Needs the owner, or an active key whose role and entitlements "
-            "allow the action now. The command is signed, queued, and pushed to the car if it "
-            "is connected; it expires after command_ttl_s (60 s by default).",
-            "security": [{"bearer": [], "deviceProof": []}],
-            "parameters": [{"name": "vin", "in": "path", "required": True, "schema": _VIN}],
-            "requestBody": openapi.json_body("CommandRequest"),
-            "responses": {
-                "202": {
-                    "description": "queued (with a hint and the car_unreachable marker when the "
-                    "car is not connected); or, with the state store down, not_sent / "
-                    "may_be_queued with a Bluetooth hint",
-                    "content": {
-                        "application/json": {
-                            "schema": {
-                                "oneOf": [
-                                    {"$ref": "#/components/schemas/Command"},
-                                    {"$ref": "#/components/schemas/CommandNotSent"},
-                                ]
-                            }
+ROUTES = (
+    Route(
+        "POST", "/v1/vehicles/{vin}/commands", create_command, "createCommand", "commands",
+        "Ask the car to unlock, lock, start, open the trunk or run the climate",
+        description="Needs the owner, or an active key whose role and entitlements "
+        "allow the action now. The command is signed, queued, and pushed to the car if it "
+        "is connected; it expires after command_ttl_s (60 s by default).",
+        criticality=Criticality.CRITICAL, degraded=Behaviour.NOT_SENT,
+        rate_limit=ratelimit.WRITES, body=CommandRequest,
+        security=[{"bearer": [], "deviceProof": []}],
+        parameters=[{"name": "vin", "in": "path", "required": True, "schema": _VIN}],
+        responses={
+            "202": {
+                "description": "queued (with a hint and the car_unreachable marker when the "
+                "car is not connected); or, with the state store down, not_sent / "
+                "may_be_queued with a Bluetooth hint",
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "oneOf": [
+                                {"$ref": "#/components/schemas/Command"},
+                                {"$ref": "#/components/schemas/CommandNotSent"},
+                            ]
                         }
-                    },
+                    }
                 },
-                "200": openapi.json_response(
-                    "this idempotency key's command, as it stands", "Command"
-                ),
-                "400": openapi.error(f"invalid_vin, bad_device_proof (malformed), {_BAD_BODY}"),
-                "401": openapi.error(f"unauthorized (no bearer session), {_PROOF}"),
-                "403": openapi.error("not_entitled, unknown_device"),
-                "404": openapi.error("unknown_vehicle: no such vehicle among the caller's"),
-                "409": openapi.error("idempotency_key_reused: the key named another command"),
-                "413": openapi.error("body_too_large"),
-                "415": openapi.error("unsupported_media_type: the body must be application/json"),
             },
-        }
-    },
-    "/v1/commands/{command_id}": {
-        "get": {
-            "summary": "A remote command's state, for its requester or the car's owner",
-            "security": [{"bearer": []}],
-            "parameters": [
-                {"name": "command_id", "in": "path", "required": True, "schema": {"type": "string"}}
-            ],
-            "responses": {
-                "200": openapi.json_response("the command", "Command"),
-                "401": openapi.error("unauthorized: no bearer session, or an expired one"),
-                "404": openapi.error("unknown_command: no such command among the caller's"),
-            },
-        }
-    },
-}
+            "200": openapi.json_response(
+                "this idempotency key's command, as it stands", "Command"
+            ),
+            "400": openapi.error(f"invalid_vin, bad_device_proof (malformed), {_BAD_BODY}"),
+            "401": openapi.error(f"unauthorized (no bearer session), {_PROOF}"),
+            "403": openapi.error("not_entitled, unknown_device"),
+            "404": openapi.error("unknown_vehicle: no such vehicle among the caller's"),
+            "409": openapi.error("idempotency_key_reused: the key named another command"),
+            "413": openapi.error("body_too_large"),
+            "415": openapi.error("unsupported_media_type: the body must be application/json"),
+        },
+    ),
+    Route(
+        "GET", "/v1/commands/{command_id}", show_command, "getCommand", "commands",
+        "A remote command's state, for its requester or the car's owner",
+        criticality=Criticality.CRITICAL,  # the phone following its command to the end
+        degraded=Behaviour.STALE, security=[{"bearer": []}],
+        parameters=[
+            {"name": "command_id", "in": "path", "required": True, "schema": {"type": "string"}}
+        ],
+        responses={
+            "200": openapi.json_response("the command", "Command"),
+            "401": openapi.error("unauthorized: no bearer session, or an expired one"),
+            "404": openapi.error("unknown_command: no such command among the caller's"),
+        },
+    ),
+)  # fmt: skip
 
 
 def _milliseconds(now: int) -> int:

@@ -9,23 +9,35 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import secrets
-from typing import Any
+from typing import Annotated, Any
 
 from aiohttp import web
+from pydantic import AfterValidator, Field
 
 from keycore.encoding import b64url_encode
-from keyserver import fields, openapi, ratelimit
+from keyserver import openapi, ratelimit
+from keyserver.admission import Criticality
 from keyserver.auth import (
     device_id_for,
     new_session_token,
     require_device_proof,
     require_session,
 )
+from keyserver.bodies import (
+    MAX_PASSWORD_CHARS,
+    POINT_B64_CHARS,
+    Body,
+    Email,
+    LoginEmail,
+    Password,
+    PublicKey,
+    refuse,
+)
 from keyserver.clock import request_now
+from keyserver.degraded import Behaviour
 from keyserver.errors import Conflict
-from keyserver.http import ApiError, parse_json_object, read_body, read_json
+from keyserver.http import ApiError, read_body
 from keyserver.models import Account, Device, Session
 from keyserver.passwords import (
     DECOY_HASH,
@@ -36,29 +48,59 @@ from keyserver.passwords import (
     verify_password,
 )
 from keyserver.resources import CONFIG, STORE
+from keyserver.routing import Route
 
 log = logging.getLogger("keyserver.identity")
 
 ACCOUNT_ID_BYTES = 16
-MAX_PASSWORD_CHARS = 1024  # passwords.MAX_PASSWORD_BYTES bounds the bytes; this bounds the field
 MAX_DEVICE_NAME_CHARS = 64
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+# bodies
 
 
-def setup(app: web.Application) -> None:
-    app.router.add_post("/v1/accounts", register)
-    app.router.add_get("/v1/accounts/me", me)
-    app.router.add_post("/v1/sessions", login)
-    app.router.add_delete("/v1/sessions/current", logout)
-    app.router.add_post("/v1/devices", enroll_device)
-    app.router.add_get("/v1/devices", list_devices)
+def _policy(password: str) -> str:
+    try:
+        check_policy(password)
+    except WeakPassword as error:
+        raise refuse("weak_password", str(error)) from None
+    return password
+
+
+class NewAccount(Body):
+    email: Email
+    password: Annotated[
+        str,
+        AfterValidator(_policy),  # 400 weak_password
+        Field(
+            description=f"a password of {MIN_PASSWORD_CHARS} characters or more",
+            json_schema_extra={"minLength": MIN_PASSWORD_CHARS, "maxLength": MAX_PASSWORD_CHARS},
+        ),
+    ]
+
+
+class Credentials(Body):
+    email: LoginEmail
+    password: Password
+
+
+class NewDevice(Body):
+    name: Annotated[
+        str,
+        Field(
+            min_length=1,
+            max_length=MAX_DEVICE_NAME_CHARS,
+            pattern="^[^\\x00-\\x1f\\x7f]*$",
+            description=f"1 to {MAX_DEVICE_NAME_CHARS} characters, no control characters",
+        ),
+    ]
+    public_key: PublicKey
+    password: Annotated[Password, Field(min_length=1)]
 
 
 # handlers
 
 
-@ratelimit.limited(ratelimit.RateLimit(address="registrations_per_hour"))
 async def register(request: web.Request) -> web.Response:
     """A new account. "E-mail already taken" is answered as such (409 email_taken), which tells
     whoever asks that an address has an account: without a mail round trip (none here) a
@@ -67,13 +109,8 @@ async def register(request: web.Request) -> web.Response:
     store is asked (docs/architecture.md, "Rate limits")."""
     config, store = request.app[CONFIG], request.app[STORE]
     await ratelimit.check(request)
-    body = fields.exact(await read_json(request, config.max_body_bytes), ("email", "password"))
-    email = fields.email(body)
-    password = fields.string(body, "password")
-    try:
-        check_policy(password)
-    except WeakPassword as error:
-        raise ApiError(400, "weak_password", str(error)) from None
+    body = NewAccount.parse(await read_body(request, config.max_body_bytes))
+    email, password = body.email, body.password
     if await store.account_by_email(email) is not None:  # before spending a hash on it
         raise _email_taken()
     password_hash = await asyncio.to_thread(hash_password, password)
@@ -103,18 +140,10 @@ async def me(request: web.Request) -> web.Response:
     )
 
 
-@ratelimit.limited(
-    ratelimit.RateLimit(email="login_attempts_per_minute", address="login_attempts_per_minute")
-)
 async def login(request: web.Request) -> web.Response:
     config, store = request.app[CONFIG], request.app[STORE]
-    body = fields.exact(await read_json(request, config.max_body_bytes), ("email", "password"))
-    email = fields.normalised_email(fields.string(body, "email"))
-    if len(email) > fields.MAX_EMAIL_CHARS:
-        raise fields.invalid("email", f"at most {fields.MAX_EMAIL_CHARS} characters")
-    password = fields.string(body, "password")
-    if len(password) > MAX_PASSWORD_CHARS:
-        raise fields.invalid("password", f"at most {MAX_PASSWORD_CHARS} characters")
+    body = Credentials.parse(await read_body(request, config.max_body_bytes))
+    email, password = body.email, body.password
     await ratelimit.check(request, email=email)
     account = await store.account_by_email(email)
     # An unknown e-mail costs one hash too, so the answer's timing does not tell it apart.
@@ -133,7 +162,6 @@ async def login(request: web.Request) -> web.Response:
     )
 
 
-@ratelimit.limited(ratelimit.WRITES)
 async def logout(request: web.Request) -> web.Response:
     store = request.app[STORE]
     caller = await require_session(request, store)
@@ -143,21 +171,12 @@ async def logout(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
-@ratelimit.limited(
-    ratelimit.RateLimit(account="login_attempts_per_minute", address="address_writes_per_minute")
-)
 async def enroll_device(request: web.Request) -> web.Response:
     config, store = request.app[CONFIG], request.app[STORE]
     caller = await require_session(request, store)
     raw = await read_body(request, config.max_body_bytes)
-    body = fields.exact(parse_json_object(raw), ("name", "public_key", "password"))
-    password = fields.string(body, "password")
-    name = fields.string(body, "name")
-    if not 1 <= len(name) <= MAX_DEVICE_NAME_CHARS or _CONTROL.search(name):
-        raise fields.invalid(
-            "name", f"1 to {MAX_DEVICE_NAME_CHARS} characters, no control characters"
-        )
-    public_key = fields.public_key(body)
+    body = NewDevice.parse(raw)
+    password, name, public_key = body.password, body.name, body.public_key
     # The new key signs this exact request: holding a session is not holding a device key.
     await require_device_proof(
         request, store, caller, raw, max_skew=config.proof_max_skew_s, enrolling=public_key
@@ -166,11 +185,7 @@ async def enroll_device(request: web.Request) -> web.Response:
     await ratelimit.check(request, account=caller.account_id)
     account = await store.account(caller.account_id)
     stored = DECOY_HASH if account is None else account.password_hash
-    if (
-        len(password) > MAX_PASSWORD_CHARS
-        or not await asyncio.to_thread(verify_password, password, stored)
-        or account is None
-    ):
+    if not await asyncio.to_thread(verify_password, password, stored) or account is None:
         raise ApiError(401, "bad_credentials", "the account password is required to add a device")
     device = Device(
         device_id_for(public_key), caller.account_id, public_key, name, request_now(request)
@@ -216,59 +231,27 @@ def _bad_credentials() -> ApiError:
     return ApiError(401, "bad_credentials", "wrong e-mail address or password")
 
 
-# OpenAPI
+# response bodies
 
 _TIMESTAMP = {"type": "integer", "minimum": 0, "description": "Unix seconds"}
 _ACCOUNT_ID = {"type": "string", "minLength": 1}
 _DEVICE_ID = {"type": "string", "pattern": "^[0-9a-f]{32}$"}
 _PUBLIC_KEY = {
     "type": "string",
-    "pattern": f"^[A-Za-z0-9_-]{{{fields.POINT_B64_CHARS}}}$",
+    "pattern": f"^[A-Za-z0-9_-]{{{POINT_B64_CHARS}}}$",
     "description": "unpadded base64url of the 64-byte P-256 point x || y",
 }
-_EMAIL_FIELD = {"type": "string", "minLength": 3, "maxLength": fields.MAX_EMAIL_CHARS}
-_NEW_EMAIL_FIELD = {
-    **_EMAIL_FIELD,
-    # what fields.email accepts, before lower-casing (surrounding blanks are stripped too)
-    "pattern": "^[!-?A-~]{1,64}@[A-Za-z0-9-]{1,63}(\\.[A-Za-z0-9-]{1,63})+$",
-}
-
 
 SCHEMAS: dict[str, Any] = {
-    "NewAccount": openapi.strict_object(
-        {
-            "email": _NEW_EMAIL_FIELD,
-            "password": {
-                "type": "string",
-                "minLength": MIN_PASSWORD_CHARS,
-                "maxLength": MAX_PASSWORD_CHARS,
-            },
-        }
-    ),
     "AccountCreated": openapi.strict_object({"account_id": _ACCOUNT_ID}),
     "Account": openapi.strict_object(
         {"account_id": _ACCOUNT_ID, "email": {"type": "string"}, "created_at": _TIMESTAMP}
-    ),
-    "Credentials": openapi.strict_object(
-        {"email": _EMAIL_FIELD, "password": {"type": "string", "maxLength": MAX_PASSWORD_CHARS}}
     ),
     "SessionOpened": openapi.strict_object(
         {
             "token": {"type": "string", "minLength": 1, "description": "the bearer token"},
             "account_id": _ACCOUNT_ID,
             "expires_at": _TIMESTAMP,
-        }
-    ),
-    "NewDevice": openapi.strict_object(
-        {
-            "name": {
-                "type": "string",
-                "minLength": 1,
-                "maxLength": MAX_DEVICE_NAME_CHARS,
-                "pattern": "^[^\\u0000-\\u001f\\u007f]*$",
-            },
-            "public_key": _PUBLIC_KEY,
-            "password": {"type": "string", "minLength": 1, "maxLength": MAX_PASSWORD_CHARS},
         }
     ),
     "DeviceEnrolled": openapi.strict_object({"device_id": _DEVICE_ID}),
@@ -293,79 +276,77 @@ _BODY_ERRORS = {
 _SESSION_ERROR = {"401": openapi.error("unauthorized: no bearer session, or an expired one")}
 _BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
 
-PATHS: dict[str, Any] = {
-    "/v1/accounts": {
-        "post": {
-            "summary": "Register an account",
-            "requestBody": openapi.json_body("NewAccount"),
-            "responses": {
-                "201": openapi.json_response("registered", "AccountCreated"),
-                "400": openapi.error(f"weak_password, {_BAD_BODY}"),
-                **_BODY_ERRORS,
-                "409": openapi.error(
-                    "email_taken: an account with this e-mail address exists. Said as it is, so"
-                    " a person can learn that they have an account; registration is limited per"
-                    " client address (429 rate_limited), every attempt counted"
-                ),
-            },
-        }
-    },
-    "/v1/accounts/me": {
-        "get": {
-            "summary": "The caller's account",
-            "security": _BEARER,
-            "responses": {
-                "200": openapi.json_response("the account", "Account"),
-                **_SESSION_ERROR,
-            },
-        }
-    },
-    "/v1/sessions": {
-        "post": {
-            "summary": "Log in: open a bearer session",
-            "requestBody": openapi.json_body("Credentials"),
-            "responses": {
-                "201": openapi.json_response("the session", "SessionOpened"),
-                "400": openapi.error(_BAD_BODY),
-                **_BODY_ERRORS,
-                "401": openapi.error("bad_credentials: wrong e-mail address or password"),
-            },
-        }
-    },
-    "/v1/sessions/current": {
-        "delete": {
-            "summary": "Log out: end the bearer session",
-            "security": _BEARER,
-            "responses": {
-                "204": {"description": "the session has ended"},
-                **_SESSION_ERROR,
-            },
-        }
-    },
-    "/v1/devices": {
-        "post": {
-            "summary": "Enroll a device key: the account password again, and the new key signs"
-            " the request (PK-Device-Proof)",
-            "security": [{"bearer": [], "deviceProof": []}],
-            "requestBody": openapi.json_body("NewDevice"),
-            "responses": {
-                "201": openapi.json_response("enrolled", "DeviceEnrolled"),
-                "400": openapi.error(f"bad_device_proof (a malformed header), {_BAD_BODY}"),
-                **_BODY_ERRORS,
-                "401": openapi.error(
-                    "unauthorized, bad_credentials, device_proof_required, bad_device_proof,"
-                    " stale_device_proof or replayed_device_proof"
-                ),
-                "409": openapi.error("device_exists: this key is already enrolled"),
-            },
+_S, _C = Criticality.SHEDDABLE, Criticality.CRITICAL
+_TAG = "identity"
+
+ROUTES = (
+    Route(
+        "POST", "/v1/accounts", register, "createAccount", _TAG, "Register an account",
+        criticality=_S, degraded=Behaviour.TRY_LATER,
+        rate_limit=ratelimit.RateLimit(address="registrations_per_hour"),
+        body=NewAccount,
+        responses={
+            "201": openapi.json_response("registered", "AccountCreated"),
+            "400": openapi.error(f"weak_password, {_BAD_BODY}"),
+            **_BODY_ERRORS,
+            "409": openapi.error(
+                "email_taken: an account with this e-mail address exists. Said as it is, so"
+                " a person can learn that they have an account; registration is limited per"
+                " client address (429 rate_limited), every attempt counted"
+            ),
         },
-        "get": {
-            "summary": "The caller's enrolled devices, oldest first",
-            "security": _BEARER,
-            "responses": {
-                "200": openapi.json_response("the devices", "DeviceList"),
-                **_SESSION_ERROR,
-            },
+    ),
+    Route(
+        "GET", "/v1/accounts/me", me, "getAccount", _TAG, "The caller's account",
+        criticality=_S, degraded=Behaviour.STALE, security=_BEARER,
+        responses={"200": openapi.json_response("the account", "Account"), **_SESSION_ERROR},
+    ),
+    Route(
+        "POST", "/v1/sessions", login, "createSession", _TAG, "Log in: open a bearer session",
+        criticality=_C,  # no session, no refresh
+        degraded=Behaviour.TRY_LATER,
+        rate_limit=ratelimit.RateLimit(
+            email="login_attempts_per_minute", address="login_attempts_per_minute"
+        ),
+        body=Credentials,
+        responses={
+            "201": openapi.json_response("the session", "SessionOpened"),
+            "400": openapi.error(_BAD_BODY),
+            **_BODY_ERRORS,
+            "401": openapi.error("bad_credentials: wrong e-mail address or password"),
         },
-    },
-}
+    ),
+    Route(
+        "DELETE", "/v1/sessions/current", logout, "deleteSession", _TAG,
+        "Log out: end the bearer session",
+        criticality=_S, degraded=Behaviour.TRY_LATER, rate_limit=ratelimit.WRITES,
+        security=_BEARER,
+        responses={"204": {"description": "the session has ended"}, **_SESSION_ERROR},
+    ),
+    Route(
+        "POST", "/v1/devices", enroll_device, "enrollDevice", _TAG,
+        "Enroll a device key: the account password again, and the new key signs the request"
+        " (PK-Device-Proof)",
+        criticality=_S, degraded=Behaviour.TRY_LATER,
+        rate_limit=ratelimit.RateLimit(
+            account="login_attempts_per_minute", address="address_writes_per_minute"
+        ),
+        body=NewDevice, security=[{"bearer": [], "deviceProof": []}],
+        responses={
+            "201": openapi.json_response("enrolled", "DeviceEnrolled"),
+            "400": openapi.error(f"bad_device_proof (a malformed header), {_BAD_BODY}"),
+            **_BODY_ERRORS,
+            "401": openapi.error(
+                "unauthorized, bad_credentials, device_proof_required, bad_device_proof,"
+                " stale_device_proof or replayed_device_proof"
+            ),
+            "409": openapi.error("device_exists: this key is already enrolled"),
+        },
+    ),
+    Route(
+        "GET", "/v1/devices", list_devices, "listDevices", _TAG,
+        "The caller's enrolled devices, oldest first",
+        criticality=_S, degraded=Behaviour.STALE, security=_BEARER,
+        responses={"200": openapi.json_response("the devices", "DeviceList"), **_SESSION_ERROR},
+    ),
+)  # fmt: skip

@@ -26,17 +26,19 @@ Also here: the 202 accepted_pending answers of writes journaled during an outage
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from aiohttp import web
+from pydantic import BeforeValidator, Field, WithJsonSchema
 
 from keycore import InvalidToken, RevocationState
 from keycore.encoding import b64url_decode, b64url_encode
 from keycore.token import KeyToken
 from keycore.verifier import authenticate
-from keyserver import acceptance, auth, degraded, fields
+from keyserver import acceptance, auth, degraded
+from keyserver.bodies import Body
 from keyserver.clock import request_now
-from keyserver.http import ApiError, parse_json_object, read_body
+from keyserver.http import ApiError, read_body
 from keyserver.issuance import IssuedToken
 from keyserver.journal import Operation
 from keyserver.models import (
@@ -53,6 +55,37 @@ MAX_TOKEN_CHARS = 2048
 PENDING_RETRY_AFTER_S = 30  # a store outage's usual length is not known: ask again soon
 
 
+def _token(value: object) -> bytes | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_TOKEN_CHARS:
+        raise ValueError("not a token")
+    return b64url_decode(value)  # a ValueError when it is not base64url
+
+
+class RefreshRequest(Body):
+    """token: the phone's current token for this key. Ignored while the state store answers;
+    while it is down, a fresh token (lifetime at most degraded_token_lifetime_s) is signed on its
+    strength (keyserver.routes.keys_degraded)."""
+
+    token: Annotated[
+        bytes | None,
+        BeforeValidator(_token),
+        WithJsonSchema(
+            {"type": "string", "pattern": "^[A-Za-z0-9_-]+$", "maxLength": MAX_TOKEN_CHARS}
+        ),
+        Field(description="the current token, unpadded base64url"),
+    ] = None
+
+    @classmethod
+    def of_body(cls, raw: bytes) -> RefreshRequest:
+        """The refresh's body: absent, or the token."""
+        return cls.parse(raw) if raw else _NO_TOKEN
+
+
+_NO_TOKEN = RefreshRequest()
+
+
 async def refresh_without_store(request: web.Request, key_id: str) -> web.Response:
     """The degraded refresh (module docstring); the normal refusal codes otherwise. The checks
     are keyserver.auth's, against what this process knows; the token comes from the one
@@ -67,7 +100,7 @@ async def refresh_without_store(request: web.Request, key_id: str) -> web.Respon
         return _unknown("the session")
     proof = auth.read_proof(request)
     body = await read_body(request, config.max_body_bytes) if request.body_exists else b""
-    presented = token_field(parse_json_object(body) if body else {})
+    presented = RefreshRequest.of_body(body).token
     key = _known(known.cache.get(("key", key_id), now=now))
     if not isinstance(key, KeyRecord):
         return _unknown("this key")
@@ -181,22 +214,6 @@ def token_view(key: KeyRecord, issued: IssuedToken) -> dict[str, Any]:
         "token_expires_at": issued.expires,
         "refresh_after": issued.refresh_after,
     }
-
-
-def token_field(body: dict[str, Any]) -> bytes | None:
-    """The optional ``token`` of a refresh body, decoded; 400 if it is there but malformed."""
-    for name in body:
-        if name != "token":
-            raise ApiError(400, "unknown_field", f"unknown field {name[:64]!r}")
-    text = body.get("token")
-    if text is None:
-        return None
-    if not isinstance(text, str) or not 0 < len(text) <= MAX_TOKEN_CHARS:
-        raise fields.invalid("token", "the current token, unpadded base64url")
-    try:
-        return b64url_decode(text)
-    except ValueError:
-        raise fields.invalid("token", "the current token, unpadded base64url") from None
 
 
 def _known(hit: tuple[Any, int] | None) -> Any:

@@ -39,33 +39,47 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import re
 import secrets
-from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Annotated, Any, TypeVar
 
 from aiohttp import web
+from pydantic import Field
 
 from keyserver import auth, fields, openapi, ratelimit
+from keyserver.admission import Criticality
+from keyserver.bodies import VIN_PATTERN, Body, Email, PublicKey
+from keyserver.bodies import Vin as VinField
 from keyserver.clock import request_now
+from keyserver.degraded import Behaviour
 from keyserver.errors import Conflict
-from keyserver.http import ApiError, parse_json_object, read_body, read_json
+from keyserver.http import ApiError, read_body
 from keyserver.models import Pairing, PairingResult, Vehicle
 from keyserver.resources import CONFIG, SERVICES, STORE
+from keyserver.routing import Route
 
 CODE_DIGITS = 8
-_CODE = re.compile(rf"[0-9]{{{CODE_DIGITS}}}")
 _CODE_CONTEXT = b"phonekey/pairing-code/v1\x00"
-_VIN_PATTERN = "^[A-HJ-NPR-Z0-9]{17}$"
 _PROVISIONING = "provisioning"
 
 
-def setup(app: web.Application) -> None:
-    app.router.add_post("/v1/vehicles", provision)
-    app.router.add_get("/v1/vehicles/{vin}", show)
-    app.router.add_post("/v1/vehicles/{vin}/pairing-code", pairing_code)
-    app.router.add_post("/v1/vehicles/{vin}/owner", pair_owner)
-    app.router.add_post("/v1/vehicles/{vin}/transfer", transfer)
+class VehicleProvisioning(Body):
+    vin: VinField
+    public_key: Annotated[
+        PublicKey, Field(description="unpadded base64url of the car's P-256 public key, x || y")
+    ]
+
+
+class VehiclePairing(Body):
+    code: Annotated[
+        str, Field(pattern=f"^[0-9]{{{CODE_DIGITS}}}$", description=f"exactly {CODE_DIGITS} digits")
+    ]
+
+
+class VehicleTransfer(Body):
+    to_email: Email
+
+
+SignedBody = TypeVar("SignedBody", VehiclePairing, VehicleTransfer)
 
 
 def pairing_hash(vin: str, code: str) -> bytes:
@@ -73,7 +87,6 @@ def pairing_hash(vin: str, code: str) -> bytes:
     return hashlib.sha256(_CODE_CONTEXT + vin.encode("ascii") + b"\x00" + code.encode()).digest()
 
 
-@ratelimit.limited(ratelimit.RateLimit(address="address_writes_per_minute"))
 async def provision(request: web.Request) -> web.Response:
     """Register a car: its VIN and its public key, on the factory's provisioning credential."""
     config = request.app[CONFIG]
@@ -89,10 +102,10 @@ async def provision(request: web.Request) -> web.Response:
             401, "unauthorized", "a valid provisioning credential is required",
             headers={"WWW-Authenticate": "Provisioning"},
         )  # fmt: skip
-    body = fields.exact(await read_json(request, config.max_body_bytes), ("vin", "public_key"))
+    body = VehicleProvisioning.parse(await read_body(request, config.max_body_bytes))
     vehicle = Vehicle(
-        vin=fields.vin(body),
-        public_key=fields.public_key(body),
+        vin=body.vin,
+        public_key=body.public_key,
         owner_id=None,
         created_at=request_now(request),
     )
@@ -103,9 +116,6 @@ async def provision(request: web.Request) -> web.Response:
     return web.json_response({"vin": vehicle.vin}, status=201)
 
 
-@ratelimit.limited(
-    ratelimit.RateLimit(vehicle="account_writes_per_minute", address="address_writes_per_minute")
-)
 async def pairing_code(request: web.Request) -> web.Response:
     """A fresh one-time owner pairing code, for the car (signed by its own key) to display."""
     config, store = request.app[CONFIG], request.app[STORE]
@@ -140,13 +150,11 @@ _PAIRING_REFUSALS = {
 }  # fmt: skip
 
 
-@ratelimit.limited(
-    ratelimit.RateLimit(account="pairing_attempts_per_minute", address="address_writes_per_minute")
-)
 async def pair_owner(request: web.Request) -> web.Response:
     """Become the car's first owner with the code it shows (session and device proof)."""
     store = request.app[STORE]
-    caller, vin, code = await _signed_field(request, "code", _pairing_code)
+    caller, vin, body = await _signed_body(request, VehiclePairing)
+    code = body.code
     await ratelimit.check(request, account=caller.account_id)  # per account, across all cars
     result = await store.try_pairing(vin, pairing_hash(vin, code), now=request_now(request))
     if result is not PairingResult.PAIRED:
@@ -159,11 +167,11 @@ async def pair_owner(request: web.Request) -> web.Response:
     return web.json_response({"vin": vin, "owner_id": caller.account_id})
 
 
-@ratelimit.limited(ratelimit.WRITES)
 async def transfer(request: web.Request) -> web.Response:
     """Give the car to another account (the current owner, with session and device proof)."""
     store = request.app[STORE]
-    caller, vin, email = await _signed_field(request, "to_email", fields.email)
+    caller, vin, body = await _signed_body(request, VehicleTransfer)
+    email = body.to_email
     await ratelimit.check(request, account=caller.account_id)
     vehicle = await store.vehicle(vin)
     if vehicle is None or vehicle.owner_id != caller.account_id:
@@ -199,30 +207,23 @@ async def show(request: web.Request) -> web.Response:
     )
 
 
-async def _signed_field(
-    request: web.Request, name: str, check: Callable[[Mapping[str, Any], str], str]
-) -> tuple[auth.Caller, str, str]:
-    """(caller, VIN, the body's one field ``name``) of a request with a session and a device
-    proof. The field is checked before the proof, so bad input does not even spend a nonce."""
+async def _signed_body(
+    request: web.Request, model: type[SignedBody]
+) -> tuple[auth.Caller, str, SignedBody]:
+    """(caller, VIN, the body) of a request with a session and a device proof. The body is
+    checked before the proof, so bad input does not even spend a nonce."""
     config, store = request.app[CONFIG], request.app[STORE]
     caller = await auth.require_session(request, store)
     vin = fields.path_vin(request)
-    body = await read_body(request, config.max_body_bytes)
-    value = check(fields.exact(parse_json_object(body), (name,)), name)
-    await auth.require_device_proof(request, store, caller, body, max_skew=config.proof_max_skew_s)
-    return caller, vin, value
+    raw = await read_body(request, config.max_body_bytes)
+    body = model.parse(raw)
+    await auth.require_device_proof(request, store, caller, raw, max_skew=config.proof_max_skew_s)
+    return caller, vin, body
 
 
-def _pairing_code(body: Mapping[str, Any], name: str) -> str:
-    code = fields.string(body, name)
-    if not _CODE.fullmatch(code):
-        raise fields.invalid(name, f"exactly {CODE_DIGITS} digits")
-    return code
+# response bodies
 
-
-# OpenAPI fragments
-
-_VIN_FIELD = {"type": "string", "pattern": _VIN_PATTERN}
+_VIN_FIELD = {"type": "string", "pattern": VIN_PATTERN}
 _CODE_FIELD = {"type": "string", "pattern": f"^[0-9]{{{CODE_DIGITS}}}$"}
 _TIMESTAMP = {"type": "integer", "minimum": 0, "description": "Unix seconds"}
 _VIN_PARAMETER = {"name": "vin", "in": "path", "required": True, "schema": _VIN_FIELD}
@@ -242,22 +243,8 @@ _BODY_ERRORS = {
 _PROOF_ERRORS = "device_proof_required, bad_device_proof, stale_device_proof, replayed_device_proof"
 
 SCHEMAS: dict[str, Any] = {
-    "VehicleProvisioning": openapi.strict_object(
-        {
-            "vin": _VIN_FIELD,
-            "public_key": {
-                "type": "string",
-                "pattern": f"^[A-Za-z0-9_-]{{{fields.POINT_B64_CHARS}}}$",
-                "description": "unpadded base64url of the car's P-256 public key, x || y",
-            },
-        }
-    ),
     "VehicleProvisioned": openapi.strict_object({"vin": _VIN_FIELD}),
     "VehiclePairingCode": openapi.strict_object({"code": _CODE_FIELD, "expires_at": _TIMESTAMP}),
-    "VehiclePairing": openapi.strict_object({"code": _CODE_FIELD}),
-    "VehicleTransfer": openapi.strict_object(
-        {"to_email": {"type": "string", "minLength": 3, "maxLength": fields.MAX_EMAIL_CHARS}}
-    ),
     "VehicleOwnership": openapi.strict_object(
         {"vin": _VIN_FIELD, "owner_id": {"type": "string", "minLength": 1}}
     ),
@@ -265,88 +252,90 @@ SCHEMAS: dict[str, Any] = {
         {"vin": _VIN_FIELD, "owner_id": {"type": "string"}, "created_at": _TIMESTAMP}
     ),
 }
+_S, _C = Criticality.SHEDDABLE, Criticality.CRITICAL
+_TAG = "vehicles"
 
-PATHS: dict[str, Any] = {
-    "/v1/vehicles": {
-        "post": {
-            "summary": "Provision a vehicle (the factory: Authorization: Provisioning <secret>)",
-            "security": [{"provisioning": []}],
-            "requestBody": openapi.json_body("VehicleProvisioning"),
-            "responses": {
-                "201": openapi.json_response("registered", "VehicleProvisioned"),
-                "400": openapi.error(_BAD_BODY),
-                "401": openapi.error("unauthorized: missing or wrong provisioning credential"),
-                "403": openapi.error("provisioning_disabled: no provisioning_secret is set"),
-                "409": openapi.error("vehicle_exists"),
-                **_BODY_ERRORS,
+ROUTES = (
+    Route(
+        "POST", "/v1/vehicles", provision, "provisionVehicle", _TAG,
+        "Provision a vehicle (the factory: Authorization: Provisioning <secret>)",
+        criticality=_S, degraded=Behaviour.TRY_LATER,
+        rate_limit=ratelimit.RateLimit(address="address_writes_per_minute"),
+        body=VehicleProvisioning, security=[{"provisioning": []}],
+        responses={
+            "201": openapi.json_response("registered", "VehicleProvisioned"),
+            "400": openapi.error(_BAD_BODY),
+            "401": openapi.error("unauthorized: missing or wrong provisioning credential"),
+            "403": openapi.error("provisioning_disabled: no provisioning_secret is set"),
+            "409": openapi.error("vehicle_exists"),
+            **_BODY_ERRORS,
+        },
+    ),
+    Route(
+        "GET", "/v1/vehicles/{vin}", show, "getVehicle", _TAG, "A vehicle, for its owner",
+        criticality=_S, degraded=Behaviour.STALE,
+        security=[{"bearer": []}], parameters=[_VIN_PARAMETER],
+        responses={
+            "200": openapi.json_response("the vehicle", "Vehicle"),
+            "400": openapi.error("invalid_vin"),
+            "401": openapi.error("unauthorized: no bearer session, or an expired one"),
+            "404": openapi.error("unknown_vehicle: no such vehicle among the caller's"),
+        },
+    ),
+    Route(
+        "POST", "/v1/vehicles/{vin}/pairing-code", pairing_code, "createPairingCode", _TAG,
+        "A one-time owner pairing code for the car to display (signed by the car)",
+        description="No body. PK-Device-Proof made with the vehicle's own key, device id "
+        "= the VIN. Only a hash of the code is kept.",
+        criticality=_C,  # someone at the car; rare, so cheap to keep
+        degraded=Behaviour.TRY_LATER,
+        rate_limit=ratelimit.RateLimit(
+            vehicle="account_writes_per_minute", address="address_writes_per_minute"
+        ),
+        security=[{"deviceProof": []}], parameters=[_VIN_PARAMETER],
+        responses={
+            "201": {
+                **openapi.json_response("the code and its expiry", "VehiclePairingCode"),
+                "headers": {"Cache-Control": {"schema": {"const": "no-store"}}},
             },
-        }
-    },
-    "/v1/vehicles/{vin}": {
-        "get": {
-            "summary": "A vehicle, for its owner",
-            "security": [{"bearer": []}],
-            "parameters": [_VIN_PARAMETER],
-            "responses": {
-                "200": openapi.json_response("the vehicle", "Vehicle"),
-                "400": openapi.error("invalid_vin"),
-                "401": openapi.error("unauthorized: no bearer session, or an expired one"),
-                "404": openapi.error("unknown_vehicle: no such vehicle among the caller's"),
-            },
-        }
-    },
-    "/v1/vehicles/{vin}/pairing-code": {
-        "post": {
-            "summary": "A one-time owner pairing code for the car to display (signed by the car)",
-            "description": "No body. PK-Device-Proof made with the vehicle's own key, device id "
-            "= the VIN. Only a hash of the code is kept.",
-            "security": [{"deviceProof": []}],
-            "parameters": [_VIN_PARAMETER],
-            "responses": {
-                "201": {
-                    **openapi.json_response("the code and its expiry", "VehiclePairingCode"),
-                    "headers": {"Cache-Control": {"schema": {"const": "no-store"}}},
-                },
-                "400": openapi.error("invalid_vin, bad_device_proof (malformed), unexpected_body"),
-                "401": openapi.error(f"{_PROOF_ERRORS}: not signed by this vehicle, or stale"),
-                "409": openapi.error("already_owned: transfer the vehicle instead"),
-            },
-        }
-    },
-    "/v1/vehicles/{vin}/owner": {
-        "post": {
-            "summary": "Become the first owner with the code the car shows",
-            "security": _SESSION_AND_DEVICE,
-            "parameters": [_VIN_PARAMETER],
-            "requestBody": openapi.json_body("VehiclePairing"),
-            "responses": {
-                "200": openapi.json_response("paired: the caller owns the car", "VehicleOwnership"),
-                "400": openapi.error(f"{_BAD_BODY}, invalid_vin, bad_device_proof (malformed)"),
-                "401": openapi.error(f"unauthorized, {_PROOF_ERRORS}"),
-                "403": openapi.error("wrong_code (one attempt spent), unknown_device"),
-                "404": openapi.error("no_pairing: no code pending for this vehicle"),
-                "409": openapi.error("already_owned"),
-                "410": openapi.error("code_expired: ask the car for a new code"),
-                "429": _with_retry_after("too_many_attempts: ask the car for a new code"),
-                **_BODY_ERRORS,
-            },
-        }
-    },
-    "/v1/vehicles/{vin}/transfer": {
-        "post": {
-            "summary": "Give the vehicle to another account (the owner)",
-            "security": _SESSION_AND_DEVICE,
-            "parameters": [_VIN_PARAMETER],
-            "requestBody": openapi.json_body("VehicleTransfer"),
-            "responses": {
-                "200": openapi.json_response("the new owner", "VehicleOwnership"),
-                "400": openapi.error(f"{_BAD_BODY}, invalid_vin, bad_device_proof (malformed)"),
-                "401": openapi.error(f"unauthorized, {_PROOF_ERRORS}"),
-                "403": openapi.error("not_owner, unknown_device"),
-                "404": openapi.error("unknown_account: no account has that e-mail address"),
-                "409": openapi.error("same_owner, ownership_changed"),
-                **_BODY_ERRORS,
-            },
-        }
-    },
-}
+            "400": openapi.error("invalid_vin, bad_device_proof (malformed), unexpected_body"),
+            "401": openapi.error(f"{_PROOF_ERRORS}: not signed by this vehicle, or stale"),
+            "409": openapi.error("already_owned: transfer the vehicle instead"),
+        },
+    ),
+    Route(
+        "POST", "/v1/vehicles/{vin}/owner", pair_owner, "pairOwner", _TAG,
+        "Become the first owner with the code the car shows",
+        criticality=_C, degraded=Behaviour.TRY_LATER,
+        rate_limit=ratelimit.RateLimit(
+            account="pairing_attempts_per_minute", address="address_writes_per_minute"
+        ),
+        body=VehiclePairing, security=_SESSION_AND_DEVICE, parameters=[_VIN_PARAMETER],
+        responses={
+            "200": openapi.json_response("paired: the caller owns the car", "VehicleOwnership"),
+            "400": openapi.error(f"{_BAD_BODY}, invalid_vin, bad_device_proof (malformed)"),
+            "401": openapi.error(f"unauthorized, {_PROOF_ERRORS}"),
+            "403": openapi.error("wrong_code (one attempt spent), unknown_device"),
+            "404": openapi.error("no_pairing: no code pending for this vehicle"),
+            "409": openapi.error("already_owned"),
+            "410": openapi.error("code_expired: ask the car for a new code"),
+            "429": _with_retry_after("too_many_attempts: ask the car for a new code"),
+            **_BODY_ERRORS,
+        },
+    ),
+    Route(
+        "POST", "/v1/vehicles/{vin}/transfer", transfer, "transferVehicle", _TAG,
+        "Give the vehicle to another account (the owner)",
+        criticality=_C, degraded=Behaviour.TRY_LATER, rate_limit=ratelimit.WRITES,
+        body=VehicleTransfer, security=_SESSION_AND_DEVICE, parameters=[_VIN_PARAMETER],
+        responses={
+            "200": openapi.json_response("the new owner", "VehicleOwnership"),
+            "400": openapi.error(f"{_BAD_BODY}, invalid_vin, bad_device_proof (malformed)"),
+            "401": openapi.error(f"unauthorized, {_PROOF_ERRORS}"),
+            "403": openapi.error("not_owner, unknown_device"),
+            "404": openapi.error("unknown_account: no account has that e-mail address"),
+            "409": openapi.error("same_owner, ownership_changed"),
+            **_BODY_ERRORS,
+        },
+    ),
+)  # fmt: skip

@@ -16,9 +16,9 @@ from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry
 
 from keycore.channel import RECONNECT_PACED, REFUSAL_HEADER
-from keyserver import admission
+from keyserver import admission, routing
 from keyserver.admission import Criticality, UnclassifiedRoute, current_deadline
-from keyserver.app import create_app
+from keyserver.app import ROUTES, create_app
 from keyserver.config import ConfigError, build
 from keyserver.http import error_middleware
 from keyserver.pacing import PACING, PacedChannel
@@ -89,8 +89,6 @@ async def served(
         ("GET", "/deadline"): Criticality.CRITICAL,
         ("GET", "/ws"): Criticality.CRITICAL_PLUS,
     }
-    for route, criticality in routes.items():
-        monkeypatch.setitem(admission.ROUTES, route, criticality)
     app = web.Application(middlewares=[error_middleware])
     app.router.add_get("/shed", ok)
     app.router.add_post("/crit", ok)
@@ -99,7 +97,7 @@ async def served(
     app.router.add_get("/deadline", deadline_left)
     app.router.add_get("/ws", websocket(gate))
     config = build({"max_in_flight": 4, "shed_sheddable_at": 2, "request_deadline_s": 2.0})
-    control = admission.setup(app, config, CollectorRegistry())
+    control = admission.setup(app, config, CollectorRegistry(), routes)
     return await aiohttp_client(app), control
 
 
@@ -119,14 +117,15 @@ def test_every_route_of_the_app_has_a_criticality_and_every_entry_is_served(
     tmp_path: Path,
 ) -> None:
     app = create_app(build({"data_dir": str(tmp_path)}))  # would raise on an unlisted route
+    table = routing.criticalities(ROUTES)
     served = {(r.method, r.resource.canonical) for r in app.router.routes() if r.resource}
     for method, route in served:
-        assert admission.criticality_of(method, route) is not None, (method, route)
-    assert set(admission.ROUTES) <= served  # no stale entry
-    assert admission.ROUTES["POST", "/v1/keys/{key_id}/token"] is Criticality.CRITICAL
-    assert admission.ROUTES["POST", "/v1/vehicles/{vin}/commands"] is Criticality.CRITICAL
-    assert admission.ROUTES["POST", "/v1/keys/{key_id}/revoke"] is Criticality.CRITICAL_PLUS
-    assert admission.ROUTES["GET", "/v1/vehicles/{vin}/keys"] is Criticality.SHEDDABLE
+        assert admission.criticality_of(table, method, route) is not None, (method, route)
+    assert set(table) <= served  # no stale entry
+    assert table["POST", "/v1/keys/{key_id}/token"] is Criticality.CRITICAL
+    assert table["POST", "/v1/vehicles/{vin}/commands"] is Criticality.CRITICAL
+    assert table["POST", "/v1/keys/{key_id}/revoke"] is Criticality.CRITICAL_PLUS
+    assert table["GET", "/v1/vehicles/{vin}/keys"] is Criticality.SHEDDABLE
 
 
 def test_an_unlisted_route_stops_start_up() -> None:
@@ -134,7 +133,9 @@ def test_an_unlisted_route_stops_start_up() -> None:
     app.router.add_get("/healthz", ok)
     app.router.add_post("/v1/brand-new", ok)
     with pytest.raises(UnclassifiedRoute, match="POST /v1/brand-new"):
-        admission.setup(app, build({}), CollectorRegistry())
+        admission.setup(
+            app, build({}), CollectorRegistry(), {("GET", "/healthz"): Criticality.CRITICAL_PLUS}
+        )
 
 
 def test_the_limits_are_validated() -> None:
@@ -237,13 +238,16 @@ async def test_a_channel_upgrade_over_the_limit_is_paced_not_overloaded(
     """A reconnect storm meets the in-flight limit before any car has proved itself: the
     channel's refusals are spread by the pacer's overflow tail and say reconnect_paced, which a
     car honours as a slot; every other route still hears "overloaded"."""
-    monkeypatch.setitem(admission.ROUTES, ("POST", "/crit/slow"), Criticality.CRITICAL_PLUS)
     app = web.Application(middlewares=[error_middleware])
     app.router.add_post("/crit/slow", gated(gate))
     app.router.add_get(admission.CHANNEL_PATH, ok)
     app[PACING] = PacedChannel(2, CollectorRegistry())  # two a second
     config = build({"max_in_flight": 1, "shed_sheddable_at": 1})
-    control = admission.setup(app, config, CollectorRegistry())
+    routes = {
+        ("POST", "/crit/slow"): Criticality.CRITICAL_PLUS,
+        ("GET", admission.CHANNEL_PATH): Criticality.CRITICAL_PLUS,
+    }
+    control = admission.setup(app, config, CollectorRegistry(), routes)
     client = await aiohttp_client(app)
     held = [asyncio.create_task(client.post("/crit/slow")) for _ in range(2)]
     await gate.until_inside(2)  # the critical-plus limit: 1 + max(1, 1 // 8)

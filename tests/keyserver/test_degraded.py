@@ -1,4 +1,4 @@
-"""Every route's declared behaviour with the state store down (keyserver.degraded.ROUTES): a sweep
+"""Every route's declared behaviour with the state store down (``Route.degraded``): a sweep
 over the router — a route without a declared behaviour, or without a request here, fails — then
 stale reads with their age, the last-resort 429, commands that tell the phone to use Bluetooth,
 and fail-closed refusals of callers this process does not know."""
@@ -15,8 +15,8 @@ from keycore import SoftwareSigner
 from keycore.cose import point_bytes
 from keycore.encoding import b64url_encode
 from keycore.request_proof import HEADER, sign_request
-from keyserver import auth, degraded, openapi, passwords
-from keyserver.app import CONFIG, OPENAPI
+from keyserver import auth, openapi, passwords, routing
+from keyserver.app import CONFIG, OPENAPI, ROUTES
 from keyserver.degraded import DEGRADED_HEADER, STALE_AGE_HEADER, Behaviour
 from tests.keyserver.flaky_store import (
     PROVISIONING_SECRET,
@@ -40,6 +40,8 @@ from tests.keyserver.keys_harness import (
 )
 
 COMMANDS = "/v1/vehicles/{vin}/commands"
+#: Each route's declared behaviour, named as OpenAPI names operations: (method, path).
+BEHAVIOURS = {(method.lower(), path): b for (method, path), b in routing.degraded(ROUTES).items()}
 CAR_KEY = SoftwareSigner.generate()
 COMMAND = "/v1/commands/{command_id}"
 PASSWORD = "owner's password 1"
@@ -234,8 +236,8 @@ EXPECTED_STATUS = {
 
 def test_every_served_route_declares_its_degraded_behaviour(api: Api) -> None:
     served = openapi.served_routes(api.app)
-    assert served - set(degraded.ROUTES) == set(), "declare these in keyserver.degraded.ROUTES"
-    assert set(degraded.ROUTES) - served == set(), "ROUTES names a route nobody serves"
+    assert served - set(BEHAVIOURS) == set(), "declare these in a route table"
+    assert set(BEHAVIOURS) - served == set(), "a route table names a route nobody serves"
     assert served - set(REQUESTS) == set(), "add a store-down request for these routes here"
 
 
@@ -248,7 +250,7 @@ async def test_with_the_store_down_every_route_answers_as_declared(
     flaky.fail()
     seen: dict[tuple[str, str], int] = {}
     for route, request in REQUESTS.items():  # in the table's order: suspend before resume
-        behaviour = degraded.ROUTES[route]
+        behaviour = BEHAVIOURS[route]
         reply = await request(world)
         seen[route] = reply.status
         assert reply.status < 500, (route, reply.data)
@@ -369,7 +371,7 @@ def test_no_503_is_documented_for_a_phone(api: Api) -> None:
         if "503" in operation["responses"]
     ]
     assert with_503 == []
-    for (method, path), behaviour in degraded.ROUTES.items():
+    for (method, path), behaviour in BEHAVIOURS.items():
         responses = doc["paths"][path][method]["responses"]
         if behaviour not in (Behaviour.NO_STORE, Behaviour.READINESS):
             assert "429" in responses, (method, path)

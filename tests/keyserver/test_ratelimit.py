@@ -20,10 +20,14 @@ from keycore import SoftwareSigner
 from keycore.cose import point_bytes
 from keycore.encoding import b64url_encode
 from keycore.request_proof import HEADER, sign_request
+from keyserver import app as keyserver_app
 from keyserver import auth, ratelimit
+from keyserver.admission import Criticality
 from keyserver.app import OPENAPI, REPLAYER, create_app
 from keyserver.config import Config, build, load
+from keyserver.degraded import Behaviour
 from keyserver.models import KeyStatus, Session
+from keyserver.routing import Route, RouteDeclarationError
 from keyserver.store.guarded import READS
 from tests.keyserver.flaky_store import PROVISIONING_SECRET, FlakyStore
 from tests.keyserver.keys_harness import (
@@ -304,7 +308,7 @@ async def test_a_shared_limit_counts_in_this_process_while_the_store_is_down(
 
 def test_every_state_changing_route_declares_a_limit_or_why_not(tmp_path: Path) -> None:
     app = create_app(build({"data_dir": str(tmp_path)}))
-    declared = ratelimit.declared_routes(app.router.routes())
+    declared = {r.key: r.rate_limit for r in keyserver_app.ROUTES if r.rate_limit is not None}
     doc = app[OPENAPI]
     for route in app.router.routes():
         if route.resource is None or route.method not in ratelimit.WRITE_METHODS:
@@ -328,6 +332,18 @@ def test_a_state_changing_route_without_a_declaration_stops_start_up() -> None:
     app.router.add_post("/v1/undeclared", handler)
     with pytest.raises(ratelimit.UndeclaredRateLimit, match="POST /v1/undeclared"):
         ratelimit.setup(app, Config(), metric_registry(), {}, store=lambda: None)
+
+
+def test_a_write_cannot_be_declared_without_a_limit() -> None:
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response()
+
+    with pytest.raises(RouteDeclarationError, match="POST /v1/undeclared"):
+        Route(
+            "POST", "/v1/undeclared", handler, "undeclared", "test", "a write",
+            criticality=Criticality.SHEDDABLE, degraded=Behaviour.TRY_LATER,
+            responses={"200": {"description": "done"}},
+        )  # fmt: skip
 
 
 def metric_registry() -> Any:
