@@ -33,6 +33,7 @@ from tenacity.stop import stop_base
 
 from keyserver.errors import StoreUnavailable
 from resilience.breaker import BreakerConfig, CallNotPermitted, CircuitBreaker, StateTransition
+from resilience.loop_lag import LoopLag
 from resilience.overload import Deadline, RetryBudget
 
 log = logging.getLogger(__name__)
@@ -78,9 +79,15 @@ def is_outage(error: BaseException) -> bool:
     return isinstance(error, StoreUnavailable | TimeoutError | OSError)
 
 
-def store_breaker(name: str, **overrides: Any) -> CircuitBreaker:
-    """A breaker for a store dependency: ``BreakerConfig``'s Redis defaults, outages only."""
-    return CircuitBreaker(name, BreakerConfig(record_exception=is_outage, **overrides))
+def store_breaker(name: str, *, lag: LoopLag | None = None, **overrides: Any) -> CircuitBreaker:
+    """A breaker for a store dependency: ``BreakerConfig``'s Redis defaults, outages only, its
+    calls timed on ``lag``'s clock: the time our own event loop kept a call waiting (a storm of
+    requests, a busy machine) is not Redis's, so it neither makes a call slow nor, when it made
+    the attempt's time limit cut the call off, a failure (``resilience.loop_lag``)."""
+    clock = (lag or LoopLag()).clock
+    return CircuitBreaker(
+        name, BreakerConfig(record_exception=is_outage, **overrides), call_clock=clock
+    )
 
 
 @dataclass(frozen=True)
