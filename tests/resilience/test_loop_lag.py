@@ -135,10 +135,13 @@ async def test_a_call_the_limit_cut_off_counts_by_the_callees_time(
 ) -> None:
     wall, calls = FakeClock(), FakeClock()
     breaker = breaker_with(calls, wall)
+
+    async def hung_call() -> None:
+        calls.now += callee_had_s
+        await asyncio.Event().wait()  # hangs until the (real) time limit
+
     with pytest.raises(TimeoutError):
-        async with breaker.guard(timeout_s=0.15):
-            calls.now += callee_had_s
-            await asyncio.Event().wait()  # hangs until the (real) time limit
+        await breaker.call(hung_call, timeout_s=0.15)
     m = breaker.metrics
     assert (m.failed, m.successful, m.ignored) == ((1 if counted == "failed" else 0), 0, 0)
 
