@@ -160,7 +160,8 @@ class GuardedStore:
         self.clock = clock
         self._deadline = deadline
         self._sleep = sleep
-        breaker.add_listener(_log_transition)
+        self.last_error = ""  # the last error a call met, for the transition log
+        breaker.add_listener(self._log_transition)
 
     def __getattr__(self, name: str) -> Any:
         attribute = getattr(self._inner, name)
@@ -175,6 +176,28 @@ class GuardedStore:
 
         self.__dict__[name] = guarded  # found directly from now on, without __getattr__
         return guarded
+
+    def _log_transition(self, event: StateTransition) -> None:
+        """Each transition with the window that caused it: an opening says whether calls failed
+        or were slow (on the lag clock), and the last error a call met."""
+        rates = self.breaker.metrics
+        log.warning(
+            "circuit breaker %s: %s -> %s",
+            event.name,
+            event.from_state.value,
+            event.to_state.value,
+            extra={
+                "fields": {
+                    "event": "breaker_transition",
+                    "breaker": event.name,
+                    "from": event.from_state.value,
+                    "to": event.to_state.value,
+                    "failure_rate": round(rates.failure_rate, 1),
+                    "slow_call_rate": round(rates.slow_call_rate, 1),
+                    "last_error": self.last_error,
+                }
+            },
+        )
 
     def _call_deadline(self) -> Deadline:
         own = Deadline(self.clock() + self.policy.call_timeout_s)
@@ -227,25 +250,12 @@ class GuardedStore:
         except CallNotPermitted as refused:
             raise CircuitOpen(self.breaker.name, name, refused.retry_after_s) from None
         except TimeoutError as exc:
+            self.last_error = f"{name}: timed out"
             # cut off mid-call: a write may have reached the server
             outcome = "; may have been applied" if writes else ""
             raise StoreUnavailable(
                 f"{self.breaker.name} {name} timed out{outcome}", may_have_succeeded=writes
             ) from exc
-
-
-def _log_transition(event: StateTransition) -> None:
-    log.warning(
-        "circuit breaker %s: %s -> %s",
-        event.name,
-        event.from_state.value,
-        event.to_state.value,
-        extra={
-            "fields": {
-                "event": "breaker_transition",
-                "breaker": event.name,
-                "from": event.from_state.value,
-                "to": event.to_state.value,
-            }
-        },
-    )
+        except (StoreUnavailable, OSError) as exc:  # after TimeoutError, an OSError too
+            self.last_error = f"{name}: {type(exc).__name__} {exc}"[:200]
+            raise
