@@ -14,10 +14,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +51,7 @@ MAX_TIMELINE = 1_000_000  # link events kept: a bound, far above any run's need
 HTTP_TIMEOUT = aiohttp.ClientTimeout(total=30)
 OVERLOAD_ATTEMPTS = 5  # a request refused for overload (429) is asked again this often
 OVERLOAD_WAIT_MAX_S = 2.0
+SETUP_ATTEMPTS = 8  # a provisioning step without an answer (timed out, 429) is asked again
 
 
 async def retrying(
@@ -64,6 +67,37 @@ async def retrying(
             if error.status != 429 or attempt == attempts - 1:
                 raise
             await asyncio.sleep(min(error.retry_after or 1.0, OVERLOAD_WAIT_MAX_S))
+    raise AssertionError("unreachable")
+
+
+async def settled(
+    request: Callable[[], Awaitable[dict[str, Any]]],
+    read_back: Callable[[], Awaitable[dict[str, Any] | None]] | None = None,
+    *,
+    attempts: int = SETUP_ATTEMPTS,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> dict[str, Any]:
+    """A provisioning step until it is answered. An attempt that got no answer (timed out, cut)
+    or a 429 is asked again after a wait — the attempt may have acted all the same. So when a
+    *repeat* is refused (a 4xx: 409 "exists", 404 "code used"), ``read_back()`` says whether an
+    earlier attempt did the work: its result, or None (the refusal stands and is raised)."""
+    for attempt in range(attempts):
+        last = attempt == attempts - 1
+        try:
+            return await request()
+        except ApiCallError as error:
+            if error.status == 429 and not last:
+                await sleep(min(error.retry_after or 1.0, OVERLOAD_WAIT_MAX_S))
+                continue
+            if attempt > 0 and 400 <= error.status < 500 and read_back is not None:
+                done = await read_back()
+                if done is not None:
+                    return done
+            raise
+        except (aiohttp.ClientError, OSError, TimeoutError):
+            if last:
+                raise
+            await sleep(OVERLOAD_WAIT_MAX_S * random.random())  # noqa: S311 — jitter
     raise AssertionError("unreachable")
 
 
@@ -200,18 +234,19 @@ class Fleet:
     ) -> SimulatedCar:
         key = SoftwareSigner.generate()
         registration = {"vin": vin, "public_key": b64url_encode(point_bytes(key.public_key))}
-        # Not asked again on a 429: a step that timed out may have acted, and its repeat is
-        # refused (409/404). Reading back what it did is left to do (docs/drills.md, the fleet).
-        await call(self.api, "/v1/vehicles", registration, authorization=f"Provisioning {secret}")
-        shown = await retrying(
-            lambda: call(self.api, f"/v1/vehicles/{vin}/pairing-code", signer=(key, vin))
+
+        # Every step may time out after acting: repeated, and a repeat's refusal read back
+        # (``settled``): 409 vehicle_exists is our own registration, and so on.
+        async def registered() -> dict[str, Any]:
+            return {"vin": vin}  # only a repeat asks: the VIN is this run's
+
+        await settled(
+            lambda: call(
+                self.api, "/v1/vehicles", registration, authorization=f"Provisioning {secret}"
+            ),
+            registered,
         )
-        signer = self.operator.signer
-        bearer = self.operator.bearer
-        await call(
-            self.api, f"/v1/vehicles/{vin}/owner", {"code": shown["code"]},
-            bearer=bearer, signer=signer,
-        )  # fmt: skip
+        await self._pair(vin, key)
         key_id, token = await self.issue_key(vin)
         path = Path(":memory:") if state_dir is None else state_dir / f"{vin}.db"
         state = AgentState.open(path)
@@ -227,15 +262,65 @@ class Fleet:
         link.start()
         return SimulatedCar(vin, state, vehicle, link, actuator, key_id, token)
 
+    async def _pair(self, vin: str, key: SoftwareSigner) -> None:
+        """The operator becomes the car's owner with a code the car asks for. A pairing whose
+        answer was lost may have used the code: the repeat's 404/409 is read back (the operator
+        sees the car: it is paired); otherwise the car asks for a new code."""
+        op = self.operator
+        for attempt in range(SETUP_ATTEMPTS):
+            shown = await settled(
+                lambda: call(self.api, f"/v1/vehicles/{vin}/pairing-code", signer=(key, vin))
+            )
+            body = {"code": shown["code"]}
+            path = f"/v1/vehicles/{vin}/owner"
+            try:
+                await settled(
+                    partial(call, self.api, path, body, bearer=op.bearer, signer=op.signer),
+                    lambda: self._owned(vin),
+                )
+                return
+            except ApiCallError as error:
+                # a code used up by an attempt that did not pair: the car shows a new one
+                if error.status not in (404, 410) or attempt == SETUP_ATTEMPTS - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _owned(self, vin: str) -> dict[str, Any] | None:
+        """The car as its owner sees it, if the operator owns it (else None)."""
+        try:
+            return await call(
+                self.api, f"/v1/vehicles/{vin}", method="GET", bearer=self.operator.bearer
+            )
+        except ApiCallError as error:
+            if error.status == 404:
+                return None
+            raise
+
     async def issue_key(self, vin: str) -> tuple[str, bytes]:
-        """An owner key on ``vin`` for the operator's phone: (key id, token)."""
+        """An owner key on ``vin`` for the operator's phone: (key id, token). A repeat refused
+        with 409 device_has_key finds the key an earlier attempt made, and a token for it."""
         body = {"device_id": self.operator.device_id}
-        answer = await call(
-            self.api, f"/v1/vehicles/{vin}/keys", body,
-            bearer=self.operator.bearer, signer=self.operator.signer,
-        )  # fmt: skip
+        op = self.operator
+        answer = await settled(
+            lambda: call(
+                self.api, f"/v1/vehicles/{vin}/keys", body, bearer=op.bearer, signer=op.signer
+            ),
+            lambda: self._issued_key(vin),
+        )
         token = str(answer["token"])
         return str(answer["key_id"]), b64url_decode(token)
+
+    async def _issued_key(self, vin: str) -> dict[str, Any] | None:
+        """The operator's phone's active key on ``vin`` with a fresh token, if it has one."""
+        op = self.operator
+        listed = await call(self.api, f"/v1/vehicles/{vin}/keys", method="GET", bearer=op.bearer)
+        for key in listed.get("keys", []):
+            if key.get("device_id") == op.device_id and key.get("status") == "active":
+                path = f"/v1/keys/{key['key_id']}/token"
+                return await settled(
+                    partial(call, self.api, path, bearer=op.bearer, signer=op.signer)
+                )
+        return None
 
     def _recorder(self, vin: str) -> Callable[[LinkState], None]:
         def record(state: LinkState) -> None:

@@ -27,7 +27,7 @@ from typing import Any
 import aiohttp
 
 from deploy.api import ApiCallError, call
-from deploy.fleet import Fleet, Operator, SimulatedCar, retrying, rss_bytes
+from deploy.fleet import Fleet, Operator, SimulatedCar, retrying, rss_bytes, settled
 from deploy.fleet_report import CarRestart
 from deploy.fleet_watch import UpgradeWatch
 from keycore import SoftwareSigner
@@ -279,9 +279,11 @@ class Worker:
             # the phone refreshes its token, as phones do: the keyserver then knows the key
             # (its last-known cache), and can accept its revocation while the store is down
             token = base64.urlsafe_b64encode(car.token).decode().rstrip("=")
-            await call(
-                fleet.api, f"/v1/keys/{car.key_id}/token", {"token": token},
-                bearer=fleet.operator.bearer, signer=fleet.operator.signer,
+            await settled(  # a refresh is safe to repeat: asked again when unanswered or 429
+                lambda: call(
+                    fleet.api, f"/v1/keys/{car.key_id}/token", {"token": token},
+                    bearer=fleet.operator.bearer, signer=fleet.operator.signer,
+                )
             )  # fmt: skip
 
         await self._each(arm)

@@ -152,10 +152,15 @@ class CircuitBreaker:
         *,
         clock: Callable[[], float] = time.monotonic,
         rng: Callable[[], float] = random.random,
+        call_clock: Callable[[], float] | None = None,
     ) -> None:
+        """``call_clock`` times the calls (default ``clock``): a ``resilience.loop_lag`` clock
+        leaves out the time our own event loop kept a caller waiting."""
         self.name = name
         self.config = config or BreakerConfig()
         self._clock = clock
+        self._call_clock = call_clock or clock
+        self._own_call_clock = call_clock is not None
         self._rng = rng
         self._listeners: list[Callable[[StateTransition], None]] = []
         self._state = BreakerState.CLOSED
@@ -242,21 +247,38 @@ class CircuitBreaker:
         Put the call's time limit *here* (``timeout_s``), not around the guard: a timeout inside
         is a recorded failure, while a cancellation from outside counts as neither — so a hung
         dependency behind an outer deadline alone would never open the breaker.
+
+        Durations are on the call clock. With a call clock of its own, a call the limit cut off
+        although the callee had it for less than ``min(timeout_s, slow_call_duration_s)`` on
+        that clock was cut by our own loop's lag, not by the callee: it counts as neither.
         """
         permit = self.try_acquire()
         if permit is None:
             raise CallNotPermitted(self.name, self.retry_after_s())
-        started = self._clock()
+        started = self._call_clock()
+        limit = asyncio.timeout(timeout_s)
         try:
-            async with asyncio.timeout(timeout_s):
+            async with limit:
                 yield
         except Exception as error:
-            permit.failure(error, self._clock() - started)
+            took = self._call_clock() - started
+            if self._cut_by_own_lag(limit, timeout_s, took):
+                permit.release()
+            else:
+                permit.failure(error, took)
             raise
         except BaseException:  # CancelledError, KeyboardInterrupt: says nothing about the callee
             permit.release()
             raise
-        permit.success(self._clock() - started)
+        permit.success(self._call_clock() - started)
+
+    def _cut_by_own_lag(self, limit: asyncio.Timeout, timeout_s: float | None, took: float) -> bool:
+        return (
+            self._own_call_clock
+            and timeout_s is not None
+            and limit.expired()
+            and took < min(timeout_s, self.config.slow_call_duration_s)
+        )
 
     async def call(self, fn: Callable[[], Awaitable[T]], *, timeout_s: float | None = None) -> T:
         async with self.guard(timeout_s):

@@ -40,6 +40,7 @@ from keyserver.store.base import Store
 from keyserver.store.forwarding import ForwardingStore
 from keyserver.store.redis.hub import RedisHub
 from resilience.breaker import BreakerConfig, CallNotPermitted, CircuitBreaker, StateTransition
+from resilience.loop_lag import LoopLag
 from resilience.overload import Deadline, RetryBudget
 
 log = logging.getLogger(__name__)
@@ -86,9 +87,15 @@ def is_outage(error: BaseException) -> bool:
     return isinstance(error, StoreUnavailable | TimeoutError | OSError)
 
 
-def store_breaker(name: str, **overrides: Any) -> CircuitBreaker:
-    """A breaker for a store dependency: ``BreakerConfig``'s Redis defaults, outages only."""
-    return CircuitBreaker(name, BreakerConfig(record_exception=is_outage, **overrides))
+def store_breaker(name: str, *, lag: LoopLag | None = None, **overrides: Any) -> CircuitBreaker:
+    """A breaker for a store dependency: ``BreakerConfig``'s Redis defaults, outages only, its
+    calls timed on ``lag``'s clock: the time our own event loop kept a call waiting (a storm of
+    requests, a busy machine) is not Redis's, so it neither makes a call slow nor, when it made
+    the attempt's time limit cut the call off, a failure (``resilience.loop_lag``)."""
+    clock = (lag or LoopLag()).clock
+    return CircuitBreaker(
+        name, BreakerConfig(record_exception=is_outage, **overrides), call_clock=clock
+    )
 
 
 @dataclass(frozen=True)
@@ -162,7 +169,8 @@ class GuardedStore(ForwardingStore):
         self.clock = clock
         self._deadline = deadline
         self._sleep = sleep
-        breaker.add_listener(_log_transition)
+        self.last_error = ""  # the last error a call met, for the transition log
+        breaker.add_listener(self._log_transition)
 
     async def _through(
         self, operation: str, call: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs
@@ -172,6 +180,28 @@ class GuardedStore(ForwardingStore):
         )
         result: T = await self._call(operation, call, args, kwargs, writes=writes)
         return result
+
+    def _log_transition(self, event: StateTransition) -> None:
+        """Each transition with the window that caused it: an opening says whether calls failed
+        or were slow (on the lag clock), and the last error a call met."""
+        rates = self.breaker.metrics
+        log.warning(
+            "circuit breaker %s: %s -> %s",
+            event.name,
+            event.from_state.value,
+            event.to_state.value,
+            extra={
+                "fields": {
+                    "event": "breaker_transition",
+                    "breaker": event.name,
+                    "from": event.from_state.value,
+                    "to": event.to_state.value,
+                    "failure_rate": round(rates.failure_rate, 1),
+                    "slow_call_rate": round(rates.slow_call_rate, 1),
+                    "last_error": self.last_error,
+                }
+            },
+        )
 
     def _call_deadline(self) -> Deadline:
         own = Deadline(self.clock() + self.policy.call_timeout_s)
@@ -224,11 +254,15 @@ class GuardedStore(ForwardingStore):
         except CallNotPermitted as refused:
             raise CircuitOpen(self.breaker.name, name, refused.retry_after_s) from None
         except TimeoutError as exc:
+            self.last_error = f"{name}: timed out"
             # cut off mid-call: a write may have reached the server
             outcome = "; may have been applied" if writes else ""
             raise StoreUnavailable(
                 f"{self.breaker.name} {name} timed out{outcome}", may_have_succeeded=writes
             ) from exc
+        except (StoreUnavailable, OSError) as exc:  # after TimeoutError, an OSError too
+            self.last_error = f"{name}: {type(exc).__name__} {exc}"[:200]
+            raise
 
 
 class GuardedHub:
@@ -260,20 +294,3 @@ class GuardedHub:
 
     async def car_instance(self, vin: str) -> str | None:
         return await self._guard._through("car_instance", self._inner.car_instance, vin)
-
-
-def _log_transition(event: StateTransition) -> None:
-    log.warning(
-        "circuit breaker %s: %s -> %s",
-        event.name,
-        event.from_state.value,
-        event.to_state.value,
-        extra={
-            "fields": {
-                "event": "breaker_transition",
-                "breaker": event.name,
-                "from": event.from_state.value,
-                "to": event.to_state.value,
-            }
-        },
-    )

@@ -1,5 +1,6 @@
 """The guarded Redis store against real redis-server processes that fail: killed, hung
-(SIGSTOP), slow (every reply delayed by the fault proxy), and a Sentinel failover.
+(SIGSTOP), slow (every reply delayed by the fault proxy), and a Sentinel failover; and against a
+healthy one while our own event loop stalls, which must not open the breaker.
 
 Asserted: while the fault lasts every call returns a result or StoreUnavailable (anything else
 fails) and no call waits on the fault (a hung attempt is cut at 150 ms, so a call past
@@ -18,6 +19,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,9 +28,9 @@ from deploy.processes import LOOPBACK, RedisServer
 from deploy.redis_ha import SentinelGroup, start_sentinel_group
 from keyserver.errors import StoreUnavailable
 from keyserver.models import Session
-from keyserver.store.guarded import GuardedStore, store_breaker
+from keyserver.store.guarded import GuardedStore, is_outage, store_breaker
 from keyserver.store.redis import RedisStore
-from resilience.breaker import BreakerState, StateTransition
+from resilience.breaker import BreakerConfig, BreakerState, CircuitBreaker, StateTransition
 from tests.keyserver.cut_connections import finalize_cut_connections
 
 NOW = 1_800_000_000
@@ -317,3 +319,55 @@ async def test_a_write_no_replica_confirms_is_not_acknowledged(server: RedisServ
     finally:
         await store.close()
         finalize_cut_connections()
+
+
+class StallingCaller:
+    """A healthy Redis store whose caller — our own loop — stalls while each command is in
+    flight, as a CPU-bound storm of requests makes it: the command is sent, then the loop is
+    blocked for ``stall_s`` before anyone reads the reply."""
+
+    def __init__(self, inner: RedisStore, stall_s: float) -> None:
+        self._inner = inner
+        self._stall_s = stall_s
+
+    async def _stalled(self, call: Awaitable[Any]) -> Any:
+        task = asyncio.ensure_future(call)
+        await asyncio.sleep(0)  # the command goes out ...
+        time.sleep(self._stall_s)  # noqa: ASYNC251 — ... and our loop, not Redis, is stuck
+        return await task
+
+    async def ping(self) -> None:
+        await self._stalled(self._inner.ping())
+
+    async def session(self, token_hash: bytes, *, now: int) -> Session | None:
+        result: Session | None = await self._stalled(self._inner.session(token_hash, now=now))
+        return result
+
+    async def put_session(self, value: Session) -> None:
+        await self._stalled(self._inner.put_session(value))
+
+
+async def stalled_run(store: GuardedStore, calls: int) -> list[StateTransition]:
+    """``calls`` or more calls through ``store``: the breaker's transitions meanwhile."""
+    transitions = Transitions(store)
+    load = Load(store)
+    async with asyncio.timeout(HANG_GUARD):
+        while len(load.calls) < calls:
+            await load._call()
+    assert not load.unexpected, load.unexpected[:3]
+    return transitions.events
+
+
+async def test_our_own_stalled_loop_does_not_open_the_breaker(redis_store: RedisStore) -> None:
+    # 120 ms: a slow call on the wall clock (over 100 ms), often cut off by the 150 ms limit
+    stalling = StallingCaller(redis_store, 0.12)
+    # the control: timed on the wall clock, the breaker opens on a healthy Redis
+    config = BreakerConfig(record_exception=is_outage)
+    wall_timed = GuardedStore(stalling, CircuitBreaker("redis", config))
+    assert BreakerState.OPEN in {e.to_state for e in await stalled_run(wall_timed, 12)}
+    # the store's breaker times calls on the lag clock: our own stalls are not Redis's
+    lag_timed = await guarded(stalling)  # type: ignore[arg-type]
+    assert await stalled_run(lag_timed, 30) == []
+    m = lag_timed.breaker.metrics
+    assert m.successful > 0
+    assert (m.slow_successful, m.failed) == (0, 0)
