@@ -32,6 +32,7 @@ from deploy.fleet_report import CarRestart
 from deploy.fleet_watch import UpgradeWatch
 from keycore import SoftwareSigner
 from keycore.cose import load_point
+from keyserver.degraded import DEGRADED_HEADER
 from keyserver.routes.keys import SEQUENCE_HEADER
 from vehicle_agent.backoff import ReconnectPolicy
 from vehicle_agent.channel import LinkState
@@ -40,6 +41,8 @@ MAX_LINE_BYTES = 64 * 1024 * 1024  # one answer carries a figure per car: a boun
 ARM_ATTEMPTS = 10  # a key withdrawn a moment ago is issued again after a short wait
 RETRIES_AFTER_OUTAGE = 30  # a revocation the outage refused is asked again at most this often
 RETRY_WAIT_MAX_S = 2.0
+LEDGER_POLL_S = 0.1  # the ledger is asked again after this while its replay has not landed
+MAX_LEDGER_READS = 3_000  # a bound: within_s ends the wait long before
 
 
 @dataclass(frozen=True)
@@ -313,9 +316,10 @@ class Worker:
         return {"answers": answers, "reached": reached}
 
     async def wait_current(self, listen_at: float, within_s: float) -> dict[str, Any]:
-        """Until every car holds a list newer than it held after the outage's revocations (the
-        ledger's, once the journal is replayed), within ``within_s``: each car's time from Redis
-        listening; then, per car, whether its sequence is the ledger's and it denies the key."""
+        """Until every car holds a list newer than it held after the outage's revocations and
+        that list is the ledger's as the store reports it (the journal replayed), within
+        ``within_s``: each car's time from Redis listening; then, per car, whether its sequence
+        is the ledger's and it denies the key."""
         fleet = self.fleet
         assert fleet is not None
         reached: dict[str, float] = {}
@@ -335,7 +339,20 @@ class Worker:
                     except (OSError, TimeoutError):
                         await asyncio.sleep(RETRY_WAIT_MAX_S)
             await car.link.wait_until(lambda: car.vehicle.revocations.sequence > held)
-            reached[car.vin] = time.monotonic() - listen_at
+            # Past the outage's list is not yet the ledger's: a list the keyserver pushed during
+            # the outage may land after ``held`` was read, and the replay renumbers what it
+            # journaled. Current means the sequence the ledger reports from the store.
+            for _ in range(MAX_LEDGER_READS):
+                ledger = await self._ledger_sequence(car)
+                if ledger is not None and car.vehicle.revocations.sequence == ledger:
+                    reached[car.vin] = time.monotonic() - listen_at
+                    return
+                if ledger is not None and car.vehicle.revocations.sequence < ledger:
+                    await car.link.wait_until(
+                        lambda: car.vehicle.revocations.sequence >= ledger  # noqa: B023
+                    )
+                else:  # no answer from the store yet, or its replay has not landed
+                    await asyncio.sleep(LEDGER_POLL_S)
 
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(within_s):
@@ -366,6 +383,8 @@ class Worker:
             async with fleet.api.get(
                 f"/v1/vehicles/{car.vin}/revocations", headers=headers
             ) as response:
+                if response.status != 200 or DEGRADED_HEADER in response.headers:
+                    return None  # last known data, not the store's ledger
                 return int(response.headers.get(SEQUENCE_HEADER, ""))
         return None
 
