@@ -15,7 +15,6 @@ from aiohttp import web
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from deploy.stack_spec import STAGING_RATE_LIMITS
 from keycore import SoftwareSigner
 from keycore.cose import point_bytes
 from keycore.encoding import b64url_encode
@@ -25,6 +24,7 @@ from keyserver.app import OPENAPI, REPLAYER, create_app
 from keyserver.config import Config, build, load
 from keyserver.models import KeyStatus, Session
 from keyserver.store.guarded import READS
+from lab.processes.keyserver import STAGING_RATE_LIMITS
 from tests.keyserver.flaky_store import PROVISIONING_SECRET, FlakyStore
 from tests.keyserver.keys_harness import (
     ACCEPT,

@@ -21,13 +21,14 @@ from pathlib import Path
 
 import pytest
 
-from deploy.faultproxy import FaultProxy
-from deploy.processes import LOOPBACK, RedisServer
-from deploy.redis_ha import SentinelGroup, start_sentinel_group
 from keyserver.errors import StoreUnavailable
 from keyserver.models import Session
 from keyserver.store.guarded import GuardedStore, store_breaker
 from keyserver.store.redis import RedisStore
+from lab.processes.base import LOOPBACK
+from lab.processes.redis_ha import SentinelGroup, start_sentinel_group
+from lab.processes.redis_server import RedisServer
+from lab.proxy.faultproxy import FaultProxy
 from resilience.breaker import BreakerState, StateTransition
 from tests.keyserver.cut_connections import finalize_cut_connections
 
