@@ -1,4 +1,4 @@
-"""Calling the keyserver's REST API as a phone, a car or the factory would, for deploy's tools.
+"""Calling the keyserver's REST API as a phone, a car or the factory would, for the lab's tools.
 
 One request per call: a JSON body, a bearer session and/or a device proof signed by the caller's
 key (``PK-Device-Proof``), and anything but a 2xx raised as ``ApiCallError`` with one line for a
