@@ -1,7 +1,8 @@
 """The demo's stack on the embedded default: one keyserver process on SQLite, one car, two phones.
 
-The keyserver is a real process (``lab.fleet.run.OwnKeyserver``: its own data directory, issuer
-keys and provisioning secret, a fixed loopback port so it can come back on the same one). The car
+The keyserver is a real process (``lab.processes.keyserver.OwnKeyserver``: its own data
+directory, issuer keys and provisioning secret, a fixed loopback port so it can come back on the
+same one). The car
 is the real vehicle agent in this process: file-backed ``AgentState``, ``Vehicle`` with a simulated
 actuator, a ``CloudLink`` reaching the keyserver through the car's "cellular link" (a
 ``lab.proxy.faultproxy.FaultProxy``, so the car can lose its signal while the cloud is up), and a

@@ -23,7 +23,7 @@ from lab.processes.app import AppServer
 from lab.processes.base import LOOPBACK, free_port
 
 # The keyserver's rate limits (keyserver/ratelimit.py) wherever staging runs one — the stack, the
-# fleet and demo (lab.fleet.run.OwnKeyserver), the surge and world tests: every phone and car
+# fleet and demo (``OwnKeyserver`` below), the surge and world tests: every phone and car
 # is on one loopback address, and the fleet operator and the surge's one account act for
 # thousands of cars, so the production defaults would refuse staging's ordinary traffic. Raised
 # as a whole; the limits themselves are tested in tests/keyserver/test_ratelimit.py.
