@@ -26,7 +26,7 @@ OWN_PACKAGES = frozenset(
         "vehicle_agent",
         "ble_fallback",
         "phone",
-        "deploy",
+        "lab",
     }
 )
 # Modules that come with an extra other than the script's own (the radios are optional
@@ -53,7 +53,7 @@ KEYSERVER = Part(
 AGENT = Part(
     "vehicle-agent", "agent", "vehicle_agent.cli", ("aiohttp", "tenacity", "prometheus_client")
 )
-LAB = Part("phonekey", "lab", "deploy.cli", (*KEYSERVER.modules, "chaoslib", "matplotlib"))
+LAB = Part("phonekey", "lab", "lab.cli", (*KEYSERVER.modules, "chaoslib", "matplotlib"))
 
 
 def keyserver() -> int:

@@ -28,7 +28,7 @@ BASES: dict[str, str | None] = {
     "vehicle_agent": "AgentError",
     "ble_fallback": "BleError",
     "phone": "PhoneError",
-    "deploy": "LabError",
+    "lab": "LabError",
 }
 _NODE = re.compile(r"^(?P<lead>[ │]*)(?:(?P<branch>[├└])── )?(?P<name>_?[A-Z]\w*)\b")
 

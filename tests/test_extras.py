@@ -127,7 +127,7 @@ def _fake_cli(monkeypatch: pytest.MonkeyPatch, raised: BaseException | None) -> 
 
 
 def test_a_missing_extra_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
-    part = Part("phonekey", "lab", "deploy.cli", ("sys", "no_such_module_in_phonekey"))
+    part = Part("phonekey", "lab", "lab.cli", ("sys", "no_such_module_in_phonekey"))
     assert extras.run(part) == extras.EXIT_MISSING_EXTRA
     out, err = capsys.readouterr()
     assert out == ""

@@ -16,7 +16,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = (
     "keycore", "resilience", "runtime", "keyserver", "vehicle_agent", "ble_fallback", "phone",
-    "deploy", "tests",
+    "lab", "tests",
 )  # fmt: skip
 
 #: Cycles found and not (yet) broken, each as the sorted names of its strongly connected

@@ -21,14 +21,14 @@ from typing import Any
 import pytest
 import yaml
 
-from deploy.cli import build_parser as fleet_parser
-from deploy.fleet_cli import SECRET_ENV
 from keycore import SoftwareSigner
 from keycore.cose import point_bytes
 from keycore.encoding import b64url_encode
 from keyserver import config as keyserver_config
 from keyserver.app import create_app
 from keyserver.config import Config
+from lab.cli import build_parser as fleet_parser
+from lab.fleet.cli import SECRET_ENV
 from tests.deploy.promql_harness import parse_promql, unknown_names
 from vehicle_agent import config as agent_config
 from vehicle_agent.config import AgentConfig

@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from deploy.processes import RedisServer
 from keyserver.app import create_app
 from keyserver.config import build
 from keyserver.store import Store
+from lab.processes.redis_server import RedisServer
 from tests.keyserver.flaky_store import FlakyStore, flaky_config, open_flaky
 from tests.keyserver.keys_harness import NO_RATE_LIMITS, Api, Clock
 

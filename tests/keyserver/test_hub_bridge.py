@@ -18,8 +18,6 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from deploy.processes import RedisServer
-from deploy.redis_ha import SentinelGroup, start_sentinel_group
 from keycore import Action, Reason
 from keycore.cose import holder_id
 from keyserver.app import HUB, create_app
@@ -43,6 +41,8 @@ from keyserver.issuance import MAX_TOKEN_LIFETIME
 from keyserver.keyring import KeyRingStore
 from keyserver.models import RevocationEntry, RevocationKind
 from keyserver.observability import Metrics
+from lab.processes.redis_ha import SentinelGroup, start_sentinel_group
+from lab.processes.redis_server import RedisServer
 from tests.keyserver.keys_harness import DAY, REVOKE, VIN, Api, Clock, Person
 from tests.vehicle_agent.channel_harness import (
     HANG_GUARD_S,

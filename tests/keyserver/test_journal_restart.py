@@ -21,7 +21,6 @@ import pytest
 from aiohttp import web
 from redis.asyncio import Redis
 
-from deploy.processes import APP_READY, RedisServer, free_port
 from keycore.cose import holder_id
 from keyserver import cli
 from keyserver.app import OPENAPI, STORE, create_app
@@ -29,6 +28,9 @@ from keyserver.config import Config
 from keyserver.journal import Journal
 from keyserver.models import KeyStatus, RevocationKind
 from keyserver.store.redis import RedisStore
+from lab.processes.app import APP_READY
+from lab.processes.base import free_port
+from lab.processes.redis_server import RedisServer
 from tests.keyserver.keys_harness import KEYS, REVOKE, VIN, Api, Clock, Person
 
 HANG_GUARD_S = 60.0  # only against a hang: never a timing assertion

@@ -17,7 +17,6 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from deploy.stack_spec import DEFAULT_DIR
 from keycore import Action, KeyStatus, RevocationState, TrustStore, verify
 from keycore.cose import parse_sign1
 from keycore.errors import InvalidToken
@@ -27,6 +26,7 @@ from keyserver.app import KEYRING, METRICS, create_app
 from keyserver.config import Config, build
 from keyserver.keyring import KeyRingStore
 from keyserver.keyring_reload import ServedKeyRing
+from lab.stack.spec import DEFAULT_DIR
 from tests.keyserver.keys_harness import TOKEN, VIN, Api, Clock, token_bytes
 from vehicle_agent.config import AgentConfig
 

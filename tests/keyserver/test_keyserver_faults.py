@@ -22,13 +22,14 @@ from typing import Any
 
 import pytest
 
-from deploy.faultproxy import FaultProxy
-from deploy.processes import LOOPBACK, RedisServer
-from deploy.redis_ha import SentinelGroup, start_sentinel_group
 from keyserver.app import STORE_GUARD, create_app
 from keyserver.config import build
 from keyserver.models import KeyStatus
 from keyserver.store.redis import RedisStore
+from lab.processes.base import LOOPBACK
+from lab.processes.redis_ha import SentinelGroup, start_sentinel_group
+from lab.processes.redis_server import RedisServer
+from lab.proxy.faultproxy import FaultProxy
 from resilience.breaker import BreakerState
 from tests.keyserver.cut_connections import finalize_cut_connections
 from tests.keyserver.keys_harness import REVOKE, TOKEN, VIN, Api, Clock, Person

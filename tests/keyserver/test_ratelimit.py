@@ -15,7 +15,6 @@ from aiohttp import web
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from deploy.stack_spec import STAGING_RATE_LIMITS
 from keycore import SoftwareSigner
 from keycore.cose import point_bytes
 from keycore.encoding import b64url_encode
@@ -29,6 +28,7 @@ from keyserver.degraded import Behaviour
 from keyserver.models import KeyStatus, Session
 from keyserver.routing import Route, RouteDeclarationError
 from keyserver.store.guarded import READS
+from lab.processes.keyserver import STAGING_RATE_LIMITS
 from tests.keyserver.flaky_store import PROVISIONING_SECRET, FlakyStore
 from tests.keyserver.keys_harness import (
     ACCEPT,

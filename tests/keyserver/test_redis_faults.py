@@ -23,13 +23,14 @@ from typing import Any
 
 import pytest
 
-from deploy.faultproxy import FaultProxy
-from deploy.processes import LOOPBACK, RedisServer
-from deploy.redis_ha import SentinelGroup, start_sentinel_group
 from keyserver.errors import StoreUnavailable
 from keyserver.models import Session
 from keyserver.store.guarded import GuardedStore, is_outage, store_breaker
 from keyserver.store.redis import RedisStore
+from lab.processes.base import LOOPBACK
+from lab.processes.redis_ha import SentinelGroup, start_sentinel_group
+from lab.processes.redis_server import RedisServer
+from lab.proxy.faultproxy import FaultProxy
 from resilience.breaker import BreakerConfig, BreakerState, CircuitBreaker, StateTransition
 from tests.keyserver.cut_connections import finalize_cut_connections
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import aiohttp
 
-from deploy.processes import free_port
+from lab.processes.base import free_port
 
 
 async def test_serve_starts_answers_and_stops_on_sigterm(tmp_path: Path) -> None:

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from deploy.processes import RedisServer
 from keyserver.errors import StoreUnavailable
 from keyserver.models import Account, Device, NonceClaim, Pairing, PairingResult, Session
 from keyserver.store.redis import RedisStore
+from lab.processes.redis_server import RedisServer
 
 NOW = 1_800_000_000
 ACCOUNT = Account("acc1", "user1@example.org", "scrypt$…", NOW)

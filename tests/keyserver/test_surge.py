@@ -1,23 +1,21 @@
 """THE SURGE TEST (issue 6, G6): a real keyserver process on loopback, phones and cars at a normal
-load and then at ten times it (deploy.surge). Critical requests keep ≥ 99 % success, sheddable
+load and then at ten times it (lab.bench.surge). Critical requests keep ≥ 99 % success, sheddable
 ones are shed with 429 + Retry-After, nothing answers 5xx, and the clients' measured retry ratio
 stays within their budget. The figures are printed; nothing here asserts a time."""
 
 from __future__ import annotations
 
 import json
-import os
 import secrets
-import sys
 from pathlib import Path
 
 import pytest
 
-from deploy.processes import LOOPBACK, AppServer
-from deploy.stack_spec import STAGING_RATE_LIMITS
-from deploy.surge import Phase, SurgePlan, run_surge
-from deploy.surge_setup import set_up
 from keyserver.admission import Criticality
+from lab.bench.surge import Phase, SurgePlan, run_surge
+from lab.bench.surge_setup import set_up
+from lab.processes.app import AppServer
+from lab.processes.keyserver import STAGING_RATE_LIMITS, keyserver_command, keyserver_env
 
 # The server's limits are set where a 4-phone load never reaches and a 40-phone one does: the
 # sheddable limit below the surge's concurrency, the hard limit above phones and cars together.
@@ -25,18 +23,14 @@ LIMITS = {"PHONEKEY_SHED_SHEDDABLE_AT": "12", "PHONEKEY_MAX_IN_FLIGHT": "64"}
 
 
 def keyserver(work: Path, secret: str) -> AppServer:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PHONEKEY_")}
-    env.update(
-        PHONEKEY_HOST=LOOPBACK,
-        PHONEKEY_PORT="0",
-        PHONEKEY_DATA_DIR=str(work / "data"),
-        PHONEKEY_PROVISIONING_SECRET=secret,
-        PHONEKEY_LOG_LEVEL="info",  # every request logged, as in production
-        **STAGING_RATE_LIMITS,  # one account pairs and commands every car of the run
-        **LIMITS,
+    env = keyserver_env(
+        port=0,
+        data_dir=work / "data",
+        secret=secret,
+        log_level="info",  # every request logged, as in production
+        settings={**STAGING_RATE_LIMITS, **LIMITS},  # one account pairs and commands every car
     )
-    args = [sys.executable, "-m", "keyserver.cli", "serve"]
-    return AppServer(args, workdir=work, env=env, name="keyserver")
+    return AppServer(keyserver_command(), workdir=work, env=env, name="keyserver")
 
 
 async def surge(tmp_path: Path, plan: SurgePlan, capsys: pytest.CaptureFixture[str]) -> None:

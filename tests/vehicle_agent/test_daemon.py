@@ -9,10 +9,10 @@ from pathlib import Path
 import aiohttp
 from aiohttp.test_utils import TestServer
 
-from deploy.processes import free_port
 from keycore import Action, Role, UnlockRequest, issue, prove
 from keycore.cose import point_bytes
 from keycore.encoding import b64url_encode
+from lab.processes.base import free_port
 from tests.conftest import VIN
 from tests.vehicle_agent.test_provision import SECRET, agent_config, server
 from vehicle_agent.channel import LinkState

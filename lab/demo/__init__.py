@@ -1,0 +1,1 @@
+"""``phonekey demo`` (``make demo``): the staging demo on the embedded default."""

@@ -1,0 +1,1 @@
+"""``phonekey drill``: the chaos drills, their Chaos Toolkit experiments and reports."""

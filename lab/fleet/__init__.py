@@ -1,0 +1,1 @@
+"""``phonekey fleet``: many simulated cars against one keyserver, in worker processes."""

@@ -1,0 +1,1 @@
+"""``phonekey proxy``: the fault-injecting TCP proxy and its control API."""

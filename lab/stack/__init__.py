@@ -1,0 +1,1 @@
+"""``phonekey stack``: every process of a deployment on one machine, on loopback."""

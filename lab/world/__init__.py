@@ -1,0 +1,1 @@
+"""The staging world: simulated cars (the real vehicle-agent pieces) and phones at work."""
