@@ -235,6 +235,10 @@ class CircuitBreaker:
             return None
         return Permit(self, self._generation)
 
+    def now(self) -> float:
+        """The breaker's clock: time a call with it when settling a ``try_acquire`` permit."""
+        return self._clock()
+
     @contextlib.asynccontextmanager
     async def guard(self, timeout_s: float | None = None) -> AsyncIterator[None]:
         """Run the block as one call: raises CallNotPermitted when refused.

@@ -39,7 +39,7 @@ from keyserver.errors import StoreUnavailable
 from keyserver.store.base import Store
 from keyserver.store.forwarding import ForwardingStore
 from keyserver.store.redis.hub import RedisHub
-from resilience.breaker import BreakerConfig, CallNotPermitted, CircuitBreaker, StateTransition
+from resilience.breaker import BreakerConfig, CircuitBreaker, StateTransition
 from resilience.overload import Deadline, RetryBudget
 
 log = logging.getLogger(__name__)
@@ -193,6 +193,16 @@ class GuardedStore(ForwardingStore):
                 f"{self.breaker.name} {name}: no time left", may_have_succeeded=False
             )
         self.budget.on_request()
+        # The first attempt runs bare: nearly every call succeeds at once, and building a
+        # tenacity loop costs as much as the Redis round trip itself (py-spy, bench issue).
+        # A failure that may be retried enters tenacity as its first attempt, so the stop,
+        # wait and budget rules are exactly tenacity's.
+        try:
+            return await self._attempt(name, method, args, kwargs, deadline, writes)
+        except StoreUnavailable as error:
+            if not _retryable(error):
+                raise
+            first: StoreUnavailable | None = error
         policy = self.policy
         retrying = AsyncRetrying(
             stop=stop_after_attempt(policy.max_attempts) | _Stop(self, deadline),
@@ -203,6 +213,9 @@ class GuardedStore(ForwardingStore):
         )
         async for attempt in retrying:
             with attempt:
+                if first is not None:
+                    failed, first = first, None
+                    raise failed
                 return await self._attempt(name, method, args, kwargs, deadline, writes)
         raise AssertionError("unreachable: tenacity returns or reraises")  # pragma: no cover
 
@@ -215,20 +228,37 @@ class GuardedStore(ForwardingStore):
         deadline: Deadline,
         writes: bool,
     ) -> Any:
+        breaker = self.breaker
+        permit = breaker.try_acquire()
+        if permit is None:
+            raise CircuitOpen(breaker.name, name, breaker.retry_after_s())
+        # One timer for both limits: the request's deadline (a cancellation from outside: counts
+        # as neither) and the attempt's limit (the dependency was too slow: a failure). Which
+        # one fired is known from which was sooner.
+        remaining = deadline.remaining(self.clock)
+        limit = self.policy.attempt_timeout_s
+        started = breaker.now()
         try:
-            # The request's deadline outside the guard (a cancellation: counts as neither), the
-            # attempt's limit inside it (the dependency was too slow: a failure).
-            async with asyncio.timeout(deadline.remaining(self.clock)):
-                async with self.breaker.guard(timeout_s=self.policy.attempt_timeout_s):
-                    return await method(*args, **kwargs)
-        except CallNotPermitted as refused:
-            raise CircuitOpen(self.breaker.name, name, refused.retry_after_s) from None
+            async with asyncio.timeout(min(remaining, limit)):
+                result = await method(*args, **kwargs)
         except TimeoutError as exc:
+            if remaining < limit:
+                permit.release()
+            else:
+                permit.failure(exc, breaker.now() - started)
             # cut off mid-call: a write may have reached the server
             outcome = "; may have been applied" if writes else ""
             raise StoreUnavailable(
-                f"{self.breaker.name} {name} timed out{outcome}", may_have_succeeded=writes
+                f"{breaker.name} {name} timed out{outcome}", may_have_succeeded=writes
             ) from exc
+        except Exception as error:
+            permit.failure(error, breaker.now() - started)
+            raise
+        except BaseException:  # cancelled: says nothing about the callee
+            permit.release()
+            raise
+        permit.success(breaker.now() - started)
+        return result
 
 
 class GuardedHub:
