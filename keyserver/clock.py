@@ -34,8 +34,10 @@ _NOW = web.RequestKey("phonekey_now", int)
 
 def request_now(request: web.Request) -> int:
     """The request's ``now``: the app's clock read at the first call, the same value after."""
-    if _NOW in request:
-        kept: int = request[_NOW]
+    kept: int | None = request.get(
+        _NOW
+    )  # not ``in``: Mapping.__contains__ raises and catches a KeyError
+    if kept is not None:
         return kept
     clock = request.app.get(CLOCK, process_clock)
     request[_NOW] = current = clock()

@@ -240,6 +240,16 @@ class CircuitBreaker:
             return None
         return Permit(self, self._generation)
 
+    def call_time(self) -> float:
+        """The call clock's reading: time a call with it when settling a ``try_acquire`` permit
+        yourself (``guard`` does this for a block)."""
+        return self._call_clock()
+
+    def cut_by_own_lag(self, timeout_s: float, took: float) -> bool:
+        """Whether a call the ``timeout_s`` limit cut off after ``took`` seconds on the call
+        clock was cut by our own loop's lag rather than by the callee (see ``guard``)."""
+        return self._own_call_clock and took < min(timeout_s, self.config.slow_call_duration_s)
+
     @contextlib.asynccontextmanager
     async def guard(self, timeout_s: float | None = None) -> AsyncIterator[None]:
         """Run the block as one call: raises CallNotPermitted when refused.
@@ -273,12 +283,7 @@ class CircuitBreaker:
         permit.success(self._call_clock() - started)
 
     def _cut_by_own_lag(self, limit: asyncio.Timeout, timeout_s: float | None, took: float) -> bool:
-        return (
-            self._own_call_clock
-            and timeout_s is not None
-            and limit.expired()
-            and took < min(timeout_s, self.config.slow_call_duration_s)
-        )
+        return timeout_s is not None and limit.expired() and self.cut_by_own_lag(timeout_s, took)
 
     async def call(self, fn: Callable[[], Awaitable[T]], *, timeout_s: float | None = None) -> T:
         async with self.guard(timeout_s):

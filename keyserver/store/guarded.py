@@ -39,7 +39,7 @@ from keyserver.errors import StoreUnavailable
 from keyserver.store.base import Store
 from keyserver.store.forwarding import ForwardingStore
 from keyserver.store.redis.hub import RedisHub
-from resilience.breaker import BreakerConfig, CallNotPermitted, CircuitBreaker, StateTransition
+from resilience.breaker import BreakerConfig, CircuitBreaker, StateTransition
 from resilience.loop_lag import LoopLag
 from resilience.overload import Deadline, RetryBudget
 
@@ -223,6 +223,16 @@ class GuardedStore(ForwardingStore):
                 f"{self.breaker.name} {name}: no time left", may_have_succeeded=False
             )
         self.budget.on_request()
+        # The first attempt runs bare: nearly every call succeeds at once, and building a
+        # tenacity loop costs as much as the Redis round trip itself (py-spy, bench issue).
+        # A failure that may be retried enters tenacity as its first attempt, so the stop,
+        # wait and budget rules are exactly tenacity's.
+        try:
+            return await self._attempt(name, method, args, kwargs, deadline, writes)
+        except StoreUnavailable as error:
+            if not _retryable(error):
+                raise
+            first: StoreUnavailable | None = error
         policy = self.policy
         retrying = AsyncRetrying(
             stop=stop_after_attempt(policy.max_attempts) | _Stop(self, deadline),
@@ -233,6 +243,9 @@ class GuardedStore(ForwardingStore):
         )
         async for attempt in retrying:
             with attempt:
+                if first is not None:
+                    failed, first = first, None
+                    raise failed
                 return await self._attempt(name, method, args, kwargs, deadline, writes)
         raise AssertionError("unreachable: tenacity returns or reraises")  # pragma: no cover
 
@@ -245,24 +258,42 @@ class GuardedStore(ForwardingStore):
         deadline: Deadline,
         writes: bool,
     ) -> Any:
+        breaker = self.breaker
+        permit = breaker.try_acquire()
+        if permit is None:
+            raise CircuitOpen(breaker.name, name, breaker.retry_after_s())
+        # One timer for both limits: the request's deadline (a cancellation from outside: counts
+        # as neither) and the attempt's limit (the dependency was too slow: a failure). Which
+        # one fired is known from which was sooner.
+        remaining = deadline.remaining(self.clock)
+        limit = self.policy.attempt_timeout_s
+        timer = asyncio.timeout(min(remaining, limit))
+        started = breaker.call_time()  # on the call clock: our own loop's lag left out
         try:
-            # The request's deadline outside the guard (a cancellation: counts as neither), the
-            # attempt's limit inside it (the dependency was too slow: a failure).
-            async with asyncio.timeout(deadline.remaining(self.clock)):
-                async with self.breaker.guard(timeout_s=self.policy.attempt_timeout_s):
-                    return await method(*args, **kwargs)
-        except CallNotPermitted as refused:
-            raise CircuitOpen(self.breaker.name, name, refused.retry_after_s) from None
+            async with timer:
+                result = await method(*args, **kwargs)
         except TimeoutError as exc:
+            took = breaker.call_time() - started
+            if timer.expired() and (remaining < limit or breaker.cut_by_own_lag(limit, took)):
+                permit.release()  # the request's deadline, or our own lag: says nothing of Redis
+            else:
+                permit.failure(exc, took)
             self.last_error = f"{name}: timed out"
             # cut off mid-call: a write may have reached the server
             outcome = "; may have been applied" if writes else ""
             raise StoreUnavailable(
-                f"{self.breaker.name} {name} timed out{outcome}", may_have_succeeded=writes
+                f"{breaker.name} {name} timed out{outcome}", may_have_succeeded=writes
             ) from exc
-        except (StoreUnavailable, OSError) as exc:  # after TimeoutError, an OSError too
-            self.last_error = f"{name}: {type(exc).__name__} {exc}"[:200]
+        except Exception as error:
+            permit.failure(error, breaker.call_time() - started)
+            if isinstance(error, StoreUnavailable | OSError):
+                self.last_error = f"{name}: {type(error).__name__} {error}"[:200]
             raise
+        except BaseException:  # cancelled: says nothing about the callee
+            permit.release()
+            raise
+        permit.success(breaker.call_time() - started)
+        return result
 
 
 class GuardedHub:

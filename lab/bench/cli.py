@@ -94,6 +94,9 @@ def _bench_issue(args: argparse.Namespace) -> int:
                 f"{name:22s} {rps:9.1f} rps  p50 {p50:7.2f} ms  p99 {p99:7.2f} ms  errors {errors}"
             )
         print(f"ratio (rps / ceiling_rps)  {result.ratio:.3f}")
+        for target, processes in result.cpu_us.items():
+            split = " + ".join(f"{name} {us:.0f}" for name, us in processes.items())
+            print(f"CPU µs per request, {target}: {split}")
         print(
             f"{s['seconds']:g} s per server, {s['concurrency']} workers, {s['store']} store,"
             f" keyserver log level {s['keyserver_log_level']}"

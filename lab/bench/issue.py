@@ -70,6 +70,7 @@ class Figures:
     requests: int
     errors: int  # non-2xx answers and failed requests, warm-up included
     failures: list[str] = field(default_factory=list)
+    cpu_us: dict[str, float] = field(default_factory=dict)  # CPU per request, by process
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,7 @@ class IssueBench:
     ratio: float
     failures: list[str]
     settings: dict[str, Any]
+    cpu_us: dict[str, dict[str, float]] = field(default_factory=dict)  # per request, by target
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -140,8 +142,14 @@ def bench_issue(*, seconds: float = 10.0, concurrency: int = 32) -> IssueBench:
             AppServer([*reference, "bare"], workdir=work / "bare", env=os.environ, name="bare")
         )
         targets = {"keyserver": keyserver, "ceiling": ceiling, "bare": bare}
+        watched = {
+            "keyserver": {"keyserver": keyserver.pid, "redis": redis.pid},
+            "ceiling": {"ceiling": ceiling.pid},
+            "bare": {"bare": bare.pid},
+        }
         figures = _drive(
             {name: server.url + phone.refresh_path for name, server in targets.items()},
+            watched,
             credentials,
             seconds=seconds,
             concurrency=concurrency,
@@ -167,6 +175,7 @@ def bench_issue(*, seconds: float = 10.0, concurrency: int = 32) -> IssueBench:
         bare_errors=floor.errors,
         ratio=round(measured.rps / top.rps, 3) if top.rps else 0.0,
         failures=measured.failures + top.failures + floor.failures,
+        cpu_us={name: figures[name].cpu_us for name in targets},
         settings={
             "seconds": seconds,
             "concurrency": concurrency,
@@ -238,6 +247,7 @@ def _write_credentials(work: Path, phone: Phone) -> Path:
 
 def _drive(
     urls: dict[str, str],
+    watched: dict[str, dict[str, int]],
     credentials: Path,
     *,
     seconds: float,
@@ -249,6 +259,7 @@ def _drive(
     args = [sys.executable, "-m", "lab.bench.loadgen", "--credentials", str(credentials)]
     for name, url in urls.items():
         args += ["--target", f"{name}={url}"]
+        args += [f"--watch={name}={process}:{pid}" for process, pid in watched[name].items()]
     args += [
         "--seconds", str(seconds),
         "--concurrency", str(concurrency),
@@ -282,6 +293,10 @@ def _figures(name: str, report: dict[str, Any]) -> Figures:
         requests=report["requests"],
         errors=report["errors"],
         failures=[f"{name}: {failure}" for failure in report["failures"]],
+        cpu_us={
+            process: round(spent / max(report["requests"], 1) * 1e6, 1)
+            for process, spent in report.get("cpu_s", {}).items()
+        },
     )
 
 

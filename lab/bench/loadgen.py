@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import time
 from collections import Counter
@@ -36,6 +37,7 @@ REQUEST_TIMEOUT_S = 10.0
 WARMUP_MAX_S = 10.0
 MAX_SECONDS = 600.0
 MAX_FAILURES_KEPT = 5
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 @dataclass(frozen=True)
@@ -115,7 +117,9 @@ class Target:
     session: aiohttp.ClientSession
     warm: Tally
     timed: Tally
+    watched: dict[str, int] = field(default_factory=dict)  # process name → pid
     elapsed_s: float = 0.0
+    cpu_s: dict[str, float] = field(default_factory=dict)  # in the timed phases, by process
 
     def report(self) -> dict[str, Any]:
         statuses = self.warm.statuses + self.timed.statuses
@@ -126,6 +130,7 @@ class Target:
             "warmup_requests": sum(self.warm.statuses.values()),
             "statuses": {str(status): n for status, n in sorted(statuses.items())},
             "elapsed_s": self.elapsed_s,
+            "cpu_s": self.cpu_s,
             "latencies_ms": self.timed.latencies_ms,
             "failures": (self.warm.failures + self.timed.failures)[:MAX_FAILURES_KEPT],
         }
@@ -151,6 +156,7 @@ async def drive(
     max_requests: int,
     warmup: int,
     rounds: int,
+    watched: dict[str, dict[str, int]] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Warm each target up, then ``rounds`` rounds of ``seconds / rounds`` on each target in
     turn: drift on a busy machine hits every target alike."""
@@ -164,6 +170,7 @@ async def drive(
             ),
             Tally(warmup),
             Tally(max_requests),
+            dict((watched or {}).get(name, {})),
         )
         for name, url in urls.items()
     ]
@@ -172,13 +179,33 @@ async def drive(
             await _phase(target, who, target.warm, WARMUP_MAX_S, concurrency)
         for turn in range(rounds):
             for target in targets[turn % len(targets) :] + targets[: turn % len(targets)]:
+                before = _cpu_times(target.watched)
                 target.elapsed_s += await _phase(
                     target, who, target.timed, seconds / rounds, concurrency
                 )
+                for name, spent in _cpu_times(target.watched).items():
+                    target.cpu_s[name] = target.cpu_s.get(name, 0.0) + spent - before[name]
     finally:
         for target in targets:
             await target.session.close()
     return {target.name: target.report() for target in targets}
+
+
+def _cpu_times(pids: dict[str, int]) -> dict[str, float]:
+    """CPU seconds (user + system) so far of this generator and of each watched process."""
+    times = {"loadgen": time.process_time()}
+    for name, pid in pids.items():
+        times[name] = _process_cpu_s(pid)
+    return times
+
+
+def _process_cpu_s(pid: int) -> float:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:  # not Linux, or gone: counted as nothing rather than failing the run
+        return 0.0
+    fields = stat.rpartition(")")[2].split()  # after the command name, which may hold spaces
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
 def _positive(text: str) -> int:
@@ -194,6 +221,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--target", action="append", required=True, metavar="NAME=URL",
         help="a server's refresh URL on 127.0.0.1 (repeat for each server)",
     )  # fmt: skip
+    parser.add_argument(
+        "--watch", action="append", default=[], metavar="TARGET=NAME:PID",
+        help="count a process's CPU while TARGET is under load (repeat)",
+    )  # fmt: skip
     parser.add_argument("--credentials", type=Path, required=True)
     parser.add_argument("--seconds", type=float, default=10.0, help="timed seconds per target")
     parser.add_argument("--concurrency", type=_positive, default=32)
@@ -207,6 +238,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         urls[name] = URL(url)
         if urls[name].host != "127.0.0.1":  # load goes to this machine's loopback only
             parser.error("every URL must be on 127.0.0.1")
+    watched: dict[str, dict[str, int]] = {name: {} for name in urls}
+    for spec in args.watch:
+        target, _, process = spec.partition("=")
+        name, _, pid = process.partition(":")
+        if target not in urls or not name or not pid.isdigit():
+            parser.error(f"--watch {spec!r}: expected TARGET=NAME:PID for a named target")
+        watched[target][name] = int(pid)
     if not 0 < args.seconds <= MAX_SECONDS:
         parser.error(f"--seconds must be in (0, {MAX_SECONDS:g}]")
     report = asyncio.run(
@@ -218,6 +256,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_requests=args.max_requests,
             warmup=max(args.warmup, 0),
             rounds=args.rounds,
+            watched=watched,
         )
     )
     json.dump(report, sys.stdout)

@@ -52,6 +52,12 @@ def test_a_brief_run_reports_every_figure_and_stops_every_process(
     assert report["failures"] == []
     assert report["requests"] > 0
     assert report["ratio"] == pytest.approx(report["rps"] / report["ceiling_rps"], abs=1e-3)
+    # CPU per request of each process while its server was under load (Linux's /proc)
+    assert set(report["cpu_us"]) == {"keyserver", "ceiling", "bare"}
+    assert set(report["cpu_us"]["keyserver"]) == {"loadgen", "keyserver", "redis"}
+    assert set(report["cpu_us"]["ceiling"]) == {"loadgen", "ceiling"}
+    assert report["cpu_us"]["keyserver"]["keyserver"] > 0
+    assert report["cpu_us"]["keyserver"]["loadgen"] > 0
 
     settings = report["settings"]
     assert settings["seconds"] == 1
@@ -73,6 +79,7 @@ def test_the_readable_report_names_each_server_and_the_ratio(
         ratio=0.6, failures=[],
         settings={"seconds": 10.0, "concurrency": 32, "store": "redis", "cpus": 2,
                   "keyserver_log_level": "info", "keyserver_requests_logged": 18_500},
+        cpu_us={"keyserver": {"loadgen": 400.0, "keyserver": 900.0, "redis": 50.0}},
     )  # fmt: skip
     monkeypatch.setattr(bench_issue, "bench_issue", lambda **_: canned)
     assert cli.main(["bench", "issue"]) == 0
@@ -82,6 +89,7 @@ def test_the_readable_report_names_each_server_and_the_ratio(
     assert "bare aiohttp" in text
     assert "ratio (rps / ceiling_rps)  0.600" in text
     assert "keyserver log level info" in text
+    assert "CPU µs per request, keyserver: loadgen 400 + keyserver 900 + redis 50" in text
 
 
 def test_errors_fail_the_command(
