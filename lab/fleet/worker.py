@@ -43,6 +43,7 @@ RETRIES_AFTER_OUTAGE = 30  # a revocation the outage refused is asked again at m
 RETRY_WAIT_MAX_S = 2.0
 LEDGER_POLL_S = 0.1  # the ledger is asked again after this while its replay has not landed
 MAX_LEDGER_READS = 3_000  # a bound: within_s ends the wait long before
+MAX_SETTLE_ROUNDS = 20  # rounds of "every car against the ledger" (one or two in practice)
 
 
 @dataclass(frozen=True)
@@ -354,9 +355,27 @@ class Worker:
                 else:  # no answer from the store yet, or its replay has not landed
                     await asyncio.sleep(LEDGER_POLL_S)
 
+        async def settle() -> None:
+            # A car that matched the ledger while its replay was half done (the journaled
+            # withdrawal applied, the renumbering not yet) matched a sequence the ledger leaves:
+            # every car is checked again once all have matched, until one round finds all current.
+            behind = list(self.cars)
+            for _ in range(MAX_SETTLE_ROUNDS):
+                await asyncio.gather(*(one(car) for car in behind))
+                ledgers = await asyncio.gather(*(self._ledger_sequence(c) for c in self.cars))
+                behind = [
+                    car
+                    for car, ledger in zip(self.cars, ledgers, strict=True)
+                    if ledger is None or car.vehicle.revocations.sequence != ledger
+                ]
+                if not behind:
+                    return
+                for car in behind:
+                    reached.pop(car.vin, None)
+
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(within_s):
-                await asyncio.gather(*(one(car) for car in self.cars))
+                await settle()
         cars = []
         for car in self.cars:
             ledger = await self._ledger_sequence(car)
